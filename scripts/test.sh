@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The one test command (README "Testing"): make this machine ready (PostgreSQL with
+# wal_level=logical, RabbitMQ), then check formatting and lints and run the whole suite against
+# the real servers. Every test makes and drops its own database, slot, publication, exchange
+# and queues; at the end this script checks that no walbox test slot was left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/ready.sh
+
+# Tags this run's database, slot and exchange names (tests/common), so the leftover check below
+# looks only at what this run created.
+WALBOX_TEST_RUN="${WALBOX_TEST_RUN:-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')}"
+export WALBOX_TEST_RUN
+
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked --all-targets -- --test-threads="${WALBOX_TEST_THREADS:-4}"
+
+leftover=$(psql -h "${PGHOST:-127.0.0.1}" -U "${PGUSER:-postgres}" -d postgres -Atc \
+  "select slot_name from pg_replication_slots where slot_name like 'wbt\_${WALBOX_TEST_RUN}\_%'")
+if [ -n "$leftover" ]; then
+  echo "test.sh: tests left replication slots behind: $leftover" >&2
+  exit 1
+fi

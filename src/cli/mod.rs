@@ -1,0 +1,7 @@
+//! The subcommands, one file each. Each takes validated configuration and returns a result
+//! the entry point turns into an exit code.
+
+pub mod run;
+pub mod setup;
+pub mod status;
+pub mod teardown;

@@ -1,0 +1,439 @@
+//! Flags and environment variables → one validated [`Config`].
+//!
+//! Every flag also reads `WALBOX_<FLAG>`. Validation happens here, before anything connects, so
+//! a bad LSN, template, column map or name is a usage error (exit 2) with a message saying what
+//! is wrong; nothing else in walbox parses user text.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::lsn::Lsn;
+use crate::outbox::{ColumnMap, Template};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walbox",
+    version,
+    about = "Relays transactional-outbox events from PostgreSQL's WAL to RabbitMQ, at least once, in commit order"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log level or filter (e.g. info, debug, walbox=debug); RUST_LOG also works.
+    #[arg(long, env = "WALBOX_LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// Log format: text for people, json for log collectors; auto picks text on a terminal.
+    #[arg(long, env = "WALBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the server, create the publication and the slot if missing, declare the exchange.
+    Setup(CommonArgs),
+    /// Set up what is missing, then relay events until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Show the slot, its lag and the publication's tables.
+    Status(StatusArgs),
+    /// Drop the slot and the publication.
+    Teardown(CommonArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// PostgreSQL connection URL (libpq style), e.g. postgres://walbox:secret@db:5432/app.
+    #[arg(
+        long,
+        env = "WALBOX_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres_url: String,
+
+    /// RabbitMQ URL (amqp:// or amqps://).
+    #[arg(
+        long,
+        env = "WALBOX_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Logical replication slot (lowercase letters, digits, underscore).
+    #[arg(long, env = "WALBOX_SLOT", default_value = "walbox")]
+    pub slot: String,
+
+    /// Publication for the outbox table.
+    #[arg(long, env = "WALBOX_PUBLICATION", default_value = "walbox")]
+    pub publication: String,
+
+    /// Outbox table, as schema.name or name (schema public).
+    #[arg(long, env = "WALBOX_TABLE", default_value = "public.outbox")]
+    pub table: String,
+
+    /// Column map: a preset (outbox, debezium) and/or field=column pairs, comma separated.
+    #[arg(long, env = "WALBOX_COLUMNS", default_value = "outbox")]
+    pub columns: String,
+
+    /// Exchange events are published to (unless a row's exchange column says otherwise).
+    #[arg(long, env = "WALBOX_EXCHANGE", default_value = "outbox")]
+    pub exchange: String,
+
+    /// Do not declare the exchange (it must exist).
+    #[arg(long, env = "WALBOX_NO_DECLARE")]
+    pub no_declare: bool,
+
+    /// Routing-key template: {field} or {column} placeholders.
+    #[arg(
+        long,
+        env = "WALBOX_ROUTING_KEY",
+        default_value = "{aggregate_type}.{event_type}"
+    )]
+    pub routing_key: String,
+
+    /// Messages published but not yet confirmed by the broker, at most.
+    #[arg(long, env = "WALBOX_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_in_flight: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Skip ahead: start relaying at this LSN (X/Y); events committed before it are not sent.
+    #[arg(long, env = "WALBOX_START_LSN")]
+    pub start_lsn: Option<String>,
+
+    /// On SIGTERM/SIGINT, how long to wait for outstanding broker confirms (seconds).
+    #[arg(long, env = "WALBOX_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+
+    /// Longest wait between reconnection attempts after a transient failure (milliseconds).
+    #[arg(long, env = "WALBOX_MAX_RETRY_DELAY_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub max_retry_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A configuration that failed validation: a usage error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// A PostgreSQL identifier, validated (non-empty, at most 63 bytes, no NUL) and always quoted
+/// when written into SQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identifier(String);
+
+impl Identifier {
+    pub fn new(what: &str, text: &str) -> Result<Self, ConfigError> {
+        if text.is_empty() || text.len() > 63 || text.contains('\0') {
+            return Err(ConfigError(format!(
+                "{what} `{text}` is not a valid PostgreSQL name (1 to 63 bytes, no NUL)"
+            )));
+        }
+        Ok(Identifier(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The identifier as SQL text: double-quoted, inner quotes doubled.
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0.replace('"', "\"\""))
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The outbox table's schema and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Identifier,
+    pub name: Identifier,
+}
+
+impl TableName {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let (schema, name) = text.split_once('.').unwrap_or(("public", text));
+        Ok(TableName {
+            schema: Identifier::new("schema", schema)?,
+            name: Identifier::new("table", name)?,
+        })
+    }
+
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", self.schema.quoted(), self.name.quoted())
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// A URL with a secret in it. Debug and Display show it with the password replaced.
+#[derive(Clone)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: String) -> Self {
+        SecretUrl(url)
+    }
+
+    /// The URL itself, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replace the password of `scheme://user:password@host/...` (and `password=` in key=value
+/// connection strings) with `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            return format!(
+                "{}{}:***{}",
+                &url[..scheme_end + 3],
+                &rest[..colon],
+                &rest[at..]
+            );
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Everything a subcommand needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub postgres_url: SecretUrl,
+    pub postgres: tokio_postgres::Config,
+    pub amqp_url: SecretUrl,
+    pub slot: Identifier,
+    pub publication: Identifier,
+    pub table: TableName,
+    pub columns: ColumnMap,
+    pub exchange: String,
+    pub declare_exchange: bool,
+    pub routing_key: Template,
+    pub max_in_flight: usize,
+}
+
+/// `walbox run`'s own settings.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub start_lsn: Option<Lsn>,
+    pub shutdown_grace: Duration,
+    pub max_retry_delay: Duration,
+}
+
+impl Config {
+    pub fn from_args(args: &CommonArgs) -> Result<Self, ConfigError> {
+        let postgres = tokio_postgres::Config::from_str(&args.postgres_url).map_err(|error| {
+            ConfigError(format!(
+                "--postgres-url `{}` is not a valid PostgreSQL URL: {error}",
+                redact_url(&args.postgres_url)
+            ))
+        })?;
+        if postgres.get_dbname().is_none() {
+            return Err(ConfigError(format!(
+                "--postgres-url `{}` names no database; logical replication needs one",
+                redact_url(&args.postgres_url)
+            )));
+        }
+        if !(args.amqp_url.starts_with("amqp://") || args.amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError(format!(
+                "--amqp-url `{}` must start with amqp:// or amqps://",
+                redact_url(&args.amqp_url)
+            )));
+        }
+        let slot = &args.slot;
+        if slot.is_empty()
+            || slot.len() > 63
+            || !slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(ConfigError(format!(
+                "--slot `{slot}` is not a valid replication slot name: use 1 to 63 lowercase \
+                 letters, digits and underscores"
+            )));
+        }
+        if args.exchange.len() > 255 {
+            return Err(ConfigError("--exchange is longer than 255 bytes".into()));
+        }
+        let columns = ColumnMap::parse(&args.columns).map_err(|e| ConfigError(e.to_string()))?;
+        let routing_key =
+            Template::parse(&args.routing_key).map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Config {
+            postgres_url: SecretUrl::new(args.postgres_url.clone()),
+            postgres,
+            amqp_url: SecretUrl::new(args.amqp_url.clone()),
+            slot: Identifier::new("--slot", slot)?,
+            publication: Identifier::new("--publication", &args.publication)?,
+            table: TableName::parse(&args.table)?,
+            columns,
+            exchange: args.exchange.clone(),
+            declare_exchange: !args.no_declare,
+            routing_key,
+            max_in_flight: args.max_in_flight as usize,
+        })
+    }
+}
+
+impl RunConfig {
+    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        let start_lsn = args
+            .start_lsn
+            .as_deref()
+            .map(|text| {
+                Lsn::from_str(text).map_err(|error| ConfigError(format!("--start-lsn: {error}")))
+            })
+            .transpose()?;
+        Ok(RunConfig {
+            start_lsn,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            max_retry_delay: Duration::from_millis(args.max_retry_delay_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["walbox", "run"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+    }
+
+    fn common(cli: &Cli) -> &CommonArgs {
+        match &cli.command {
+            Command::Run(run) => &run.common,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let cli = args(&[]).unwrap();
+        let config = Config::from_args(common(&cli)).unwrap();
+        assert_eq!(config.slot.as_str(), "walbox");
+        assert_eq!(config.table.to_string(), "public.outbox");
+        assert_eq!(
+            config.routing_key.to_string(),
+            "{aggregate_type}.{event_type}"
+        );
+        assert!(config.declare_exchange);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for bad in [
+            &["--slot", "Bad-Slot"][..],
+            &["--routing-key", "{oops"],
+            &["--columns", "colour=red"],
+            &["--postgres-url", "postgres://x@h/db?sslmode=sometimes"],
+            &["--amqp-url", "http://broker"],
+            &["--table", "a.b.c.".repeat(30).as_str()],
+        ] {
+            let cli = args(bad).unwrap();
+            assert!(
+                Config::from_args(common(&cli)).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        let cli = args(&["--start-lsn", "nope"]).unwrap();
+        let Command::Run(run) = &cli.command else {
+            unreachable!()
+        };
+        assert!(RunConfig::from_args(run).is_err());
+        assert!(args(&["--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        let table = TableName::parse(r#"sales.out"box"#).unwrap();
+        assert_eq!(table.quoted(), r#""sales"."out""box""#);
+        assert_eq!(
+            TableName::parse("outbox").unwrap().schema.as_str(),
+            "public"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://walbox:s3cret@db:5432/app?sslmode=require"),
+            "postgres://walbox:***@db:5432/app?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:guest@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
+        assert_eq!(redact_url("postgres://user@h/db"), "postgres://user@h/db");
+        assert_eq!(
+            redact_url("host=db password=x user=y"),
+            "host=db password=*** user=y"
+        );
+        let secret = SecretUrl::new("amqp://u:p@h".into());
+        assert_eq!(
+            format!("{secret} {secret:?}"),
+            "amqp://u:***@h amqp://u:***@h"
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! Control-plane SQL: server checks, the publication, the slot, status and teardown.
+//!
+//! Runs over an ordinary (non-replication) connection with tokio-postgres. Values always travel
+//! as query parameters; names that SQL cannot take as parameters (publication, table in DDL)
+//! are validated [`Identifier`]s and quoted.
+
+use std::str::FromStr;
+
+use tokio_postgres::{Client, NoTls};
+use tracing::debug;
+
+use crate::config::{Config, Identifier, TableName};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::outbox::OutboxShape;
+use crate::pgoutput::{Relation, RelationColumn};
+
+/// An open control-plane connection.
+pub struct Control {
+    client: Client,
+}
+
+/// What `pg_replication_slots` says about the slot.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SlotInfo {
+    pub slot_name: String,
+    pub plugin: Option<String>,
+    pub slot_type: String,
+    pub database: Option<String>,
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush_lsn: Option<String>,
+    pub restart_lsn: Option<String>,
+    pub wal_status: Option<String>,
+}
+
+impl SlotInfo {
+    pub fn confirmed_flush(&self) -> Option<Lsn> {
+        self.confirmed_flush_lsn
+            .as_deref()
+            .and_then(|text| Lsn::from_str(text).ok())
+    }
+}
+
+/// Whether an object was there already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ensured {
+    Existed,
+    Created,
+}
+
+impl Control {
+    pub async fn connect(config: &Config) -> Result<Self> {
+        let (client, connection) = config.postgres.connect(NoTls).await.map_err(|e| {
+            Error::from_postgres(&format!("connecting to {}", config.postgres_url), &e)
+        })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "control connection closed");
+            }
+        });
+        Ok(Control { client })
+    }
+
+    fn sql_error(context: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+        move |error| Error::from_postgres(context, &error)
+    }
+
+    /// wal_level must be logical for a logical slot to exist or stream.
+    pub async fn check_wal_level(&self) -> Result<()> {
+        let row = self
+            .client
+            .query_one("SELECT current_setting('wal_level')", &[])
+            .await
+            .map_err(Self::sql_error("reading wal_level"))?;
+        let wal_level: String = row.get(0);
+        if wal_level != "logical" {
+            return Err(Error::definite(format!(
+                "PostgreSQL has wal_level={wal_level}, and walbox needs wal_level=logical. Run \
+                 `ALTER SYSTEM SET wal_level = logical;` as a superuser and restart PostgreSQL \
+                 (scripts/ready.sh does this on a development machine)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The table's columns in attribute order, as a Relation-shaped description.
+    pub async fn describe_table(&self, table: &TableName) -> Result<Relation> {
+        let rows = self
+            .client
+            .query(
+                "SELECT c.oid, a.attname, a.atttypid, a.atttypmod \
+                 FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
+                 ORDER BY a.attnum",
+                &[&table.schema.as_str(), &table.name.as_str()],
+            )
+            .await
+            .map_err(Self::sql_error("reading the outbox table's columns"))?;
+        let Some(first) = rows.first() else {
+            return Err(Error::definite(format!(
+                "table {table} does not exist in this database. Create it (sql/outbox.sql has \
+                 the default shape) or point --table at your outbox table"
+            )));
+        };
+        let relation_id: u32 = first.get(0);
+        Ok(Relation {
+            relation_id,
+            namespace: table.schema.as_str().to_owned(),
+            name: table.name.as_str().to_owned(),
+            replica_identity: b'd',
+            columns: rows
+                .iter()
+                .map(|row| RelationColumn {
+                    flags: 0,
+                    name: row.get(1),
+                    type_oid: row.get(2),
+                    type_modifier: row.get(3),
+                })
+                .collect(),
+        })
+    }
+
+    /// Check that the table has every mapped column with a usable type and that the routing
+    /// key's placeholders exist.
+    pub async fn check_table(&self, config: &Config) -> Result<()> {
+        let relation = self.describe_table(&config.table).await?;
+        OutboxShape::from_relation(&relation, &config.columns, &config.routing_key)
+            .map(|_| ())
+            .map_err(Error::definite)
+    }
+
+    /// Create the publication for the table if it does not exist; check it covers the table.
+    pub async fn ensure_publication(
+        &self,
+        publication: &Identifier,
+        table: &TableName,
+    ) -> Result<Ensured> {
+        let exists = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&publication.as_str()],
+            )
+            .await
+            .map_err(Self::sql_error("looking up the publication"))?
+            .is_some();
+        if !exists {
+            let ddl = format!(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
+                publication.quoted(),
+                table.quoted()
+            );
+            self.client.batch_execute(&ddl).await.map_err(Self::sql_error(
+                "creating the publication (needs ownership of the table, or create it beforehand \
+                 as its owner)",
+            ))?;
+            return Ok(Ensured::Created);
+        }
+        let covers = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables \
+                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[
+                    &publication.as_str(),
+                    &table.schema.as_str(),
+                    &table.name.as_str(),
+                ],
+            )
+            .await
+            .map_err(Self::sql_error("reading the publication's tables"))?
+            .is_some();
+        if !covers {
+            return Err(Error::definite(format!(
+                "publication {publication} exists but does not include {table}. Run `ALTER \
+                 PUBLICATION {} ADD TABLE {}` or choose another --publication",
+                publication.quoted(),
+                table.quoted()
+            )));
+        }
+        Ok(Ensured::Existed)
+    }
+
+    pub async fn slot(&self, slot: &Identifier) -> Result<Option<SlotInfo>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT slot_name::text, plugin::text, slot_type, database::text, active, \
+                 active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot.as_str()],
+            )
+            .await
+            .map_err(Self::sql_error("reading pg_replication_slots"))?;
+        Ok(row.map(|row| SlotInfo {
+            slot_name: row.get(0),
+            plugin: row.get(1),
+            slot_type: row.get(2),
+            database: row.get(3),
+            active: row.get(4),
+            active_pid: row.get(5),
+            confirmed_flush_lsn: row.get(6),
+            restart_lsn: row.get(7),
+            wal_status: row.get(8),
+        }))
+    }
+
+    /// Check that an existing slot can be used by walbox on this database.
+    pub async fn check_slot(&self, info: &SlotInfo) -> Result<()> {
+        let slot = &info.slot_name;
+        if info.slot_type != "logical" || info.plugin.as_deref() != Some("pgoutput") {
+            return Err(Error::definite(format!(
+                "replication slot {slot} exists but is a {} slot with plugin {}; walbox needs a \
+                 logical slot with the pgoutput plugin. Choose another --slot, or drop it if it \
+                 is unused: SELECT pg_drop_replication_slot('{slot}')",
+                info.slot_type,
+                info.plugin.as_deref().unwrap_or("none")
+            )));
+        }
+        let database = self.current_database().await?;
+        if info.database.as_deref() != Some(database.as_str()) {
+            return Err(Error::definite(format!(
+                "replication slot {slot} belongs to database {}, not {database}; choose another \
+                 --slot",
+                info.database.as_deref().unwrap_or("?")
+            )));
+        }
+        if info.wal_status.as_deref() == Some("lost") {
+            return Err(Error::definite(format!(
+                "replication slot {slot} is invalidated (wal_status=lost): PostgreSQL removed WAL \
+                 it still needed, so events in it can no longer be relayed. Recreate it with \
+                 `walbox teardown` then `walbox setup`, and consider raising \
+                 max_slot_wal_keep_size"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Create the logical slot; returns the LSN from which it captures.
+    pub async fn create_slot(&self, slot: &Identifier) -> Result<Lsn> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot.as_str()],
+            )
+            .await
+            .map_err(Self::sql_error("creating the replication slot"))?;
+        let lsn: String = row.get(0);
+        Lsn::from_str(&lsn).map_err(Error::definite)
+    }
+
+    pub async fn current_database(&self) -> Result<String> {
+        let row = self
+            .client
+            .query_one("SELECT current_database()::text", &[])
+            .await
+            .map_err(Self::sql_error("reading the current database"))?;
+        Ok(row.get(0))
+    }
+
+    pub async fn current_wal_lsn(&self) -> Result<Lsn> {
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(Self::sql_error("reading the current WAL position"))?;
+        let lsn: String = row.get(0);
+        Lsn::from_str(&lsn).map_err(Error::definite)
+    }
+
+    pub async fn publication_tables(&self, publication: &Identifier) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
+                 WHERE pubname = $1 ORDER BY 1",
+                &[&publication.as_str()],
+            )
+            .await
+            .map_err(Self::sql_error("reading the publication's tables"))?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    pub async fn publication_exists(&self, publication: &Identifier) -> Result<bool> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&publication.as_str()],
+            )
+            .await
+            .map_err(Self::sql_error("looking up the publication"))?
+            .is_some())
+    }
+
+    pub async fn drop_slot(&self, slot: &Identifier) -> Result<()> {
+        self.client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot.as_str()])
+            .await
+            .map_err(Self::sql_error(
+                "dropping the replication slot (stop every walbox using it first)",
+            ))?;
+        Ok(())
+    }
+
+    pub async fn drop_publication(&self, publication: &Identifier) -> Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                publication.quoted()
+            ))
+            .await
+            .map_err(Self::sql_error("dropping the publication"))
+    }
+}
+
+/// What [`Control::prepare`] found or made.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub publication: Ensured,
+    pub slot: Ensured,
+    pub slot_info: SlotInfo,
+}
+
+impl Control {
+    /// Everything `setup` checks and creates. `create_slot` is false when a running relay
+    /// reconnects: a slot that vanished then must not silently come back, since the events
+    /// committed while it was gone would be skipped.
+    pub async fn prepare(&self, config: &Config, create_slot: bool) -> Result<Prepared> {
+        self.check_wal_level().await?;
+        self.check_table(config).await?;
+        let publication = self
+            .ensure_publication(&config.publication, &config.table)
+            .await?;
+        let (slot, slot_info) = match self.slot(&config.slot).await? {
+            Some(info) => {
+                self.check_slot(&info).await?;
+                (Ensured::Existed, info)
+            }
+            None if create_slot => {
+                self.create_slot(&config.slot).await?;
+                let info = self.slot(&config.slot).await?.ok_or_else(|| {
+                    Error::transient("the new replication slot is not visible yet")
+                })?;
+                (Ensured::Created, info)
+            }
+            None => {
+                return Err(Error::definite(format!(
+                    "replication slot {} disappeared while walbox was running: someone dropped \
+                     it. walbox does not recreate it by itself, because events committed since \
+                     then would be skipped without notice. Run `walbox setup` to create it again \
+                     once you have accounted for those events",
+                    config.slot
+                )));
+            }
+        };
+        Ok(Prepared {
+            publication,
+            slot,
+            slot_info,
+        })
+    }
+}

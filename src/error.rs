@@ -1,0 +1,111 @@
+//! The two kinds of failure walbox knows, decided where an error is born.
+//!
+//! A *transient* failure (a network cut, a broker or database restart, the slot held by another
+//! walbox) is retried by the supervisor with backoff; nothing the user does is needed. A *definite*
+//! failure (wrong `wal_level`, a missing table or column, a dropped slot, bad credentials, a bad
+//! configuration) cannot heal by retrying: walbox stops and the message says what to do.
+
+use std::fmt;
+
+/// A failure of the relay, classified.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Retry with backoff; readiness is false meanwhile.
+    #[error("{0}")]
+    Transient(String),
+    /// The slot is held by another consumer (another walbox): stand by and try again soon,
+    /// so this one takes over within seconds once the other is gone.
+    #[error("{0}")]
+    SlotInUse(String),
+    /// Stop with this message; it names the problem and the fix.
+    #[error("{0}")]
+    Definite(String),
+}
+
+impl Error {
+    pub fn transient(message: impl fmt::Display) -> Self {
+        Error::Transient(message.to_string())
+    }
+
+    pub fn definite(message: impl fmt::Display) -> Self {
+        Error::Definite(message.to_string())
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Transient(_) | Error::SlotInUse(_))
+    }
+
+    /// Classify an error from the control-plane SQL connection.
+    pub fn from_postgres(context: &str, error: &tokio_postgres::Error) -> Self {
+        let Some(db) = error.as_db_error() else {
+            // No server error: the connection itself failed or was closed.
+            return Error::transient(format!("{context}: {error}"));
+        };
+        let code = db.code().code();
+        let message = format!("{context}: {} (SQLSTATE {code})", db.message());
+        match code {
+            // Authentication failures and a missing database or role will not heal by retrying.
+            "28P01" | "28000" | "3D000" => Error::definite(format!(
+                "{message}; check the user, password and database in --postgres-url"
+            )),
+            // The server is starting up, shutting down or out of connections.
+            "57P01" | "57P02" | "57P03" | "53300" => Error::transient(message),
+            c if c.starts_with("08") => Error::transient(message),
+            _ => Error::definite(message),
+        }
+    }
+
+    /// Classify an error from the replication connection.
+    pub fn from_replication(error: &pgwire_replication::PgWireError) -> Self {
+        use pgwire_replication::PgWireError as E;
+        match error {
+            E::Io(_) | E::Task(_) => Error::transient(format!("replication connection: {error}")),
+            E::Auth(_) => Error::definite(format!(
+                "replication connection: {error}; check the user and password in --postgres-url \
+                 and that the role has the REPLICATION attribute"
+            )),
+            E::Server(text) if text.contains("55006") || text.contains("is active for PID") => {
+                Error::SlotInUse(format!(
+                    "the replication slot is in use by another consumer: {text}"
+                ))
+            }
+            E::Server(text)
+                if text.contains("57P01") || text.contains("57P02") || text.contains("57P03") =>
+            {
+                Error::transient(format!("replication connection: {text}"))
+            }
+            E::Server(text) if text.contains("does not exist") && text.contains("slot") => {
+                Error::definite(format!(
+                    "the replication slot disappeared while walbox was using it ({text}). It was \
+                     dropped by someone else; walbox will not recreate it by itself because events \
+                     committed since then would be lost. Run `walbox setup` to create a new slot \
+                     (events committed while no slot existed are not relayed)"
+                ))
+            }
+            E::Server(text)
+                if text.contains("can no longer get changes") || text.contains("invalidated") =>
+            {
+                Error::definite(format!(
+                    "the replication slot was invalidated ({text}): PostgreSQL removed WAL it still \
+                     needed (max_slot_wal_keep_size). Events in that WAL are lost to walbox; drop and \
+                     recreate the slot with `walbox teardown` and `walbox setup`"
+                ))
+            }
+            _ => Error::definite(format!("replication connection: {error}")),
+        }
+    }
+
+    /// Classify an error from the AMQP connection.
+    pub fn from_amqp(context: &str, error: &lapin::Error) -> Self {
+        let text = error.to_string();
+        if text.contains("ACCESS_REFUSED") || text.contains("access refused") {
+            Error::definite(format!(
+                "{context}: {text}; check the user, password and vhost in --amqp-url"
+            ))
+        } else {
+            Error::transient(format!("{context}: {text}"))
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,322 @@
+//! Wires source → outbox → sink → confirm tracker → watermark → source, one direction, and
+//! supervises it: transient failures restart the session with backoff from the slot's
+//! confirmed position; definite failures stop walbox.
+//!
+//! Within a session, data flows down: changes from the slot become messages, messages go to
+//! the broker, their confirm futures and the transaction boundaries go to the tracker. The only
+//! thing that flows back is the watermark's flush LSN, through a `watch` channel, to
+//! [`Source::acknowledge`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::{Config, RunConfig};
+use crate::control::{Control, Ensured};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::outbox::{OutboxShape, Transaction};
+use crate::pgoutput::Message;
+use crate::sink::Sink;
+use crate::sink::confirm::{Pending, track};
+use crate::source::{Change, Source};
+use crate::watermark::Watermark;
+
+pub mod backoff;
+
+use backoff::Backoff;
+
+/// Resolves when walbox is asked to stop.
+pub type Shutdown = watch::Receiver<bool>;
+
+/// Relay until `shutdown` fires (Ok) or a definite error (Err).
+pub async fn run(config: &Config, run: &RunConfig, mut shutdown: Shutdown) -> Result<()> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), run.max_retry_delay);
+    let mut first = true;
+    let mut standing_by = false;
+    // What this process saw the broker confirm, kept across sessions: PostgreSQL before 17
+    // saves a logical slot's confirmed position only at some checkpoints, so after a server
+    // restart the slot can be behind what was already confirmed. Resuming from here instead
+    // avoids re-sending those events.
+    let mut confirmed_here = Lsn::ZERO;
+    loop {
+        let outcome = session(
+            config,
+            run,
+            first,
+            &mut confirmed_here,
+            &mut shutdown,
+            &mut backoff,
+        )
+        .await;
+        let delay = match outcome {
+            Ok(()) => return Ok(()),
+            Err(error @ Error::Definite(_)) => return Err(error),
+            Err(Error::SlotInUse(reason)) => {
+                if !standing_by {
+                    info!(%reason, "standing by: another walbox holds the slot; taking over when it is released");
+                    standing_by = true;
+                }
+                STANDBY_POLL
+            }
+            Err(Error::Transient(reason)) => {
+                standing_by = false;
+                let delay = backoff.next_delay();
+                warn!(%reason, retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
+        first = false;
+    }
+}
+
+/// How often a standby walbox tries to take the slot over.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// One connected session: both connections, the tracker task, the stream loop.
+async fn session(
+    config: &Config,
+    run: &RunConfig,
+    first: bool,
+    confirmed_here: &mut Lsn,
+    shutdown: &mut Shutdown,
+    backoff: &mut Backoff,
+) -> Result<()> {
+    let control = Control::connect(config).await?;
+    let prepared = control.prepare(config, first).await?;
+    if first {
+        if prepared.publication == Ensured::Created {
+            info!(publication = %config.publication, table = %config.table, "created publication");
+        }
+        if prepared.slot == Ensured::Created {
+            info!(slot = %config.slot, "created replication slot");
+        }
+    }
+    let confirmed = prepared.slot_info.confirmed_flush().unwrap_or(Lsn::ZERO);
+    let start = match run.start_lsn {
+        Some(skip_to) if first && skip_to < confirmed => {
+            return Err(Error::definite(format!(
+                "--start-lsn {skip_to} is behind the slot's confirmed position {confirmed}; a \
+                 logical slot cannot go back. Omit --start-lsn to resume from {confirmed}"
+            )));
+        }
+        Some(skip_to) => skip_to.max(confirmed),
+        None => confirmed,
+    };
+    let start = if *confirmed_here > start {
+        info!(slot_position = %confirmed, resume_from = %*confirmed_here,
+            "the slot's saved position is behind what this walbox saw confirmed (PostgreSQL restarted); resuming from the confirmed position");
+        *confirmed_here
+    } else {
+        start
+    };
+    drop(control);
+
+    let sink = Sink::connect(config).await?;
+    let mut source = Source::start(config, start).await?;
+    if first && run.start_lsn.is_some_and(|skip_to| skip_to > confirmed) {
+        warn!(from = %confirmed, to = %start, "skipping ahead: events committed before --start-lsn are not relayed");
+    }
+    info!(slot = %config.slot, from = %start, exchange = %config.exchange, "streaming");
+
+    let (flush_tx, mut flush_rx) = watch::channel(start);
+    let (pending_tx, pending_rx) = mpsc::channel(config.max_in_flight.max(64));
+    let mut tracker = tokio::spawn(track(pending_rx, Watermark::new(start), flush_tx));
+    let window = Arc::new(Semaphore::new(config.max_in_flight));
+    let mut stream = Stream::new(config, &sink, pending_tx, window);
+
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
+            tracker_end = &mut tracker => {
+                break Err(tracker_end
+                    .unwrap_or_else(|e| Err(Error::transient(format!("confirm tracker: {e}"))))
+                    .err()
+                    .unwrap_or_else(|| Error::transient("confirm tracker stopped")));
+            }
+            Ok(()) = flush_rx.changed() => source.acknowledge(*flush_rx.borrow_and_update()),
+            change = source.next() => match change {
+                Ok(Some(change)) => {
+                    if let Err(error) = stream.apply(change).await {
+                        break Err(error);
+                    }
+                }
+                Ok(None) => break Err(Error::transient("the replication stream ended")),
+                Err(error) => break Err(error),
+            },
+        }
+    };
+
+    // A session that moved the flush position made progress: the next failure is a new one,
+    // retried quickly. One that failed before confirming anything keeps backing off, so an
+    // unroutable or refused event does not turn into a reconnect storm.
+    if *flush_rx.borrow() > start {
+        backoff.reset();
+    }
+    *confirmed_here = (*confirmed_here).max(*flush_rx.borrow());
+    match outcome {
+        Ok(()) => {
+            // Graceful stop: no more reading; wait (bounded) for outstanding confirms, then
+            // tell PostgreSQL the final position.
+            drop(stream);
+            info!(
+                grace_secs = run.shutdown_grace.as_secs(),
+                "stopping: waiting for outstanding confirms"
+            );
+            let final_lsn = match tokio::time::timeout(run.shutdown_grace, &mut tracker).await {
+                Ok(Ok(Ok(lsn))) => lsn,
+                Ok(Ok(Err(error))) => {
+                    warn!(%error, "a message was refused while stopping");
+                    *flush_rx.borrow()
+                }
+                _ => {
+                    warn!(
+                        "confirms still outstanding at the end of the grace period; they will be sent again on restart"
+                    );
+                    tracker.abort();
+                    *flush_rx.borrow()
+                }
+            };
+            source.finish(final_lsn, Duration::from_secs(3)).await;
+            sink.close().await;
+            info!(flushed = %final_lsn, "stopped");
+            Ok(())
+        }
+        Err(error) => {
+            tracker.abort();
+            drop(source);
+            sink.close().await;
+            Err(error)
+        }
+    }
+}
+
+/// The per-session state of the stream loop: relations seen, the open transaction, the
+/// outbox table's current shape.
+struct Stream<'a> {
+    config: &'a Config,
+    sink: &'a Sink,
+    pending: mpsc::Sender<Pending>,
+    window: Arc<Semaphore>,
+    /// The outbox table's shape, from its latest Relation message.
+    shape: Option<OutboxShape>,
+    transaction: Option<Transaction>,
+    routing_key: String,
+}
+
+impl<'a> Stream<'a> {
+    fn new(
+        config: &'a Config,
+        sink: &'a Sink,
+        pending: mpsc::Sender<Pending>,
+        window: Arc<Semaphore>,
+    ) -> Self {
+        Stream {
+            config,
+            sink,
+            pending,
+            window,
+            shape: None,
+            transaction: None,
+            routing_key: String::new(),
+        }
+    }
+
+    async fn apply(&mut self, change: Change) -> Result<()> {
+        tracing::trace!(?change, "change");
+        match change {
+            Change::Begin(transaction) => self.transaction = Some(transaction),
+            Change::Commit { end_lsn } => {
+                self.transaction = None;
+                self.hand_over(Pending::Boundary(end_lsn)).await?;
+            }
+            // Between transactions, the server has sent everything before `wal_end`; once
+            // what came before is confirmed, PostgreSQL may release it. This keeps an idle
+            // outbox on a busy database from pinning WAL.
+            Change::Keepalive { wal_end } if self.transaction.is_none() => {
+                self.hand_over(Pending::Boundary(wal_end)).await?;
+            }
+            Change::Keepalive { .. } => {}
+            Change::Message(Message::Relation(relation)) => {
+                let table = &self.config.table;
+                let named = relation.namespace == table.schema.as_str()
+                    && relation.name == table.name.as_str();
+                // A rename keeps the relation id: the table is still the outbox being relayed.
+                let same_table = self
+                    .shape
+                    .as_ref()
+                    .is_some_and(|s| s.relation_id() == relation.relation_id);
+                if named || same_table {
+                    let shape = OutboxShape::from_relation(
+                        &relation,
+                        &self.config.columns,
+                        &self.config.routing_key,
+                    )
+                    .map_err(|problem| {
+                        Error::definite(format!(
+                            "the outbox table changed so that it can no longer be relayed: \
+                             {problem}. Nothing after this point was acknowledged"
+                        ))
+                    })?;
+                    self.shape = Some(shape);
+                }
+            }
+            Change::Message(Message::Insert(insert)) => {
+                let Some(shape) = self
+                    .shape
+                    .as_ref()
+                    .filter(|s| s.relation_id() == insert.relation_id)
+                else {
+                    return Ok(());
+                };
+                let transaction = self.transaction.ok_or_else(|| {
+                    Error::definite("an insert arrived outside a transaction (a walbox bug)")
+                })?;
+                let message = shape
+                    .message(&insert.new_tuple, &transaction, &mut self.routing_key)
+                    .map_err(|problem| {
+                        Error::definite(format!(
+                            "an outbox row in the transaction committed at {} cannot become an \
+                             AMQP message: {problem}. walbox stops here rather than skip it; fix \
+                             the row's data, or skip past it with `walbox run --start-lsn` \
+                             (after that commit)",
+                            transaction.commit_lsn
+                        ))
+                    })?;
+                if let Some(warning) = &message.headers_warning {
+                    warn!(event_id = %message.id, "{warning}");
+                }
+                let permit = Arc::clone(&self.window)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::transient("in-flight window closed"))?;
+                let event_id = message.id.clone();
+                let sending = self.sink.publish(message).await?;
+                self.hand_over(Pending::Published {
+                    sending,
+                    permit,
+                    event_id,
+                    commit_lsn: transaction.commit_lsn,
+                })
+                .await?;
+            }
+            // Updates, deletes, truncates, types, origins, messages: not outbox events.
+            Change::Message(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn hand_over(&self, pending: Pending) -> Result<()> {
+        self.pending
+            .send(pending)
+            .await
+            .map_err(|_| Error::transient("the confirm tracker stopped"))
+    }
+}

@@ -1,0 +1,127 @@
+//! AMQP publishing with publisher confirms.
+//!
+//! [`Sink`] owns one connection and one confirm-mode channel: every message goes out on that
+//! channel, in the order it was handed over, so every queue sees commit order. The
+//! [`confirm`] tracker turns the broker's answers into confirmed sequence numbers for the
+//! watermark; anything but a plain ack ends the session.
+
+pub mod confirm;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::outbox::OutboxMessage;
+
+type WriteFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+/// A message whose frames are queued on the channel: being written, or written and awaiting
+/// the broker's answer.
+pub enum Sending {
+    Writing(WriteFuture),
+    Written(PublisherConfirm),
+}
+
+impl Sending {
+    /// The broker's answer.
+    pub async fn answer(self) -> lapin::Result<Confirmation> {
+        match self {
+            Sending::Writing(writing) => writing.await?.await,
+            Sending::Written(confirm) => confirm.await,
+        }
+    }
+}
+
+pub struct Sink {
+    connection: Connection,
+    channel: Channel,
+    exchange: ShortString,
+}
+
+impl Sink {
+    /// Connect, open a confirm-mode channel and declare the exchange unless told not to.
+    pub async fn connect(config: &Config) -> Result<Self> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from(format!("walbox/{}", config.slot)));
+        let connection = Connection::connect(config.amqp_url.expose(), properties)
+            .await
+            .map_err(|e| Error::from_amqp(&format!("connecting to {}", config.amqp_url), &e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::from_amqp("opening a channel", &e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| Error::from_amqp("enabling publisher confirms", &e))?;
+        let exchange = ShortString::from(config.exchange.as_str());
+        if config.declare_exchange && !config.exchange.is_empty() {
+            channel
+                .exchange_declare(
+                    exchange.clone(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    Error::definite(format!(
+                        "declaring exchange {} as a durable topic exchange failed: {e}. If it \
+                         exists with another type, pass --no-declare or choose another --exchange",
+                        config.exchange
+                    ))
+                })?;
+        }
+        Ok(Sink {
+            connection,
+            channel,
+            exchange,
+        })
+    }
+
+    /// Hand one message to the broker: persistent, mandatory, on the one channel.
+    ///
+    /// lapin queues a publish's frames on the connection during the future's first poll and
+    /// then waits for the I/O loop to write them. Polling once here fixes the message's place
+    /// in the channel's order at once; the write and the broker's answer are awaited later by
+    /// the confirm tracker, so publishing never waits for a round trip.
+    pub async fn publish(&self, message: OutboxMessage) -> Result<Sending> {
+        let channel = self.channel.clone();
+        let exchange = message.exchange.unwrap_or_else(|| self.exchange.clone());
+        let mut writing: WriteFuture = Box::pin(async move {
+            channel
+                .basic_publish(
+                    exchange,
+                    message.routing_key,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.body,
+                    message.properties,
+                )
+                .await
+        });
+        match futures_util::poll!(writing.as_mut()) {
+            Poll::Ready(written) => Ok(Sending::Written(
+                written.map_err(|e| Error::from_amqp("publishing", &e))?,
+            )),
+            Poll::Pending => Ok(Sending::Writing(writing)),
+        }
+    }
+
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "walbox stopping".into()).await;
+        let _ = self.connection.close(200, "walbox stopping".into()).await;
+    }
+}

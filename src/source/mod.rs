@@ -1,0 +1,175 @@
+//! The replication connection: start streaming from the slot, turn what arrives into decoded
+//! changes, and tell PostgreSQL how far it may release WAL.
+//!
+//! pgwire-replication frames the stream (Begin, Commit, keepalives) and sends the standby
+//! status updates; everything else arrives as raw pgoutput bytes, decoded here by
+//! [`crate::pgoutput`]. The only position this module ever reports is the one handed to
+//! [`Source::acknowledge`], which the pipeline takes from the watermark.
+
+use std::time::Duration;
+
+use pgwire_replication::{
+    Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
+use tokio_postgres::config::Host;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::outbox::Transaction;
+use crate::pgoutput::{self, Message};
+
+/// How soon a raised flush position reaches the server.
+const STATUS_INTERVAL: Duration = Duration::from_millis(250);
+/// Session settings that make text values render the same whatever the server's defaults.
+const SESSION_OPTIONS: &str = "-c datestyle=ISO -c timezone=UTC -c bytea_output=hex";
+
+/// One step of the stream.
+#[derive(Debug)]
+pub enum Change {
+    Begin(Transaction),
+    /// A decoded pgoutput message from inside a transaction (Relation, Insert, …).
+    Message(Message),
+    Commit {
+        end_lsn: Lsn,
+    },
+    /// The server has sent everything up to `wal_end`.
+    Keepalive {
+        wal_end: Lsn,
+    },
+}
+
+pub struct Source {
+    client: ReplicationClient,
+}
+
+fn wire(lsn: Lsn) -> WireLsn {
+    WireLsn::from_u64(lsn.as_u64())
+}
+
+fn ours(lsn: WireLsn) -> Lsn {
+    Lsn(lsn.as_u64())
+}
+
+/// The replication connection settings, from the PostgreSQL URL.
+pub fn replication_config(config: &Config, start: Lsn) -> Result<ReplicationConfig> {
+    let postgres = &config.postgres;
+    let host = match postgres.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        Some(Host::Unix(path)) => path.to_string_lossy().into_owned(),
+        None => "/var/run/postgresql".to_owned(),
+    };
+    let port = postgres.get_ports().first().copied().unwrap_or(5432);
+    let user = postgres
+        .get_user()
+        .ok_or_else(|| Error::definite("--postgres-url names no user"))?
+        .to_owned();
+    let password = postgres
+        .get_password()
+        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+        .unwrap_or_default();
+    let database = postgres.get_dbname().unwrap_or("postgres").to_owned();
+    let tls = match postgres.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Require => TlsConfig::require(),
+        _ => TlsConfig::disabled(),
+    };
+    let options = match postgres.get_options() {
+        Some(user_options) => format!("{SESSION_OPTIONS} {user_options}"),
+        None => SESSION_OPTIONS.to_owned(),
+    };
+    Ok(ReplicationConfig::new(
+        host,
+        user,
+        password,
+        database,
+        config.slot.as_str(),
+        config.publication.as_str(),
+    )
+    .with_port(port)
+    .with_tls(tls)
+    .with_start_lsn(wire(start))
+    .with_status_interval(STATUS_INTERVAL)
+    .with_wakeup_interval(Duration::from_secs(5))
+    .with_buffer_size(4096)
+    .with_options(options)
+    .with_application_name(format!("walbox/{}", config.slot)))
+}
+
+impl Source {
+    /// Start streaming from `start` (the slot's confirmed position, or later with
+    /// `--start-lsn`). Until the first acknowledgement, `start` is what the server hears as
+    /// flushed.
+    pub async fn start(config: &Config, start: Lsn) -> Result<Self> {
+        let replication = replication_config(config, start)?;
+        let mut client = ReplicationClient::connect(replication)
+            .await
+            .map_err(|e| Error::from_replication(&e))?;
+        client
+            .wait_started()
+            .await
+            .map_err(|e| Error::from_replication(&e))?;
+        Ok(Source { client })
+    }
+
+    /// The next change, or `None` when the stream ended cleanly.
+    pub async fn next(&mut self) -> Result<Option<Change>> {
+        loop {
+            let event = self
+                .client
+                .recv()
+                .await
+                .map_err(|e| Error::from_replication(&e))?;
+            let change = match event {
+                None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
+                Some(ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                }) => Change::Begin(Transaction {
+                    xid,
+                    commit_lsn: ours(final_lsn),
+                    commit_time_micros,
+                }),
+                Some(ReplicationEvent::Commit { end_lsn, .. }) => Change::Commit {
+                    end_lsn: ours(end_lsn),
+                },
+                Some(ReplicationEvent::KeepAlive { wal_end, .. }) => Change::Keepalive {
+                    wal_end: ours(wal_end),
+                },
+                Some(ReplicationEvent::XLogData {
+                    data, wal_start, ..
+                }) => {
+                    let message = pgoutput::decode(&data).map_err(|error| {
+                        Error::definite(format!(
+                            "could not decode the pgoutput message at {}: {error}. This is a \
+                             walbox bug or an unsupported server; please report it",
+                            ours(wal_start)
+                        ))
+                    })?;
+                    Change::Message(message)
+                }
+                // Logical decoding messages (pg_logical_emit_message) are not outbox rows.
+                Some(ReplicationEvent::Message { .. }) => continue,
+            };
+            return Ok(Some(change));
+        }
+    }
+
+    /// PostgreSQL may release WAL up to `lsn`. Only the watermark's flush LSN comes here.
+    pub fn acknowledge(&self, lsn: Lsn) {
+        self.client.update_applied_lsn(wire(lsn));
+    }
+
+    /// Send `final_lsn` (waiting at most `wait` for the status update to go out), then end
+    /// the stream.
+    pub async fn finish(mut self, final_lsn: Lsn, wait: Duration) {
+        self.acknowledge(final_lsn);
+        let metrics = self.client.metrics();
+        let deadline = tokio::time::Instant::now() + wait;
+        while ours(metrics.last_applied_lsn()) < final_lsn && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.shutdown()).await;
+    }
+}

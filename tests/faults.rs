@@ -1,0 +1,673 @@
+//! Delivery under failure, with faults injected for real while a load generator commits events
+//! and a consumer drains the queue: walbox killed, the broker restarted, the AMQP and the
+//! replication links cut through a proxy, PostgreSQL restarted (fast and immediate), the broker
+//! nacking a full queue, unroutable messages, and a second walbox standing by.
+//!
+//! After each run: every committed event arrived (lost = 0), first deliveries follow commit
+//! order, and every event walbox sent again had not been acknowledged to PostgreSQL when the
+//! fault struck. `WALBOX_FAULT_ROUNDS` sets the faults per kind (default 1; the long mode used
+//! for the report is 13). The kinds run one at a time: some restart shared servers.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::*;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Connection, ConnectionProperties};
+use walbox::lsn::Lsn;
+
+/// Kinds that restart shared servers must not overlap with each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const MAX_IN_FLIGHT: &str = "256";
+
+fn rounds() -> usize {
+    std::env::var("WALBOX_FAULT_ROUNDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1)
+}
+
+/// A small random number without a dependency: good enough to vary timings.
+fn jitter(below: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    u64::from(nanos) % below.max(1)
+}
+
+/// Writers committing outbox events: mixed transaction sizes, many aggregates; they reconnect
+/// when PostgreSQL goes away.
+struct Load {
+    stop: Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, writers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = (0..writers)
+            .map(|writer| {
+                let stop = Arc::clone(&stop);
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut sequence = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok((mut client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        };
+                        tokio::spawn(connection);
+                        while !stop.load(Ordering::Relaxed) {
+                            let rows = match jitter(20) {
+                                0 => 200,
+                                n => 1 + n % 8,
+                            };
+                            let Ok(tx) = client.transaction().await else { break };
+                            let mut failed = false;
+                            for _ in 0..rows {
+                                sequence += 1;
+                                let payload = format!("{{\"writer\": {writer}, \"sequence\": {sequence}}}");
+                                let aggregate = format!("agg-{}", sequence % 50);
+                                if tx
+                                    .execute(
+                                        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+                                         VALUES ('load', $1, 'tick', $2::text::jsonb)",
+                                        &[&aggregate, &payload],
+                                    )
+                                    .await
+                                    .is_err()
+                                {
+                                    failed = true;
+                                    break;
+                                }
+                            }
+                            if failed || tx.commit().await.is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(5 + jitter(20))).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, writers }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for writer in self.writers {
+            let _ = writer.await;
+        }
+    }
+}
+
+/// One delivery as the consumer saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    id: String,
+    commit_lsn: Lsn,
+    writer: i64,
+    sequence: i64,
+    /// The broker delivered it before, to a consumer that went away without acking.
+    redelivered: bool,
+}
+
+/// A consumer of a durable queue that reconnects across broker restarts.
+struct Drain {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drain {
+    fn start(queue: String) -> Drain {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (record, halt) = (Arc::clone(&seen), Arc::clone(&stop));
+        let task = tokio::spawn(async move {
+            while !halt.load(Ordering::Relaxed) {
+                let Ok(connection) =
+                    Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                };
+                let Ok(channel) = connection.create_channel().await else {
+                    continue;
+                };
+                let _ = channel.basic_qos(500, BasicQosOptions::default()).await;
+                let Ok(mut consumer) = channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                };
+                while !halt.load(Ordering::Relaxed) {
+                    match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+                        Err(_) => continue,
+                        Ok(Some(Ok(delivery))) => {
+                            let body: serde_json::Value =
+                                serde_json::from_slice(&delivery.data).unwrap_or_default();
+                            record.lock().unwrap().push(Seen {
+                                id: message_id(&delivery),
+                                commit_lsn: commit_lsn(&delivery),
+                                writer: body["writer"].as_i64().unwrap_or(-1),
+                                sequence: body["sequence"].as_i64().unwrap_or(-1),
+                                redelivered: delivery.redelivered,
+                            });
+                            if delivery.ack(BasicAckOptions::default()).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => break,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Drain { seen, stop, task }
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    async fn stop(self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        Arc::try_unwrap(self.seen)
+            .map(|m| m.into_inner().unwrap())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    BrokerRestart,
+    AmqpCut,
+    PostgresRestartFast,
+    PostgresRestartImmediate,
+    ReplicationCut,
+    Unroutable,
+}
+
+fn run_command(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+}
+
+fn postgres_cluster() -> (String, String) {
+    let output = Command::new("pg_lsclusters")
+        .arg("--no-header")
+        .output()
+        .expect("pg_lsclusters");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|line| line.split_whitespace().nth(2) == Some("5432"))
+        .expect("cluster on 5432");
+    let mut fields = line.split_whitespace();
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+fn restart_postgres(mode: &str) {
+    let (version, cluster) = postgres_cluster();
+    run_command(
+        "pg_ctlcluster",
+        &[
+            "--skip-systemctl-redirect",
+            &version,
+            &cluster,
+            "restart",
+            "-m",
+            mode,
+        ],
+    );
+}
+
+/// What one fault left behind: the slot's confirmed position right after it, and how many
+/// deliveries the consumer had by then.
+struct Mark {
+    confirmed: Lsn,
+    delivered_before: usize,
+}
+
+async fn slot_confirmed(slot: &str) -> Lsn {
+    for _ in 0..100 {
+        if let Ok((client, connection)) =
+            tokio_postgres::connect(&admin_url("postgres"), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(connection);
+            if let Ok(Some(row)) = client
+                .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                .await
+            {
+                return row.get::<_, &str>(0).parse().unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("cannot read the slot's position");
+}
+
+/// The whole scenario for one kind of fault.
+async fn survive(fault: Fault) {
+    let _serial = SERIAL.lock().await;
+    let rounds = rounds();
+    let mut env = TestEnv::new(&format!("{fault:?}").to_lowercase()).await;
+    let amqp_proxy = Proxy::start(5672).await;
+    let postgres_proxy = Proxy::start(5432).await;
+    if fault == Fault::AmqpCut {
+        env.amqp_port = amqp_proxy.port;
+    }
+    if fault == Fault::ReplicationCut {
+        env.postgres_port = postgres_proxy.port;
+    }
+    let queue = env.durable_queue("q", FieldTable::default()).await;
+    let setup = env.walbox("setup", &[]);
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let mut run = env.spawn_run(&["--max-in-flight", MAX_IN_FLIGHT]);
+    env.wait_slot_active(Duration::from_secs(30)).await;
+
+    let drain = Drain::start(queue.clone());
+    let load = Load::start(env.postgres_url(), 3);
+    let mut marks = Vec::new();
+    for _ in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(800 + jitter(1500))).await;
+        match fault {
+            Fault::Kill => {
+                env.kill(run);
+                marks.push(Mark {
+                    confirmed: slot_confirmed(&env.name).await,
+                    delivered_before: drain.count(),
+                });
+                run = env.spawn_run(&["--max-in-flight", MAX_IN_FLIGHT]);
+            }
+            Fault::BrokerRestart => {
+                tokio::task::spawn_blocking(|| run_command("rabbitmqctl", &["-q", "stop_app"]))
+                    .await
+                    .unwrap();
+                marks.push(Mark {
+                    confirmed: slot_confirmed(&env.name).await,
+                    delivered_before: drain.count(),
+                });
+                tokio::time::sleep(Duration::from_millis(500 + jitter(1500))).await;
+                tokio::task::spawn_blocking(|| run_command("rabbitmqctl", &["-q", "start_app"]))
+                    .await
+                    .unwrap();
+            }
+            Fault::AmqpCut | Fault::ReplicationCut => {
+                let proxy = if fault == Fault::AmqpCut {
+                    &amqp_proxy
+                } else {
+                    &postgres_proxy
+                };
+                proxy.cut();
+                marks.push(Mark {
+                    confirmed: slot_confirmed(&env.name).await,
+                    delivered_before: drain.count(),
+                });
+                tokio::time::sleep(Duration::from_millis(300 + jitter(2000))).await;
+                proxy.restore();
+            }
+            Fault::PostgresRestartFast | Fault::PostgresRestartImmediate => {
+                let mode = if fault == Fault::PostgresRestartFast {
+                    "fast"
+                } else {
+                    "immediate"
+                };
+                marks.push(Mark {
+                    confirmed: slot_confirmed(&env.name).await,
+                    delivered_before: drain.count(),
+                });
+                tokio::task::spawn_blocking(move || restart_postgres(mode))
+                    .await
+                    .unwrap();
+            }
+            Fault::Unroutable => {
+                env.channel
+                    .queue_unbind(
+                        queue.as_str().into(),
+                        env.name.as_str().into(),
+                        "#".into(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .unwrap();
+                marks.push(Mark {
+                    confirmed: slot_confirmed(&env.name).await,
+                    delivered_before: drain.count(),
+                });
+                tokio::time::sleep(Duration::from_millis(1000 + jitter(2000))).await;
+                env.channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        env.name.as_str().into(),
+                        "#".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.stop().await;
+
+    let client = pg_connect(&env.postgres_url()).await;
+    let committed: HashSet<String> = client
+        .query("SELECT id::text FROM outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let arrived: HashSet<String> = drain
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|seen| seen.id.clone())
+            .collect();
+        if committed.is_subset(&arrived) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = drain.stop().await;
+    report_and_check(fault, rounds, &committed, &seen, &marks, &env.run_log(run));
+    drop(client);
+}
+
+fn report_and_check(
+    fault: Fault,
+    rounds: usize,
+    committed: &HashSet<String>,
+    seen: &[Seen],
+    marks: &[Mark],
+    log: &str,
+) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let mut walbox_duplicates = 0;
+    let mut broker_redeliveries = 0;
+    for (index, delivery) in seen.iter().enumerate() {
+        if first.contains_key(delivery.id.as_str()) {
+            if delivery.redelivered {
+                broker_redeliveries += 1;
+                continue;
+            }
+            walbox_duplicates += 1;
+            // Sent again by walbox: it must not have been acknowledged when the fault struck.
+            if let Some(mark) = marks
+                .iter()
+                .rev()
+                .find(|mark| mark.delivered_before <= index)
+            {
+                assert!(
+                    delivery.commit_lsn >= mark.confirmed,
+                    "{fault:?}: event {} committed at {} was sent again although the slot had confirmed {}",
+                    delivery.id,
+                    delivery.commit_lsn,
+                    mark.confirmed
+                );
+            }
+        } else {
+            first.insert(&delivery.id, index);
+        }
+    }
+    let lost: Vec<&String> = committed
+        .iter()
+        .filter(|id| !first.contains_key(id.as_str()))
+        .collect();
+    // First deliveries in commit order, and in insert order within a transaction.
+    let mut firsts: Vec<&Seen> = first.values().map(|&index| &seen[index]).collect();
+    firsts.sort_by_key(|seen| first[seen.id.as_str()]);
+    let mut order_violations = 0;
+    let mut last_by_writer: HashMap<i64, i64> = HashMap::new();
+    for pair in firsts.windows(2) {
+        if pair[1].commit_lsn < pair[0].commit_lsn {
+            order_violations += 1;
+        }
+    }
+    for seen in &firsts {
+        let last = last_by_writer.entry(seen.writer).or_insert(0);
+        if seen.sequence < *last {
+            order_violations += 1;
+        }
+        *last = seen.sequence;
+    }
+    eprintln!(
+        "fault {fault:?}: faults={rounds} committed={} delivered={} unique={} walbox_duplicates={walbox_duplicates} \
+         broker_redeliveries={broker_redeliveries} lost={} order_violations={order_violations}",
+        committed.len(),
+        seen.len(),
+        first.len(),
+        lost.len()
+    );
+    assert!(
+        committed.len() > 50,
+        "{fault:?}: the load generator committed too little: {}",
+        committed.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{fault:?}: {} events lost, e.g. {:?}; log:\n{log}",
+        lost.len(),
+        lost.first()
+    );
+    assert_eq!(
+        order_violations, 0,
+        "{fault:?}: first deliveries out of commit order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill() {
+    survive(Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_broker_restart() {
+    survive(Fault::BrokerRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_amqp_link_cut() {
+    survive(Fault::AmqpCut).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_postgres_fast_restart() {
+    survive(Fault::PostgresRestartFast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_postgres_immediate_restart() {
+    survive(Fault::PostgresRestartImmediate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_replication_link_cut() {
+    survive(Fault::ReplicationCut).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_unroutable_events_until_a_queue_is_bound() {
+    survive(Fault::Unroutable).await;
+}
+
+/// A queue that refuses publishes when full (x-overflow=reject-publish): the broker nacks,
+/// walbox holds and retries with backoff, and everything arrives once the queue drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_broker_nacks_from_a_full_queue() {
+    let _serial = SERIAL.lock().await;
+    let mut env = TestEnv::new("nack").await;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(100));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    let queue = env.durable_queue("q", arguments).await;
+    assert!(env.walbox("setup", &[]).status.success());
+    let run = env.spawn_run(&["--max-in-flight", MAX_IN_FLIGHT]);
+    env.wait_slot_active(Duration::from_secs(30)).await;
+    let load = Load::start(env.postgres_url(), 3);
+    // Nobody drains yet: the queue fills and the broker starts refusing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = slot_confirmed(&env.name).await;
+    let log = env.run_log(run);
+    assert!(log.contains("nacked"), "walbox saw the nacks; log:\n{log}");
+    let drain = Drain::start(queue);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.stop().await;
+    let committed: HashSet<String> = env
+        .db
+        .query("SELECT id::text FROM outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let arrived: HashSet<String> = drain
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|seen| seen.id.clone())
+            .collect();
+        if committed.is_subset(&arrived) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let seen = drain.stop().await;
+    let unique: HashSet<&String> = seen.iter().map(|seen| &seen.id).collect();
+    let lost = committed.iter().filter(|id| !unique.contains(id)).count();
+    eprintln!(
+        "fault Nack: committed={} delivered={} unique={} lost={lost} (slot held at {held} while refused)",
+        committed.len(),
+        seen.len(),
+        unique.len()
+    );
+    assert_eq!(
+        lost,
+        0,
+        "events lost after nacks; log:\n{}",
+        env.run_log(run)
+    );
+}
+
+/// A second walbox on the same slot stands by and takes over within 5 seconds of the first
+/// one's death, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_walbox_takes_over() {
+    let _serial = SERIAL.lock().await;
+    let mut env = TestEnv::new("standby").await;
+    let queue = env.durable_queue("q", FieldTable::default()).await;
+    assert!(env.walbox("setup", &[]).status.success());
+    let active = env.spawn_run(&[]);
+    env.wait_slot_active(Duration::from_secs(30)).await;
+    let standby = env.spawn_run(&[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !env.run_log(standby).contains("standing by") {
+        assert!(
+            Instant::now() < deadline,
+            "the second walbox never said it stands by; log:\n{}",
+            env.run_log(standby)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.try_wait(standby).is_none(), "the standby must stay up");
+    let drain = Drain::start(queue);
+    let load = Load::start(env.postgres_url(), 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let killed_at = Instant::now();
+    env.kill(active);
+    let deadline = killed_at + Duration::from_secs(20);
+    while env.run_log(standby).matches("\"streaming\"").count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no takeover; log:\n{}",
+            env.run_log(standby)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let takeover = killed_at.elapsed();
+    eprintln!(
+        "standby took over {} ms after the active walbox was killed",
+        takeover.as_millis()
+    );
+    assert!(
+        takeover < Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.stop().await;
+    let committed: HashSet<String> = env
+        .db
+        .query("SELECT id::text FROM outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let arrived: HashSet<String> = drain
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|seen| seen.id.clone())
+            .collect();
+        if committed.is_subset(&arrived) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let seen = drain.stop().await;
+    let unique: HashSet<&String> = seen.iter().map(|seen| &seen.id).collect();
+    let lost = committed.iter().filter(|id| !unique.contains(id)).count();
+    eprintln!(
+        "fault Standby: committed={} delivered={} lost={lost}",
+        committed.len(),
+        seen.len()
+    );
+    assert_eq!(lost, 0);
+}
