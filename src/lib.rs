@@ -4,7 +4,8 @@
 //! The modules follow the data path: [`source`] reads the slot and [`pgoutput`] decodes it,
 //! [`outbox`] maps rows to messages, [`sink`] publishes and tracks confirms, [`watermark`]
 //! turns confirms into the flush LSN, and [`pipeline`] wires and supervises them.
-//! [`control`] is the control-plane SQL; [`config`] and [`cli`] are the edges.
+//! [`control`] is the control-plane SQL; [`telemetry`] reports what the data path records;
+//! [`config`] and [`cli`] are the edges.
 
 pub mod cli;
 pub mod config;
@@ -16,4 +17,5 @@ pub mod pgoutput;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod watermark;

@@ -4,19 +4,30 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use walbox::cli;
-use walbox::config::{Cli, Command, CommonArgs, Config, LogFormat, RunConfig};
+use walbox::config::file::{self, ParseError, Parsed};
+use walbox::config::{Cli, Command, CommonArgs, Config, ConfigCommand, LogFormat, RunConfig};
 use walbox::error::Error;
 
 const EXIT_DEFINITE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli);
+    let parsed = match file::parse(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        // clap prints --help, --version and its own usage errors, and exits 2 for the latter.
+        Err(ParseError::Clap(error)) => error.exit(),
+        Err(ParseError::File(error)) => return usage(error),
+    };
+    if let Command::Config(ConfigCommand::Check(run)) = &parsed.cli.command {
+        return match cli::config_check::check(&parsed, run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => usage(error),
+        };
+    }
+    init_logging(&parsed.cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -27,13 +38,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_DEFINITE);
         }
     };
-    runtime.block_on(dispatch(cli.command))
+    runtime.block_on(dispatch(parsed))
 }
 
-async fn dispatch(command: Command) -> ExitCode {
+async fn dispatch(parsed: Parsed) -> ExitCode {
+    let command = parsed.cli.command;
     let common: &CommonArgs = match &command {
         Command::Setup(common) | Command::Teardown(common) => common,
-        Command::Run(run) => &run.common,
+        Command::Run(run) | Command::Config(ConfigCommand::Check(run)) => &run.common,
         Command::Status(status) => &status.common,
     };
     let config = match Config::from_args(common) {
@@ -48,6 +60,8 @@ async fn dispatch(command: Command) -> ExitCode {
             Ok(run) => cli::run::run(&config, &run).await,
             Err(error) => return usage(error),
         },
+        // Handled before the runtime starts.
+        Command::Config(ConfigCommand::Check(_)) => Ok(()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

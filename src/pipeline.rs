@@ -22,6 +22,7 @@ use crate::pgoutput::Message;
 use crate::sink::Sink;
 use crate::sink::confirm::{Pending, track};
 use crate::source::{Change, Source};
+use crate::telemetry::{RelayState, Side, Telemetry};
 use crate::watermark::Watermark;
 
 pub mod backoff;
@@ -32,7 +33,12 @@ use backoff::Backoff;
 pub type Shutdown = watch::Receiver<bool>;
 
 /// Relay until `shutdown` fires (Ok) or a definite error (Err).
-pub async fn run(config: &Config, run: &RunConfig, mut shutdown: Shutdown) -> Result<()> {
+pub async fn run(
+    config: &Config,
+    run: &RunConfig,
+    mut shutdown: Shutdown,
+    telemetry: Arc<Telemetry>,
+) -> Result<()> {
     let mut backoff = Backoff::new(Duration::from_millis(200), run.max_retry_delay);
     let mut first = true;
     let mut standing_by = false;
@@ -49,28 +55,39 @@ pub async fn run(config: &Config, run: &RunConfig, mut shutdown: Shutdown) -> Re
             &mut confirmed_here,
             &mut shutdown,
             &mut backoff,
+            &telemetry,
         )
         .await;
+        telemetry.metrics.session_ended();
         let delay = match outcome {
             Ok(()) => return Ok(()),
-            Err(error @ Error::Definite(_)) => return Err(error),
-            Err(Error::SlotInUse(reason)) => {
+            Err((_, error @ Error::Definite(_))) => return Err(error),
+            Err((_, Error::SlotInUse(reason))) => {
                 if !standing_by {
                     info!(%reason, "standing by: another walbox holds the slot; taking over when it is released");
                     standing_by = true;
                 }
+                telemetry.health.set_state(RelayState::StandingBy);
                 STANDBY_POLL
             }
-            Err(Error::Transient(reason)) => {
+            Err((side, Error::Transient(reason))) => {
                 standing_by = false;
+                telemetry.health.set_state(RelayState::Reconnecting);
+                telemetry.metrics.reconnect(side);
                 let delay = backoff.next_delay();
-                warn!(%reason, retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
+                warn!(%reason, side = side.name(), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
                 delay
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        let waited = tokio::time::sleep(delay);
+        tokio::pin!(waited);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = &mut waited => break,
+                _ = heartbeat.tick() => telemetry.health.beat(),
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            }
         }
         first = false;
     }
@@ -78,6 +95,15 @@ pub async fn run(config: &Config, run: &RunConfig, mut shutdown: Shutdown) -> Re
 
 /// How often a standby walbox tries to take the slot over.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How often the loops prove they turn (/healthz) and check that the broker is still there.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Why a session ended, and which connection's failure ended it.
+type SessionResult = std::result::Result<(), (Side, Error)>;
+
+fn on(side: Side) -> impl Fn(Error) -> (Side, Error) + Copy {
+    move |error| (side, error)
+}
 
 /// One connected session: both connections, the tracker task, the stream loop.
 async fn session(
@@ -87,9 +113,11 @@ async fn session(
     confirmed_here: &mut Lsn,
     shutdown: &mut Shutdown,
     backoff: &mut Backoff,
-) -> Result<()> {
-    let control = Control::connect(config).await?;
-    let prepared = control.prepare(config, first).await?;
+    telemetry: &Arc<Telemetry>,
+) -> SessionResult {
+    let postgres = on(Side::Postgres);
+    let control = Control::connect(config).await.map_err(postgres)?;
+    let prepared = control.prepare(config, first).await.map_err(postgres)?;
     if first {
         if prepared.publication == Ensured::Created {
             info!(publication = %config.publication, table = %config.table, "created publication");
@@ -101,10 +129,10 @@ async fn session(
     let confirmed = prepared.slot_info.confirmed_flush().unwrap_or(Lsn::ZERO);
     let start = match run.start_lsn {
         Some(skip_to) if first && skip_to < confirmed => {
-            return Err(Error::definite(format!(
+            return Err(postgres(Error::definite(format!(
                 "--start-lsn {skip_to} is behind the slot's confirmed position {confirmed}; a \
                  logical slot cannot go back. Omit --start-lsn to resume from {confirmed}"
-            )));
+            ))));
         }
         Some(skip_to) => skip_to.max(confirmed),
         None => confirmed,
@@ -118,38 +146,56 @@ async fn session(
     };
     drop(control);
 
-    let sink = Sink::connect(config).await?;
-    let mut source = Source::start(config, start).await?;
+    let sink = Sink::connect(config).await.map_err(on(Side::Amqp))?;
+    let mut source = Source::start(config, start).await.map_err(postgres)?;
     if first && run.start_lsn.is_some_and(|skip_to| skip_to > confirmed) {
         warn!(from = %confirmed, to = %start, "skipping ahead: events committed before --start-lsn are not relayed");
     }
     info!(slot = %config.slot, from = %start, exchange = %config.exchange, "streaming");
+    telemetry.health.set_state(RelayState::Streaming);
+    telemetry.metrics.flushed(start);
 
     let (flush_tx, mut flush_rx) = watch::channel(start);
     let (pending_tx, pending_rx) = mpsc::channel(config.max_in_flight.max(64));
-    let mut tracker = tokio::spawn(track(pending_rx, Watermark::new(start), flush_tx));
+    let mut tracker = tokio::spawn(track(
+        pending_rx,
+        Watermark::new(start),
+        flush_tx,
+        Arc::clone(telemetry),
+    ));
     let window = Arc::new(Semaphore::new(config.max_in_flight));
-    let mut stream = Stream::new(config, &sink, pending_tx, window);
+    let mut stream = Stream::new(config, &sink, pending_tx, window, telemetry);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
 
     let outcome = loop {
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
             tracker_end = &mut tracker => {
-                break Err(tracker_end
+                break Err((Side::Amqp, tracker_end
                     .unwrap_or_else(|e| Err(Error::transient(format!("confirm tracker: {e}"))))
                     .err()
-                    .unwrap_or_else(|| Error::transient("confirm tracker stopped")));
+                    .unwrap_or_else(|| Error::transient("confirm tracker stopped"))));
             }
-            Ok(()) = flush_rx.changed() => source.acknowledge(*flush_rx.borrow_and_update()),
+            Ok(()) = flush_rx.changed() => {
+                let flushed = *flush_rx.borrow_and_update();
+                source.acknowledge(flushed);
+                telemetry.metrics.flushed(flushed);
+            }
+            _ = heartbeat.tick() => {
+                telemetry.health.beat();
+                if !sink.is_connected() {
+                    break Err((Side::Amqp, Error::transient("the connection to the broker closed")));
+                }
+            }
             change = source.next() => match change {
                 Ok(Some(change)) => {
                     if let Err(error) = stream.apply(change).await {
                         break Err(error);
                     }
                 }
-                Ok(None) => break Err(Error::transient("the replication stream ended")),
-                Err(error) => break Err(error),
+                Ok(None) => break Err(postgres(Error::transient("the replication stream ended"))),
+                Err(error) => break Err(postgres(error)),
             },
         }
     };
@@ -166,6 +212,7 @@ async fn session(
             // Graceful stop: no more reading; wait (bounded) for outstanding confirms, then
             // tell PostgreSQL the final position.
             drop(stream);
+            telemetry.health.set_state(RelayState::Stopping);
             info!(
                 grace_secs = run.shutdown_grace.as_secs(),
                 "stopping: waiting for outstanding confirms"
@@ -205,6 +252,7 @@ struct Stream<'a> {
     sink: &'a Sink,
     pending: mpsc::Sender<Pending>,
     window: Arc<Semaphore>,
+    telemetry: &'a Telemetry,
     /// The outbox table's shape, from its latest Relation message.
     shape: Option<OutboxShape>,
     transaction: Option<Transaction>,
@@ -217,30 +265,37 @@ impl<'a> Stream<'a> {
         sink: &'a Sink,
         pending: mpsc::Sender<Pending>,
         window: Arc<Semaphore>,
+        telemetry: &'a Telemetry,
     ) -> Self {
         Stream {
             config,
             sink,
             pending,
             window,
+            telemetry,
             shape: None,
             transaction: None,
             routing_key: String::new(),
         }
     }
 
-    async fn apply(&mut self, change: Change) -> Result<()> {
+    /// Apply one change; an error says which side failed.
+    async fn apply(&mut self, change: Change) -> SessionResult {
+        let postgres = on(Side::Postgres);
         tracing::trace!(?change, "change");
         match change {
             Change::Begin(transaction) => self.transaction = Some(transaction),
             Change::Commit { end_lsn } => {
                 self.transaction = None;
+                self.telemetry.metrics.transaction();
+                self.telemetry.metrics.received(end_lsn);
                 self.hand_over(Pending::Boundary(end_lsn)).await?;
             }
             // Between transactions, the server has sent everything before `wal_end`; once
             // what came before is confirmed, PostgreSQL may release it. This keeps an idle
             // outbox on a busy database from pinning WAL.
             Change::Keepalive { wal_end } if self.transaction.is_none() => {
+                self.telemetry.metrics.received(wal_end);
                 self.hand_over(Pending::Boundary(wal_end)).await?;
             }
             Change::Keepalive { .. } => {}
@@ -260,10 +315,10 @@ impl<'a> Stream<'a> {
                         &self.config.routing_key,
                     )
                     .map_err(|problem| {
-                        Error::definite(format!(
+                        postgres(Error::definite(format!(
                             "the outbox table changed so that it can no longer be relayed: \
                              {problem}. Nothing after this point was acknowledged"
-                        ))
+                        )))
                     })?;
                     self.shape = Some(shape);
                 }
@@ -277,33 +332,38 @@ impl<'a> Stream<'a> {
                     return Ok(());
                 };
                 let transaction = self.transaction.ok_or_else(|| {
-                    Error::definite("an insert arrived outside a transaction (a walbox bug)")
+                    postgres(Error::definite(
+                        "an insert arrived outside a transaction (a walbox bug)",
+                    ))
                 })?;
                 let message = shape
                     .message(&insert.new_tuple, &transaction, &mut self.routing_key)
                     .map_err(|problem| {
-                        Error::definite(format!(
+                        postgres(Error::definite(format!(
                             "an outbox row in the transaction committed at {} cannot become an \
                              AMQP message: {problem}. walbox stops here rather than skip it; fix \
                              the row's data, or skip past it with `walbox run --start-lsn` \
                              (after that commit)",
                             transaction.commit_lsn
-                        ))
+                        )))
                     })?;
                 if let Some(warning) = &message.headers_warning {
                     warn!(event_id = %message.id, "{warning}");
                 }
+                let amqp = on(Side::Amqp);
                 let permit = Arc::clone(&self.window)
                     .acquire_owned()
                     .await
-                    .map_err(|_| Error::transient("in-flight window closed"))?;
+                    .map_err(|_| amqp(Error::transient("in-flight window closed")))?;
                 let event_id = message.id.clone();
-                let sending = self.sink.publish(message).await?;
+                let sending = self.sink.publish(message).await.map_err(on(Side::Amqp))?;
+                self.telemetry.metrics.published();
                 self.hand_over(Pending::Published {
                     sending,
                     permit,
                     event_id,
                     commit_lsn: transaction.commit_lsn,
+                    commit_time_micros: transaction.commit_time_micros,
                 })
                 .await?;
             }
@@ -313,10 +373,10 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    async fn hand_over(&self, pending: Pending) -> Result<()> {
+    async fn hand_over(&self, pending: Pending) -> SessionResult {
         self.pending
             .send(pending)
             .await
-            .map_err(|_| Error::transient("the confirm tracker stopped"))
+            .map_err(|_| (Side::Amqp, Error::transient("the confirm tracker stopped")))
     }
 }

@@ -1,6 +1,7 @@
 //! The subcommands, one file each. Each takes validated configuration and returns a result
 //! the entry point turns into an exit code.
 
+pub mod config_check;
 pub mod run;
 pub mod setup;
 pub mod status;

@@ -1,4 +1,6 @@
-//! `walbox run`: relay until SIGINT or SIGTERM.
+//! `walbox run`: serve metrics and health, then relay until SIGINT or SIGTERM.
+
+use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -7,6 +9,7 @@ use tracing::info;
 use crate::config::{Config, RunConfig};
 use crate::error::{Error, Result};
 use crate::pipeline;
+use crate::telemetry::{Telemetry, server, slot_poller};
 
 pub async fn run(config: &Config, run: &RunConfig) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -27,5 +30,12 @@ pub async fn run(config: &Config, run: &RunConfig) -> Result<()> {
         slot = %config.slot,
         "walbox starting"
     );
-    pipeline::run(config, run, stop_rx).await
+    let telemetry = Arc::new(Telemetry::default());
+    if let Some(addr) = run.metrics_addr {
+        server::serve(addr, Arc::clone(&telemetry)).await?;
+    }
+    let poller = tokio::spawn(slot_poller::poll(config.clone(), Arc::clone(&telemetry)));
+    let outcome = pipeline::run(config, run, stop_rx, telemetry).await;
+    poller.abort();
+    outcome
 }

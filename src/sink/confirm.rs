@@ -6,6 +6,10 @@
 //! carries a returned message (unroutable with mandatory set), a nack, or a channel error ends
 //! the tracker with an error: nothing after that message is ever confirmed to PostgreSQL.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use lapin::Confirmation;
@@ -14,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::Sending;
+use crate::telemetry::{Metrics, Telemetry};
 use crate::watermark::Watermark;
 
 /// What the pipeline hands to the tracker, in stream order.
@@ -24,6 +29,9 @@ pub enum Pending {
         permit: OwnedSemaphorePermit,
         event_id: String,
         commit_lsn: Lsn,
+        /// The transaction's commit timestamp (microseconds since 2000-01-01), for the
+        /// commit-to-confirm latency.
+        commit_time_micros: i64,
     },
     /// Everything handed over before this lies before `lsn` in the WAL.
     Boundary(Lsn),
@@ -35,18 +43,23 @@ pub async fn track(
     mut pending: mpsc::Receiver<Pending>,
     mut watermark: Watermark,
     flush: watch::Sender<Lsn>,
+    telemetry: Arc<Telemetry>,
 ) -> Result<Lsn> {
+    let metrics = &telemetry.metrics;
     let mut in_flight = FuturesOrdered::new();
+    // When each message in `in_flight` was published, oldest first (answers come in order).
+    let mut published_at = VecDeque::new();
     let mut sender_open = true;
     loop {
         tokio::select! {
             item = pending.recv(), if sender_open => match item {
-                Some(Pending::Published { sending, permit, event_id, commit_lsn }) => {
+                Some(Pending::Published { sending, permit, event_id, commit_lsn, commit_time_micros }) => {
                     let sequence = watermark.publish();
+                    published_at.push_back(Instant::now());
                     in_flight.push_back(async move {
                         let answer = sending.answer().await;
                         drop(permit);
-                        (sequence, answer, event_id, commit_lsn)
+                        (sequence, answer, event_id, commit_lsn, commit_time_micros)
                     });
                 }
                 Some(Pending::Boundary(lsn)) => {
@@ -56,14 +69,26 @@ pub async fn track(
                 }
                 None => sender_open = false,
             },
-            Some((sequence, answer, event_id, commit_lsn)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((sequence, answer, event_id, commit_lsn, commit_time_micros)) = in_flight.next(), if !in_flight.is_empty() => {
+                let sent_at = published_at.pop_front().unwrap_or_else(Instant::now);
+                metrics.answered(published_at.front().copied());
+                count(metrics, &answer);
                 refused(answer, &event_id, commit_lsn)?;
+                metrics.confirmed(sent_at, commit_time_micros);
                 if let Some(lsn) = watermark.confirm(sequence) {
                     flush.send_replace(lsn);
                 }
             }
             else => return Ok(watermark.flush_lsn()),
         }
+    }
+}
+
+fn count(metrics: &Metrics, answer: &lapin::Result<Confirmation>) {
+    match answer {
+        Ok(Confirmation::Ack(Some(_))) => metrics.returned(),
+        Ok(Confirmation::Nack(_)) => metrics.nacked(),
+        _ => {}
     }
 }
 

@@ -120,6 +120,12 @@ impl Sink {
         }
     }
 
+    /// Both the connection and the channel are open. lapin notices a dead link on its own
+    /// (socket error, missed heartbeats); this lets an idle relay notice it too.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
     pub async fn close(self) {
         let _ = self.channel.close(200, "walbox stopping".into()).await;
         let _ = self.connection.close(200, "walbox stopping".into()).await;

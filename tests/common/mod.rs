@@ -148,10 +148,17 @@ impl TestEnv {
         let index = self.children.len();
         let log =
             std::fs::File::create(self.log_dir.join(format!("run-{index}.log"))).expect("log");
+        // Many relays run at once: unless the test chooses an address, let each pick a port.
+        let metrics_addr: &[&str] = if extra.contains(&"--metrics-addr") {
+            &[]
+        } else {
+            &["--metrics-addr", "127.0.0.1:0"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_walbox"))
             .arg("run")
             .args(self.args())
             .args(["--max-retry-delay-ms", "1000", "--log-format", "json"])
+            .args(metrics_addr)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,10 +1,15 @@
-//! Flags and environment variables → one validated [`Config`].
+//! Flags, environment variables and the configuration file → one validated [`Config`].
 //!
-//! Every flag also reads `WALBOX_<FLAG>`. Validation happens here, before anything connects, so
-//! a bad LSN, template, column map or name is a usage error (exit 2) with a message saying what
-//! is wrong; nothing else in walbox parses user text.
+//! Every flag also reads `WALBOX_<FLAG>` and the key `<flag>` of the `--config` file
+//! ([`file`]); precedence is flag > environment > file > default. Validation happens here,
+//! before anything connects, so a bad LSN, template, column map or name is a usage error
+//! (exit 2) with a message saying what is wrong; nothing else in walbox parses user text.
+
+pub mod file;
+pub mod reference;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -30,6 +35,11 @@ pub struct Cli {
     /// Log format: text for people, json for log collectors; auto picks text on a terminal.
     #[arg(long, env = "WALBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
     pub log_format: LogFormat,
+
+    /// TOML file whose keys are these flags' long names (e.g. postgres-url = "..."); flags and
+    /// environment variables override it.
+    #[arg(long, env = "WALBOX_CONFIG", global = true)]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,6 +59,16 @@ pub enum Command {
     Status(StatusArgs),
     /// Drop the slot and the publication.
     Teardown(CommonArgs),
+    /// Work with the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration `walbox run` would use (flags, environment, file) and print
+    /// the effective one, secrets redacted, with where each value came from.
+    Check(RunArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -122,6 +142,10 @@ pub struct RunArgs {
     /// Longest wait between reconnection attempts after a transient failure (milliseconds).
     #[arg(long, env = "WALBOX_MAX_RETRY_DELAY_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub max_retry_delay_ms: u64,
+
+    /// Address for /metrics, /healthz and /readyz (host:port; port 0 picks one; `none` serves nothing).
+    #[arg(long, env = "WALBOX_METRICS_ADDR", default_value = "127.0.0.1:9820")]
+    pub metrics_addr: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -277,6 +301,8 @@ pub struct RunConfig {
     pub start_lsn: Option<Lsn>,
     pub shutdown_grace: Duration,
     pub max_retry_delay: Duration,
+    /// None: serve no metrics or health endpoints.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -342,10 +368,20 @@ impl RunConfig {
                 Lsn::from_str(text).map_err(|error| ConfigError(format!("--start-lsn: {error}")))
             })
             .transpose()?;
+        let metrics_addr = match args.metrics_addr.trim() {
+            "" | "none" | "off" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|error| {
+                ConfigError(format!(
+                    "--metrics-addr `{text}` is not host:port (e.g. 0.0.0.0:9820) or `none`: \
+                     {error}"
+                ))
+            })?),
+        };
         Ok(RunConfig {
             start_lsn,
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
             max_retry_delay: Duration::from_millis(args.max_retry_delay_ms),
+            metrics_addr,
         })
     }
 }

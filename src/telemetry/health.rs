@@ -1,0 +1,118 @@
+//! The relay's state as the health endpoints see it: which phase it is in (ready only while
+//! streaming with the broker connected) and a heartbeat proving its loop still turns.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where the relay is. Only [`RelayState::Streaming`] is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RelayState {
+    Starting = 0,
+    /// Reading from the slot and connected to the broker.
+    Streaming = 1,
+    /// Another walbox holds the slot; waiting to take over.
+    StandingBy = 2,
+    /// A transient failure ended the session; retrying with backoff.
+    Reconnecting = 3,
+    /// Stuck on an event the broker keeps refusing (a poison event).
+    Halted = 4,
+    Stopping = 5,
+}
+
+impl RelayState {
+    pub const ALL: [RelayState; 6] = [
+        RelayState::Starting,
+        RelayState::Streaming,
+        RelayState::StandingBy,
+        RelayState::Reconnecting,
+        RelayState::Halted,
+        RelayState::Stopping,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayState::Starting => "starting",
+            RelayState::Streaming => "streaming",
+            RelayState::StandingBy => "standing_by",
+            RelayState::Reconnecting => "reconnecting",
+            RelayState::Halted => "halted",
+            RelayState::Stopping => "stopping",
+        }
+    }
+
+    fn from_u8(value: u8) -> RelayState {
+        RelayState::ALL
+            .into_iter()
+            .find(|state| *state as u8 == value)
+            .unwrap_or(RelayState::Starting)
+    }
+}
+
+/// How long the loop may go without a heartbeat before /healthz says the process is stuck.
+/// The loops beat at least every second; this leaves room for a slow machine.
+pub const STALL_LIMIT: Duration = Duration::from_secs(30);
+
+pub struct Health {
+    state: AtomicU8,
+    born: Instant,
+    /// Milliseconds since `born` of the last heartbeat.
+    last_beat_ms: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            state: AtomicU8::new(RelayState::Starting as u8),
+            born: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Health {
+    pub fn set_state(&self, state: RelayState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+        self.beat();
+    }
+
+    pub fn state(&self) -> RelayState {
+        RelayState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn ready(&self) -> bool {
+        self.state() == RelayState::Streaming
+    }
+
+    /// The relay's loop is turning.
+    pub fn beat(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        self.last_beat_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Time since the last heartbeat.
+    pub fn since_last_beat(&self) -> Duration {
+        let last = Duration::from_millis(self.last_beat_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
+    }
+
+    pub fn alive(&self) -> bool {
+        self.since_last_beat() < STALL_LIMIT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_streaming_is_ready() {
+        let health = Health::default();
+        for state in RelayState::ALL {
+            health.set_state(state);
+            assert_eq!(health.state(), state);
+            assert_eq!(health.ready(), state == RelayState::Streaming, "{state:?}");
+        }
+        assert!(health.alive());
+    }
+}

@@ -1,0 +1,174 @@
+//! Configuration: precedence flag > environment > file > default, `config check` redacts
+//! secrets, a bad file is a usage error, and README's option and metric tables match the code.
+
+use std::process::{Command, Output};
+
+fn walbox(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_walbox"));
+    command.args(args);
+    // This process's own WALBOX_ settings must not leak into what is checked.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WALBOX_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("run walbox")
+}
+
+fn config_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The `key = value  # source` line of `config check`'s output.
+fn line<'a>(output: &'a str, key: &str) -> &'a str {
+    output
+        .lines()
+        .find(|line| line.starts_with(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("no {key} in:\n{output}"))
+}
+
+#[test]
+fn flag_beats_environment_beats_file_beats_default() {
+    let file = config_file(
+        "precedence",
+        "slot = \"from_file\"\npublication = \"from_file\"\nexchange = \"from-file\"\n\
+         max_in_flight = 77\n",
+    );
+    let output = walbox(
+        &[
+            "config",
+            "check",
+            "--config",
+            file.to_str().unwrap(),
+            "--slot",
+            "from_flag",
+        ],
+        &[
+            ("WALBOX_SLOT", "from_env"),
+            ("WALBOX_PUBLICATION", "from_env"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(line(&stdout, "slot"), "slot = \"from_flag\"  # flag");
+    assert_eq!(
+        line(&stdout, "publication"),
+        "publication = \"from_env\"  # env WALBOX_PUBLICATION"
+    );
+    assert_eq!(
+        line(&stdout, "exchange"),
+        "exchange = \"from-file\"  # file"
+    );
+    assert_eq!(line(&stdout, "max-in-flight"), "max-in-flight = 77  # file");
+    assert_eq!(
+        line(&stdout, "table"),
+        "table = \"public.outbox\"  # default"
+    );
+
+    // The file can be named by the environment too.
+    let output = walbox(
+        &["config", "check"],
+        &[("WALBOX_CONFIG", file.to_str().unwrap())],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(line(&stdout, "slot"), "slot = \"from_file\"  # file");
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
+fn config_check_redacts_secrets_from_every_source() {
+    let file = config_file(
+        "secrets",
+        "postgres-url = \"postgres://walbox:file-secret@db:5432/app\"\n",
+    );
+    let output = walbox(
+        &["config", "check", "--config", file.to_str().unwrap()],
+        &[("WALBOX_AMQP_URL", "amqps://relay:env-secret@mq:5671/prod")],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(
+        !stdout.contains("file-secret") && !stdout.contains("env-secret"),
+        "{stdout}"
+    );
+    assert_eq!(
+        line(&stdout, "postgres-url"),
+        "postgres-url = \"postgres://walbox:***@db:5432/app\"  # file"
+    );
+    assert_eq!(
+        line(&stdout, "amqp-url"),
+        "amqp-url = \"amqps://relay:***@mq:5671/prod\"  # env WALBOX_AMQP_URL"
+    );
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
+fn bad_configuration_is_a_usage_error() {
+    let unknown = config_file("unknown", "slott = \"typo\"\n");
+    let not_toml = config_file("not-toml", "slot = \n");
+    let bad_value = config_file("bad-value", "start-lsn = \"yesterday\"\n");
+    for (file, expected) in [
+        (&unknown, "unknown key `slott`"),
+        (&not_toml, "not valid TOML"),
+        (&bad_value, "--start-lsn"),
+    ] {
+        let output = walbox(
+            &["config", "check", "--config", file.to_str().unwrap()],
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{expected} not in: {stderr}");
+    }
+    let output = walbox(
+        &["config", "check", "--config", "/nonexistent/walbox.toml"],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    for file in [unknown, not_toml, bad_value] {
+        std::fs::remove_file(file).unwrap();
+    }
+}
+
+/// README holds generated text between `<!-- {name}:begin -->` and `<!-- {name}:end -->`.
+/// With WALBOX_BLESS=1 the test rewrites it instead of failing.
+fn check_generated_section(name: &str, generated: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let begin = format!("<!-- {name}:begin -->\n");
+    let end = format!("<!-- {name}:end -->");
+    let start = readme.find(&begin).expect("README has the begin marker") + begin.len();
+    let stop = readme.find(&end).expect("README has the end marker");
+    if readme[start..stop] == *generated {
+        return;
+    }
+    if std::env::var_os("WALBOX_BLESS").is_some() {
+        let updated = format!("{}{generated}{}", &readme[..start], &readme[stop..]);
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    panic!(
+        "README's {name} table is out of date; run WALBOX_BLESS=1 cargo test --test config.\n\
+         expected:\n{generated}"
+    );
+}
+
+#[test]
+fn readme_documents_every_option() {
+    check_generated_section("options", &walbox::config::reference::options_table());
+}
+
+#[test]
+fn readme_documents_every_metric() {
+    let metrics = walbox::telemetry::Metrics::new();
+    check_generated_section("metrics", &metrics.reference_table());
+}
