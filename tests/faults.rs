@@ -137,7 +137,7 @@ impl Drain {
         let task = tokio::spawn(async move {
             while !halt.load(Ordering::Relaxed) {
                 let Ok(connection) =
-                    Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
                 else {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     continue;
@@ -216,16 +216,25 @@ fn run_command(program: &str, args: &[&str]) {
     assert!(status.success(), "{program} {args:?} failed: {status}");
 }
 
+/// `rabbitmqctl` on the broker the tests use (WALBOX_TEST_RABBIT_NODE names a private one).
+fn rabbitmqctl(action: &str) {
+    match std::env::var("WALBOX_TEST_RABBIT_NODE") {
+        Ok(node) => run_command("rabbitmqctl", &["-q", "-n", &node, action]),
+        Err(_) => run_command("rabbitmqctl", &["-q", action]),
+    }
+}
+
 fn postgres_cluster() -> (String, String) {
     let output = Command::new("pg_lsclusters")
         .arg("--no-header")
         .output()
         .expect("pg_lsclusters");
     let text = String::from_utf8_lossy(&output.stdout);
+    let port = pg_port().to_string();
     let line = text
         .lines()
-        .find(|line| line.split_whitespace().nth(2) == Some("5432"))
-        .expect("cluster on 5432");
+        .find(|line| line.split_whitespace().nth(2) == Some(port.as_str()))
+        .unwrap_or_else(|| panic!("no PostgreSQL cluster on port {port}"));
     let mut fields = line.split_whitespace();
     (
         fields.next().unwrap().to_owned(),
@@ -278,8 +287,8 @@ async fn survive(fault: Fault) {
     let _serial = SERIAL.lock().await;
     let rounds = rounds();
     let mut env = TestEnv::new(&format!("{fault:?}").to_lowercase()).await;
-    let amqp_proxy = Proxy::start(5672).await;
-    let postgres_proxy = Proxy::start(5432).await;
+    let amqp_proxy = Proxy::start(amqp_port()).await;
+    let postgres_proxy = Proxy::start(pg_port()).await;
     if fault == Fault::AmqpCut {
         env.amqp_port = amqp_proxy.port;
     }
@@ -311,7 +320,7 @@ async fn survive(fault: Fault) {
                 run = env.spawn_run(&["--max-in-flight", MAX_IN_FLIGHT]);
             }
             Fault::BrokerRestart => {
-                tokio::task::spawn_blocking(|| run_command("rabbitmqctl", &["-q", "stop_app"]))
+                tokio::task::spawn_blocking(|| rabbitmqctl("stop_app"))
                     .await
                     .unwrap();
                 marks.push(Mark {
@@ -319,7 +328,7 @@ async fn survive(fault: Fault) {
                     delivered_before: drain.count(),
                 });
                 tokio::time::sleep(Duration::from_millis(500 + jitter(1500))).await;
-                tokio::task::spawn_blocking(|| run_command("rabbitmqctl", &["-q", "start_app"]))
+                tokio::task::spawn_blocking(|| rabbitmqctl("start_app"))
                     .await
                     .unwrap();
             }

@@ -77,7 +77,7 @@ async fn wait_status(addr: &str, path: &str, status: u16, within: Duration) -> D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_events_and_readiness_follows_the_broker() {
-    let amqp_proxy = Proxy::start(5672).await;
+    let amqp_proxy = Proxy::start(amqp_port()).await;
     let mut env = TestEnv::new("operate").await;
     env.amqp_port = amqp_proxy.port;
     let mut consumer = env.queue("all", "#").await;

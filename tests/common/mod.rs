@@ -24,13 +24,34 @@ use tokio_postgres::{Client, NoTls};
 use walbox::lsn::Lsn;
 
 pub const PG_HOST: &str = "127.0.0.1";
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The servers the tests use: the machine's own by default. WALBOX_TEST_PG_PORT and
+/// WALBOX_TEST_AMQP_PORT point the suite at private ones (scripts/fault-servers.sh), so the
+/// long fault run's restarts disturb nothing else.
+fn port_from_env(variable: &str, default: u16) -> u16 {
+    std::env::var(variable)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn pg_port() -> u16 {
+    port_from_env("WALBOX_TEST_PG_PORT", 5432)
+}
+
+pub fn amqp_port() -> u16 {
+    port_from_env("WALBOX_TEST_AMQP_PORT", 5672)
+}
+
+pub fn amqp_url() -> String {
+    format!("amqp://guest:guest@127.0.0.1:{}/%2f", amqp_port())
+}
+
 pub fn admin_url(database: &str) -> String {
-    format!("postgres://postgres@{PG_HOST}:5432/{database}")
+    format!("postgres://postgres@{PG_HOST}:{}/{database}", pg_port())
 }
 
 pub async fn pg_connect(url: &str) -> Client {
@@ -78,7 +99,7 @@ impl TestEnv {
         db.batch_execute(OUTBOX_SQL)
             .await
             .expect("create outbox table");
-        let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        let amqp = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .expect("connect to RabbitMQ");
         let channel = amqp.create_channel().await.expect("channel");
@@ -103,8 +124,8 @@ impl TestEnv {
             channel,
             children: Vec::new(),
             log_dir,
-            postgres_port: 5432,
-            amqp_port: 5672,
+            postgres_port: pg_port(),
+            amqp_port: amqp_port(),
             durable_queues: Vec::new(),
         }
     }
@@ -486,7 +507,7 @@ async fn cleanup(name: String, queues: Vec<String>) {
     let _ = postgres
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await;
-    if let Ok(amqp) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+    if let Ok(amqp) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
         && let Ok(channel) = amqp.create_channel().await
     {
         let _ = channel
