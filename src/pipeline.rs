@@ -151,6 +151,9 @@ async fn session(
     if first && run.start_lsn.is_some_and(|skip_to| skip_to > confirmed) {
         warn!(from = %confirmed, to = %start, "skipping ahead: events committed before --start-lsn are not relayed");
     }
+    if telemetry.health.state() == RelayState::StandingBy {
+        info!(slot = %config.slot, "took over: the other walbox released the slot");
+    }
     info!(slot = %config.slot, from = %start, exchange = %config.exchange, "streaming");
     telemetry.health.set_state(RelayState::Streaming);
     telemetry.metrics.flushed(start);

@@ -566,3 +566,67 @@ async fn a_large_transaction_streams_through_in_bounded_memory() {
         "peak RSS {peak_kib} KiB"
     );
 }
+
+#[tokio::test]
+async fn a_slot_dropped_while_running_stops_walbox_and_is_not_recreated() {
+    let mut env = TestEnv::new("slotdropped").await;
+    let mut consumer = env.queue("all", "#").await;
+    let run = env.spawn_run(&[]);
+    env.wait_slot_active(WAIT).await;
+    env.insert("order", "created", "{}").await;
+    assert_eq!(receive(&mut consumer, 1, WAIT).await.len(), 1);
+
+    // Someone drops the slot: end walbox's walsender and drop it before walbox reconnects.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        env.db
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND active",
+                &[&env.name],
+            )
+            .await
+            .unwrap();
+        if env
+            .db
+            .execute("SELECT pg_drop_replication_slot($1)", &[&env.name])
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "could not drop the slot"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = env.try_wait(run) {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "walbox kept running without its slot; log:\n{}",
+            env.run_log(run)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(1), "log:\n{}", env.run_log(run));
+    assert!(
+        env.run_log(run).contains("disappeared"),
+        "the message must say the slot disappeared; log:\n{}",
+        env.run_log(run)
+    );
+    let recreated = env
+        .db
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&env.name],
+        )
+        .await
+        .unwrap();
+    assert!(recreated.is_none(), "walbox recreated the slot by itself");
+}
