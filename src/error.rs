@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::lsn::Lsn;
+
 /// A failure of the relay, classified.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,6 +22,23 @@ pub enum Error {
     /// Stop with this message; it names the problem and the fix.
     #[error("{0}")]
     Definite(String),
+    /// The broker refused one specific event in a way that retrying it will not heal: it
+    /// closed the channel with PRECONDITION_FAILED in answer to that event's publish (message
+    /// larger than its maximum, a header it will not accept). Transient for the session; the
+    /// poison tracker counts it against the event.
+    #[error("{0}")]
+    Refused(Refusal),
+}
+
+/// Which event the broker refused, and what it said.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the broker refused event {event_id} (commit {commit_lsn}) and closed the channel: {reason}"
+)]
+pub struct Refusal {
+    pub event_id: String,
+    pub commit_lsn: Lsn,
+    pub reason: String,
 }
 
 impl Error {
@@ -32,7 +51,10 @@ impl Error {
     }
 
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Transient(_) | Error::SlotInUse(_))
+        matches!(
+            self,
+            Error::Transient(_) | Error::SlotInUse(_) | Error::Refused(_)
+        )
     }
 
     /// Classify an error from the control-plane SQL connection.

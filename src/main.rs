@@ -68,7 +68,9 @@ async fn dispatch(parsed: Parsed) -> ExitCode {
         Err(error) => {
             let kind = match error {
                 Error::Definite(_) => "error",
-                Error::Transient(_) | Error::SlotInUse(_) => "error (transient; try again)",
+                Error::Transient(_) | Error::SlotInUse(_) | Error::Refused(_) => {
+                    "error (transient; try again)"
+                }
             };
             tracing::error!(%error, "walbox stopped");
             eprintln!("walbox: {kind}: {error}");

@@ -6,6 +6,9 @@
 //! the broker, their confirm futures and the transaction boundaries go to the tracker. The only
 //! thing that flows back is the watermark's flush LSN, through a `watch` channel, to
 //! [`Source::acknowledge`].
+//!
+//! Poison events (one event the broker refuses every time) are told apart and handled by
+//! [`poison`]; the supervisor keeps its state across sessions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +29,10 @@ use crate::telemetry::{RelayState, Side, Telemetry};
 use crate::watermark::Watermark;
 
 pub mod backoff;
+pub mod poison;
 
 use backoff::Backoff;
+use poison::{DeadLetter, Poison};
 
 /// Resolves when walbox is asked to stop.
 pub type Shutdown = watch::Receiver<bool>;
@@ -47,12 +52,14 @@ pub async fn run(
     // restart the slot can be behind what was already confirmed. Resuming from here instead
     // avoids re-sending those events.
     let mut confirmed_here = Lsn::ZERO;
+    let mut poison = Poison::new(run.poison_after, run.dead_letter_exchange.clone());
     loop {
         let outcome = session(
             config,
             run,
             first,
             &mut confirmed_here,
+            &mut poison,
             &mut shutdown,
             &mut backoff,
             &telemetry,
@@ -72,10 +79,23 @@ pub async fn run(
             }
             Err((side, Error::Transient(reason))) => {
                 standing_by = false;
-                telemetry.health.set_state(RelayState::Reconnecting);
+                telemetry.health.set_state(match poison.halted_on() {
+                    Some(_) => RelayState::Halted,
+                    None => RelayState::Reconnecting,
+                });
                 telemetry.metrics.reconnect(side);
                 let delay = backoff.next_delay();
                 warn!(%reason, side = side.name(), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
+                delay
+            }
+            Err((side, Error::Refused(refusal))) => {
+                standing_by = false;
+                telemetry.metrics.reconnect(side);
+                telemetry.metrics.poison_refusal();
+                let delay = backoff.next_delay();
+                telemetry
+                    .health
+                    .set_state(poison.handle_refusal(refusal, delay));
                 delay
             }
         };
@@ -98,6 +118,10 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How often the loops prove they turn (/healthz) and check that the broker is still there.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// How long a session that saw the broker's channel close waits for the confirm tracker to
+/// say why (a refused event, or not).
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+
 /// Why a session ended, and which connection's failure ended it.
 type SessionResult = std::result::Result<(), (Side, Error)>;
 
@@ -105,12 +129,21 @@ fn on(side: Side) -> impl Fn(Error) -> (Side, Error) + Copy {
     move |error| (side, error)
 }
 
+/// Why the confirm tracker ended while the session still ran.
+fn tracker_failure(end: std::result::Result<Result<Lsn>, tokio::task::JoinError>) -> Error {
+    end.unwrap_or_else(|e| Err(Error::transient(format!("confirm tracker: {e}"))))
+        .err()
+        .unwrap_or_else(|| Error::transient("confirm tracker stopped"))
+}
+
 /// One connected session: both connections, the tracker task, the stream loop.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     config: &Config,
     run: &RunConfig,
     first: bool,
     confirmed_here: &mut Lsn,
+    poison: &mut Poison,
     shutdown: &mut Shutdown,
     backoff: &mut Backoff,
     telemetry: &Arc<Telemetry>,
@@ -147,6 +180,13 @@ async fn session(
     drop(control);
 
     let sink = Sink::connect(config).await.map_err(on(Side::Amqp))?;
+    if let Some(dead_letter_exchange) = &run.dead_letter_exchange
+        && config.declare_exchange
+    {
+        sink.declare_dead_letter(dead_letter_exchange)
+            .await
+            .map_err(on(Side::Amqp))?;
+    }
     let mut source = Source::start(config, start).await.map_err(postgres)?;
     if first && run.start_lsn.is_some_and(|skip_to| skip_to > confirmed) {
         warn!(from = %confirmed, to = %start, "skipping ahead: events committed before --start-lsn are not relayed");
@@ -155,7 +195,12 @@ async fn session(
         info!(slot = %config.slot, "took over: the other walbox released the slot");
     }
     info!(slot = %config.slot, from = %start, exchange = %config.exchange, "streaming");
-    telemetry.health.set_state(RelayState::Streaming);
+    // Halted stays halted (not ready) while walbox retries its poison event.
+    let streaming = |poison: &Poison| match poison.halted_on() {
+        Some(_) => RelayState::Halted,
+        None => RelayState::Streaming,
+    };
+    telemetry.health.set_state(streaming(&*poison));
     telemetry.metrics.flushed(start);
 
     let (flush_tx, mut flush_rx) = watch::channel(start);
@@ -166,24 +211,41 @@ async fn session(
         flush_tx,
         Arc::clone(telemetry),
     ));
-    let window = Arc::new(Semaphore::new(config.max_in_flight));
-    let mut stream = Stream::new(config, &sink, pending_tx, window, telemetry);
+    // While isolating a refused message, one in flight at a time; the full window once the
+    // flush LSN is past it.
+    let mut careful = poison.careful();
+    let window = Arc::new(Semaphore::new(if careful {
+        1
+    } else {
+        config.max_in_flight
+    }));
+    let mut stream = Stream::new(config, &sink, pending_tx, Arc::clone(&window), telemetry);
+    stream.dead_letter = poison.dead_letter();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut tracker_ended = false;
 
     let outcome = loop {
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
             tracker_end = &mut tracker => {
-                break Err((Side::Amqp, tracker_end
-                    .unwrap_or_else(|e| Err(Error::transient(format!("confirm tracker: {e}"))))
-                    .err()
-                    .unwrap_or_else(|| Error::transient("confirm tracker stopped"))));
+                tracker_ended = true;
+                break Err((Side::Amqp, tracker_failure(tracker_end)));
             }
             Ok(()) = flush_rx.changed() => {
                 let flushed = *flush_rx.borrow_and_update();
                 source.acknowledge(flushed);
                 telemetry.metrics.flushed(flushed);
+                let progress = poison.progressed(flushed);
+                if let Some(passed) = progress.passed {
+                    info!(event_id = %passed.event_id, commit_lsn = %passed.commit_lsn,
+                        "past the event the broker had refused");
+                    telemetry.health.set_state(streaming(&*poison));
+                }
+                if progress.careful_ended && careful {
+                    careful = false;
+                    window.add_permits(config.max_in_flight.saturating_sub(1));
+                }
             }
             _ = heartbeat.tick() => {
                 telemetry.health.beat();
@@ -203,6 +265,22 @@ async fn session(
         }
     };
 
+    // The channel the broker closed is seen closed by the heartbeat or the next publish a
+    // moment before the confirm tracker reports the broker's reason; wait briefly for that
+    // reason, so a refused event is told from a broker that went away.
+    let outcome = match outcome {
+        Err((Side::Amqp, Error::Transient(reason))) if !tracker_ended => {
+            match tokio::time::timeout(REFUSAL_GRACE, &mut tracker).await {
+                Ok(end) => match tracker_failure(end) {
+                    refused @ Error::Refused(_) => Err((Side::Amqp, refused)),
+                    _ => Err((Side::Amqp, Error::Transient(reason))),
+                },
+                Err(_) => Err((Side::Amqp, Error::Transient(reason))),
+            }
+        }
+        other => other,
+    };
+    poison.note_published(stream.published_through);
     // A session that moved the flush position made progress: the next failure is a new one,
     // retried quickly. One that failed before confirming anything keeps backing off, so an
     // unroutable or refused event does not turn into a reconnect storm.
@@ -260,6 +338,10 @@ struct Stream<'a> {
     shape: Option<OutboxShape>,
     transaction: Option<Transaction>,
     routing_key: String,
+    /// A poison event to replace by its dead-letter record when it comes by.
+    dead_letter: Option<DeadLetter>,
+    /// The highest commit LSN of an event handed to the broker.
+    published_through: Lsn,
 }
 
 impl<'a> Stream<'a> {
@@ -279,6 +361,8 @@ impl<'a> Stream<'a> {
             shape: None,
             transaction: None,
             routing_key: String::new(),
+            dead_letter: None,
+            published_through: Lsn::ZERO,
         }
     }
 
@@ -353,12 +437,24 @@ impl<'a> Stream<'a> {
                 if let Some(warning) = &message.headers_warning {
                     warn!(event_id = %message.id, "{warning}");
                 }
+                let (message, dead_letter) = match &self.dead_letter {
+                    Some(plan) if plan.is(&message.id, transaction.commit_lsn) => {
+                        warn!(event_id = %message.id, commit_lsn = %transaction.commit_lsn,
+                            exchange = %plan.exchange, "sending the poison event's dead-letter record in its place");
+                        (
+                            plan.record(&message, &transaction, &self.config.exchange),
+                            true,
+                        )
+                    }
+                    _ => (message, false),
+                };
                 let amqp = on(Side::Amqp);
                 let permit = Arc::clone(&self.window)
                     .acquire_owned()
                     .await
                     .map_err(|_| amqp(Error::transient("in-flight window closed")))?;
                 let event_id = message.id.clone();
+                self.published_through = self.published_through.max(transaction.commit_lsn);
                 let sending = self.sink.publish(message).await.map_err(on(Side::Amqp))?;
                 self.telemetry.metrics.published();
                 self.hand_over(Pending::Published {
@@ -367,6 +463,7 @@ impl<'a> Stream<'a> {
                     event_id,
                     commit_lsn: transaction.commit_lsn,
                     commit_time_micros: transaction.commit_time_micros,
+                    dead_letter,
                 })
                 .await?;
             }

@@ -146,6 +146,14 @@ pub struct RunArgs {
     /// Address for /metrics, /healthz and /readyz (host:port; port 0 picks one; `none` serves nothing).
     #[arg(long, env = "WALBOX_METRICS_ADDR", default_value = "127.0.0.1:9820")]
     pub metrics_addr: String,
+
+    /// Treat an event as poison after the broker refused it (closed the channel with PRECONDITION_FAILED, e.g. too large) this many times in a row.
+    #[arg(long, env = "WALBOX_POISON_AFTER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub poison_after: u32,
+
+    /// Exchange for poison events: a JSON record of each (with confirms) and walbox goes on; without it walbox halts on the event.
+    #[arg(long, env = "WALBOX_DEAD_LETTER_EXCHANGE")]
+    pub dead_letter_exchange: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -303,6 +311,10 @@ pub struct RunConfig {
     pub max_retry_delay: Duration,
     /// None: serve no metrics or health endpoints.
     pub metrics_addr: Option<SocketAddr>,
+    /// Consecutive refusals of one event after which it is poison.
+    pub poison_after: u32,
+    /// Where poison events go; None: halt on them.
+    pub dead_letter_exchange: Option<String>,
 }
 
 impl Config {
@@ -377,11 +389,27 @@ impl RunConfig {
                 ))
             })?),
         };
+        let dead_letter_exchange = match args.dead_letter_exchange.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(ConfigError(
+                    "--dead-letter-exchange is empty; name an exchange or leave it out".into(),
+                ));
+            }
+            Some(name) if name.len() > 255 => {
+                return Err(ConfigError(
+                    "--dead-letter-exchange is longer than 255 bytes".into(),
+                ));
+            }
+            Some(name) => Some(name.to_owned()),
+        };
         Ok(RunConfig {
             start_lsn,
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
             max_retry_delay: Duration::from_millis(args.max_retry_delay_ms),
             metrics_addr,
+            poison_after: args.poison_after,
+            dead_letter_exchange,
         })
     }
 }

@@ -63,30 +63,18 @@ impl Sink {
             .map_err(|e| Error::from_amqp("enabling publisher confirms", &e))?;
         let exchange = ShortString::from(config.exchange.as_str());
         if config.declare_exchange && !config.exchange.is_empty() {
-            channel
-                .exchange_declare(
-                    exchange.clone(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| {
-                    Error::definite(format!(
-                        "declaring exchange {} as a durable topic exchange failed: {e}. If it \
-                         exists with another type, pass --no-declare or choose another --exchange",
-                        config.exchange
-                    ))
-                })?;
+            declare(&channel, &config.exchange, "--exchange").await?;
         }
         Ok(Sink {
             connection,
             channel,
             exchange,
         })
+    }
+
+    /// Declare `name` (the dead-letter exchange) as the events' exchange is declared.
+    pub async fn declare_dead_letter(&self, name: &str) -> Result<()> {
+        declare(&self.channel, name, "--dead-letter-exchange").await
     }
 
     /// Hand one message to the broker: persistent, mandatory, on the one channel.
@@ -130,4 +118,25 @@ impl Sink {
         let _ = self.channel.close(200, "walbox stopping".into()).await;
         let _ = self.connection.close(200, "walbox stopping".into()).await;
     }
+}
+
+/// Declare `name` (given by `flag`) as a durable topic exchange; a no-op when it exists so.
+async fn declare(channel: &Channel, name: &str, flag: &str) -> Result<()> {
+    channel
+        .exchange_declare(
+            ShortString::from(name),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            Error::definite(format!(
+                "declaring exchange {name} as a durable topic exchange failed: {e}. If it \
+                 exists with another type, pass --no-declare or choose another {flag}"
+            ))
+        })
 }

@@ -57,6 +57,7 @@ pub struct Metrics {
     events_nacked: Counter,
     events_returned: Counter,
     events_dead_lettered: Counter,
+    poison_refusals: Counter,
     transactions: Counter,
     reconnects: Family<SideLabel, Counter>,
     in_flight: Gauge,
@@ -91,6 +92,7 @@ impl Metrics {
             events_nacked: Counter::default(),
             events_returned: Counter::default(),
             events_dead_lettered: Counter::default(),
+            poison_refusals: Counter::default(),
             transactions: Counter::default(),
             reconnects: Family::default(),
             in_flight: Gauge::default(),
@@ -146,6 +148,11 @@ impl Metrics {
             "walbox_events_dead_lettered_total",
             "Poison events published to the dead-letter exchange instead",
             self.events_dead_lettered.clone(),
+        );
+        self.add(
+            "walbox_poison_refusals_total",
+            "Sessions ended by the broker refusing one event for good (channel closed with PRECONDITION_FAILED, e.g. too large)",
+            self.poison_refusals.clone(),
         );
         self.add(
             "walbox_transactions_total",
@@ -262,6 +269,10 @@ impl Metrics {
 
     pub fn dead_lettered(&self) {
         self.events_dead_lettered.inc();
+    }
+
+    pub fn poison_refusal(&self) {
+        self.poison_refusals.inc();
     }
 
     pub fn transaction(&self) {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod proxy;
 
 use std::path::PathBuf;
@@ -75,6 +76,8 @@ pub struct TestEnv {
     pub amqp_port: u16,
     /// Durable queues to delete at cleanup.
     durable_queues: Vec<String>,
+    /// Exchanges besides the test's own one, to delete at cleanup.
+    exchanges: Vec<String>,
 }
 
 impl TestEnv {
@@ -127,6 +130,7 @@ impl TestEnv {
             postgres_port: pg_port(),
             amqp_port: amqp_port(),
             durable_queues: Vec::new(),
+            exchanges: Vec::new(),
         }
     }
 
@@ -313,6 +317,58 @@ impl TestEnv {
             .expect("consume")
     }
 
+    /// Another durable topic exchange of this test (e.g. a dead-letter exchange), with an
+    /// exclusive queue bound to it with `#`; both are gone after the test.
+    pub async fn extra_exchange(&mut self, suffix: &str) -> (String, Consumer) {
+        let exchange = format!("{}_{suffix}", self.name);
+        self.channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare extra exchange");
+        self.exchanges.push(exchange.clone());
+        let queue = format!("{exchange}_q");
+        self.channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare queue");
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
+        let consumer = self
+            .channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        (exchange, consumer)
+    }
+
     /// Insert one outbox event in its own transaction; returns its id.
     pub async fn insert(&self, aggregate_type: &str, event_type: &str, payload: &str) -> String {
         let row = self
@@ -460,6 +516,7 @@ impl Drop for TestEnv {
         }
         let name = self.name.clone();
         let queues = std::mem::take(&mut self.durable_queues);
+        let exchanges = std::mem::take(&mut self.exchanges);
         // Cleanup needs async clients; run it on its own runtime so it also works while a
         // failing test unwinds.
         let cleanup = std::thread::spawn(move || {
@@ -467,13 +524,13 @@ impl Drop for TestEnv {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(cleanup(name, queues));
+            runtime.block_on(cleanup(name, queues, exchanges));
         });
         let _ = cleanup.join();
     }
 }
 
-async fn cleanup(name: String, queues: Vec<String>) {
+async fn cleanup(name: String, queues: Vec<String>, exchanges: Vec<String>) {
     let postgres = pg_connect(&admin_url("postgres")).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     // A slot stays active until its walsender notices the client is gone.
@@ -510,9 +567,11 @@ async fn cleanup(name: String, queues: Vec<String>) {
     if let Ok(amqp) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
         && let Ok(channel) = amqp.create_channel().await
     {
-        let _ = channel
-            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+        for exchange in std::iter::once(&name).chain(&exchanges) {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
         for queue in queues {
             let _ = channel
                 .queue_delete(
