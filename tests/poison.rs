@@ -221,3 +221,42 @@ async fn without_a_dead_letter_exchange_walbox_halts_on_the_poison_event() {
         env.run_log(skipped)
     );
 }
+
+#[tokio::test]
+async fn unroutable_events_are_held_never_dead_lettered() {
+    let mut env = TestEnv::new("poison_unroutable").await;
+    let (dead_letter_exchange, mut dead_letters) = env.extra_exchange("dlx").await;
+    let run = env.spawn_run(&[
+        "--dead-letter-exchange",
+        &dead_letter_exchange,
+        "--poison-after",
+        "1",
+    ]);
+    env.wait_slot_active(WAIT).await;
+    // No queue is bound to the events' exchange: every attempt comes back unroutable.
+    let id = env.insert("order", "created", "{}").await;
+    let deadline = Instant::now() + WAIT;
+    while env.run_log(run).matches("unroutable").count() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "not retried; log:\n{}",
+            env.run_log(run)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        receive_any(&mut dead_letters, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "an unroutable event is not poison; log:\n{}",
+        env.run_log(run)
+    );
+    let mut consumer = env.queue("late", "#").await;
+    let deliveries = receive(&mut consumer, 1, WAIT).await;
+    assert_eq!(
+        deliveries.iter().map(message_id).collect::<Vec<_>>(),
+        vec![id],
+        "log:\n{}",
+        env.run_log(run)
+    );
+}
