@@ -85,6 +85,56 @@ fn flag_beats_environment_beats_file_beats_default() {
 }
 
 #[test]
+fn poison_settings_come_from_flag_environment_or_file_and_are_validated() {
+    let file = config_file(
+        "poison",
+        "poison_after = 3\ndead-letter-exchange = \"dlx-from-file\"\n",
+    );
+    let path = file.to_str().unwrap();
+    let output = walbox(&["config", "check", "--config", path], &[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(line(&stdout, "poison-after"), "poison-after = 3  # file");
+    assert_eq!(
+        line(&stdout, "dead-letter-exchange"),
+        "dead-letter-exchange = \"dlx-from-file\"  # file"
+    );
+    let output = walbox(
+        &["config", "check", "--config", path, "--poison-after", "9"],
+        &[("WALBOX_DEAD_LETTER_EXCHANGE", "dlx-from-env")],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(line(&stdout, "poison-after"), "poison-after = 9  # flag");
+    assert_eq!(
+        line(&stdout, "dead-letter-exchange"),
+        "dead-letter-exchange = \"dlx-from-env\"  # env WALBOX_DEAD_LETTER_EXCHANGE"
+    );
+    let defaults = walbox(&["config", "check"], &[]);
+    let stdout = String::from_utf8_lossy(&defaults.stdout);
+    assert_eq!(line(&stdout, "poison-after"), "poison-after = 5  # default");
+    for bad in [
+        &["--poison-after", "0"][..],
+        &["--poison-after", "many"],
+        &["--dead-letter-exchange", ""],
+    ] {
+        let mut args = vec!["config", "check"];
+        args.extend_from_slice(bad);
+        let output = walbox(&args, &[]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
 fn config_check_redacts_secrets_from_every_source() {
     let file = config_file(
         "secrets",
