@@ -260,3 +260,64 @@ async fn unroutable_events_are_held_never_dead_lettered() {
         env.run_log(run)
     );
 }
+
+/// The broker's `max_message_size`, when the tests run against a broker with a small one.
+fn broker_max_message_size() -> usize {
+    std::env::var("WALBOX_TEST_MAX_MESSAGE_SIZE")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .expect("WALBOX_TEST_MAX_MESSAGE_SIZE names the broker's max_message_size")
+}
+
+/// Needs a broker with a small `max_message_size` (the default 128 MiB is too large to test
+/// cheaply, and the machine's broker is shared): scripts/limited-broker.sh makes one.
+#[tokio::test]
+#[ignore = "needs a broker with a small max_message_size: see scripts/limited-broker.sh"]
+async fn an_event_larger_than_the_brokers_maximum_is_dead_lettered() {
+    let limit = broker_max_message_size();
+    let mut env = TestEnv::new("poison_size").await;
+    let mut consumer = env.queue("all", "#").await;
+    let (dead_letter_exchange, mut dead_letters) = env.extra_exchange("dlx").await;
+    let run = env.spawn_run(&[
+        "--dead-letter-exchange",
+        &dead_letter_exchange,
+        "--poison-after",
+        "2",
+    ]);
+    env.wait_slot_active(WAIT).await;
+    let rows = limit / 32 + 100;
+    let large: String = env
+        .db
+        .query_one(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+             SELECT 'blob', 'b-1', 'stored', jsonb_build_object('blob', string_agg(md5(g::text), '')) \
+             FROM generate_series(1, $1::int) g RETURNING id::text",
+            &[&(rows as i32)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let after = env.insert("order", "created", "{\"n\": 1}").await;
+    let end = env.current_wal_lsn().await;
+
+    let records = receive(&mut dead_letters, 1, WAIT).await;
+    assert_eq!(records.len(), 1, "log:\n{}", env.run_log(run));
+    let body: serde_json::Value = serde_json::from_slice(&records[0].data).unwrap();
+    assert_eq!(body["id"], large.as_str());
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("larger than configured max size")),
+        "{body}"
+    );
+    assert!(body["payload_size"].as_u64().unwrap() > limit as u64);
+    assert_eq!(body["payload_included"], false);
+    let deliveries = receive(&mut consumer, 1, WAIT).await;
+    assert_eq!(
+        deliveries.iter().map(message_id).collect::<Vec<_>>(),
+        vec![after],
+        "log:\n{}",
+        env.run_log(run)
+    );
+    assert!(env.wait_confirmed(end, WAIT).await >= end);
+}
