@@ -12,7 +12,8 @@ use tracing::debug;
 use crate::config::{Config, Identifier, TableName};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::outbox::OutboxShape;
+use crate::outbox::routing::TemplateError;
+use crate::outbox::{OutboxShape, ShapeError};
 use crate::pgoutput::{Relation, RelationColumn};
 
 /// An open control-plane connection.
@@ -127,9 +128,13 @@ impl Control {
     /// key's placeholders exist.
     pub async fn check_table(&self, config: &Config) -> Result<()> {
         let relation = self.describe_table(&config.table).await?;
-        OutboxShape::from_relation(&relation, &config.columns, &config.routing_key)
-            .map(|_| ())
-            .map_err(Error::definite)
+        match OutboxShape::from_relation(&relation, &config.columns, &config.routing_key) {
+            Ok(_) => Ok(()),
+            Err(problem @ ShapeError::Template(TemplateError::UnknownPlaceholder { .. })) => Err(
+                Error::Usage(format!("--routing-key: {problem} {}", config.table)),
+            ),
+            Err(problem) => Err(Error::definite(problem)),
+        }
     }
 
     /// Create the publication for the table if it does not exist; check it covers the table.

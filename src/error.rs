@@ -28,6 +28,11 @@ pub enum Error {
     /// poison tracker counts it against the event.
     #[error("{0}")]
     Refused(Refusal),
+    /// The configuration is wrong in a way only the server could tell (a routing-key
+    /// placeholder that names no column of the table): a usage error, exit 2, like a
+    /// malformed flag.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Which event the broker refused, and what it said.

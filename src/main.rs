@@ -65,9 +65,10 @@ async fn dispatch(parsed: Parsed) -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Usage(problem)) => usage(problem),
         Err(error) => {
             let kind = match error {
-                Error::Definite(_) => "error",
+                Error::Definite(_) | Error::Usage(_) => "error",
                 Error::Transient(_) | Error::SlotInUse(_) | Error::Refused(_) => {
                     "error (transient; try again)"
                 }

@@ -68,7 +68,7 @@ pub async fn run(
         telemetry.metrics.session_ended();
         let delay = match outcome {
             Ok(()) => return Ok(()),
-            Err((_, error @ Error::Definite(_))) => return Err(error),
+            Err((_, error @ (Error::Definite(_) | Error::Usage(_)))) => return Err(error),
             Err((_, Error::SlotInUse(reason))) => {
                 if !standing_by {
                     info!(%reason, "standing by: another walbox holds the slot; taking over when it is released");
