@@ -20,6 +20,10 @@ pub enum Error {
     /// Stop with this message; it names the problem and the fix.
     #[error("{0}")]
     Definite(String),
+    /// The request asks for what does not exist (a replay from before the retained window):
+    /// like a usage error, exit 2, and the message names what can be asked for.
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 impl Error {

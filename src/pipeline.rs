@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{Config, RunConfig};
@@ -61,7 +62,7 @@ pub async fn run(
         telemetry.metrics.session_ended();
         let delay = match outcome {
             Ok(()) => return Ok(()),
-            Err((_, error @ Error::Definite(_))) => return Err(error),
+            Err((_, error @ (Error::Definite(_) | Error::OutOfRange(_)))) => return Err(error),
             Err((_, Error::SlotInUse(reason))) => {
                 if !standing_by {
                     info!(%reason, "standing by: another walbox holds the slot; taking over when it is released");
@@ -99,7 +100,7 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Why a session ended, and which connection's failure ended it.
-type SessionResult = std::result::Result<(), (Side, Error)>;
+pub(crate) type SessionResult = std::result::Result<(), (Side, Error)>;
 
 fn on(side: Side) -> impl Fn(Error) -> (Side, Error) + Copy {
     move |error| (side, error)
@@ -166,8 +167,12 @@ async fn session(
         flush_tx,
         Arc::clone(telemetry),
     ));
-    let window = Arc::new(Semaphore::new(config.max_in_flight));
-    let mut stream = Stream::new(config, &sink, pending_tx, window, telemetry);
+    let outlet = Outlet::Broker {
+        sink: &sink,
+        pending: pending_tx,
+        window: Arc::new(Semaphore::new(config.max_in_flight)),
+    };
+    let mut stream = Stream::new(config, outlet, false, telemetry);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
 
     let outcome = loop {
@@ -194,7 +199,7 @@ async fn session(
             change = source.next() => match change {
                 Ok(Some(change)) => {
                     if let Err(error) = stream.apply(change).await {
-                        break Err(error);
+                        break Err(stream.why_failed(error, &mut tracker).await);
                     }
                 }
                 Ok(None) => break Err(postgres(Error::transient("the replication stream ended"))),
@@ -248,42 +253,56 @@ async fn session(
     }
 }
 
+/// Where a stream's messages go.
+pub(crate) enum Outlet<'a> {
+    /// Published on the sink; each message's confirm and each boundary go to the confirm
+    /// tracker through `pending`, within the in-flight `window`.
+    Broker {
+        sink: &'a Sink,
+        pending: mpsc::Sender<Pending>,
+        window: Arc<Semaphore>,
+    },
+    /// Only counted (`walbox replay --dry-run`): nothing is published or acknowledged.
+    Count,
+}
+
 /// The per-session state of the stream loop: relations seen, the open transaction, the
 /// outbox table's current shape.
-struct Stream<'a> {
+pub(crate) struct Stream<'a> {
     config: &'a Config,
-    sink: &'a Sink,
-    pending: mpsc::Sender<Pending>,
-    window: Arc<Semaphore>,
+    outlet: Outlet<'a>,
     telemetry: &'a Telemetry,
     /// The outbox table's shape, from its latest Relation message.
     shape: Option<OutboxShape>,
     transaction: Option<Transaction>,
     routing_key: String,
+    /// Republished messages (`walbox replay`) carry the header `x-replay: true`.
+    replaying: bool,
+    /// Outbox events handed to the outlet in this session.
+    pub(crate) events: u64,
 }
 
 impl<'a> Stream<'a> {
-    fn new(
+    pub(crate) fn new(
         config: &'a Config,
-        sink: &'a Sink,
-        pending: mpsc::Sender<Pending>,
-        window: Arc<Semaphore>,
+        outlet: Outlet<'a>,
+        replaying: bool,
         telemetry: &'a Telemetry,
     ) -> Self {
         Stream {
             config,
-            sink,
-            pending,
-            window,
+            outlet,
             telemetry,
             shape: None,
             transaction: None,
             routing_key: String::new(),
+            replaying,
+            events: 0,
         }
     }
 
     /// Apply one change; an error says which side failed.
-    async fn apply(&mut self, change: Change) -> SessionResult {
+    pub(crate) async fn apply(&mut self, change: Change) -> SessionResult {
         let postgres = on(Side::Postgres);
         tracing::trace!(?change, "change");
         match change {
@@ -292,14 +311,14 @@ impl<'a> Stream<'a> {
                 self.transaction = None;
                 self.telemetry.metrics.transaction();
                 self.telemetry.metrics.received(end_lsn);
-                self.hand_over(Pending::Boundary(end_lsn)).await?;
+                self.boundary(end_lsn).await?;
             }
             // Between transactions, the server has sent everything before `wal_end`; once
             // what came before is confirmed, PostgreSQL may release it. This keeps an idle
             // outbox on a busy database from pinning WAL.
             Change::Keepalive { wal_end } if self.transaction.is_none() => {
                 self.telemetry.metrics.received(wal_end);
-                self.hand_over(Pending::Boundary(wal_end)).await?;
+                self.boundary(wal_end).await?;
             }
             Change::Keepalive { .. } => {}
             Change::Message(Message::Relation(relation)) => {
@@ -339,7 +358,7 @@ impl<'a> Stream<'a> {
                         "an insert arrived outside a transaction (a walbox bug)",
                     ))
                 })?;
-                let message = shape
+                let mut message = shape
                     .message(&insert.new_tuple, &transaction, &mut self.routing_key)
                     .map_err(|problem| {
                         postgres(Error::definite(format!(
@@ -353,22 +372,36 @@ impl<'a> Stream<'a> {
                 if let Some(warning) = &message.headers_warning {
                     warn!(event_id = %message.id, "{warning}");
                 }
+                if self.replaying {
+                    message.mark_replayed();
+                }
+                self.events += 1;
+                let Outlet::Broker {
+                    sink,
+                    pending,
+                    window,
+                } = &self.outlet
+                else {
+                    return Ok(());
+                };
                 let amqp = on(Side::Amqp);
-                let permit = Arc::clone(&self.window)
+                let permit = Arc::clone(window)
                     .acquire_owned()
                     .await
                     .map_err(|_| amqp(Error::transient("in-flight window closed")))?;
                 let event_id = message.id.clone();
-                let sending = self.sink.publish(message).await.map_err(on(Side::Amqp))?;
+                let sending = sink.publish(message).await.map_err(amqp)?;
                 self.telemetry.metrics.published();
-                self.hand_over(Pending::Published {
-                    sending,
-                    permit,
-                    event_id,
-                    commit_lsn: transaction.commit_lsn,
-                    commit_time_micros: transaction.commit_time_micros,
-                })
-                .await?;
+                pending
+                    .send(Pending::Published {
+                        sending,
+                        permit,
+                        event_id,
+                        commit_lsn: transaction.commit_lsn,
+                        commit_time_micros: transaction.commit_time_micros,
+                    })
+                    .await
+                    .map_err(|_| amqp(Error::transient("the confirm tracker stopped")))?;
             }
             // Updates, deletes, truncates, types, origins, messages: not outbox events.
             Change::Message(_) => {}
@@ -376,10 +409,35 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    async fn hand_over(&self, pending: Pending) -> SessionResult {
-        self.pending
-            .send(pending)
-            .await
-            .map_err(|_| (Side::Amqp, Error::transient("the confirm tracker stopped")))
+    /// The reason to report for `error`, returned by [`Stream::apply`]. A stream that could
+    /// not hand over to the confirm tracker only knows that the tracker stopped; the tracker
+    /// knows why (a nack, a return, a closed channel), so its reason is the one to log.
+    pub(crate) async fn why_failed(
+        &self,
+        error: (Side, Error),
+        tracker: &mut JoinHandle<Result<Lsn>>,
+    ) -> (Side, Error) {
+        let tracker_stopped = match &self.outlet {
+            Outlet::Broker { pending, .. } => pending.is_closed(),
+            Outlet::Count => false,
+        };
+        if !tracker_stopped {
+            return error;
+        }
+        match tracker.await {
+            Ok(Err(why)) => (Side::Amqp, why),
+            _ => error,
+        }
+    }
+
+    /// Tell the tracker that everything handed over so far lies before `lsn`.
+    async fn boundary(&self, lsn: Lsn) -> SessionResult {
+        match &self.outlet {
+            Outlet::Broker { pending, .. } => pending
+                .send(Pending::Boundary(lsn))
+                .await
+                .map_err(|_| (Side::Amqp, Error::transient("the confirm tracker stopped"))),
+            Outlet::Count => Ok(()),
+        }
     }
 }
