@@ -15,8 +15,9 @@ set -euo pipefail
 PG_PORT="${WALBOX_TEST_PG_PORT:-5433}"
 AMQP_PORT="${WALBOX_TEST_AMQP_PORT:-5673}"
 NODE="${WALBOX_TEST_RABBIT_NODE:-walboxfaults@localhost}"
-CLUSTER=walboxfaults
-RABBIT_DIR=/tmp/walbox-fault-rabbit
+# Named after the node, so two sets of private servers can run side by side.
+CLUSTER="${NODE%@*}"
+RABBIT_DIR="/tmp/walbox-fault-rabbit-$CLUSTER"
 VERSION="$(ls /usr/lib/postgresql | sort -n | tail -1)"
 
 rabbit_env() {

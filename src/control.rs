@@ -370,3 +370,53 @@ impl Control {
         })
     }
 }
+
+/// The replay window's bookmark slot (`walbox run --replay-window`, `walbox replay`).
+impl Control {
+    /// Create the bookmark slot if it is missing: a copy of the live slot when there is one, so
+    /// the window starts at what walbox has relayed, else a new slot at the current position.
+    pub async fn ensure_bookmark(
+        &self,
+        live: &Identifier,
+        bookmark: &Identifier,
+    ) -> Result<Ensured> {
+        if self.slot(bookmark).await?.is_some() {
+            return Ok(Ensured::Existed);
+        }
+        let created = if self.slot(live).await?.is_some() {
+            self.client
+                .execute(
+                    "SELECT 1 FROM pg_copy_logical_replication_slot($1, $2)",
+                    &[&live.as_str(), &bookmark.as_str()],
+                )
+                .await
+        } else {
+            self.client
+                .execute(
+                    "SELECT 1 FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&bookmark.as_str()],
+                )
+                .await
+        };
+        created.map_err(Self::sql_error(
+            "creating the replay window's bookmark slot",
+        ))?;
+        Ok(Ensured::Created)
+    }
+
+    /// Move a slot that nobody streams from forward to `to`; returns where it now stands.
+    pub async fn advance_slot(&self, slot: &Identifier, to: Lsn) -> Result<Lsn> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT end_lsn::text FROM pg_replication_slot_advance($1, ($2::text)::pg_lsn)",
+                &[&slot.as_str(), &to.to_string()],
+            )
+            .await
+            .map_err(Self::sql_error(
+                "advancing the replay window's bookmark slot",
+            ))?;
+        let lsn: String = row.get(0);
+        Lsn::from_str(&lsn).map_err(Error::definite)
+    }
+}

@@ -22,6 +22,10 @@ pub enum Error {
     /// Stop with this message; it names the problem and the fix.
     #[error("{0}")]
     Definite(String),
+    /// The request asks for what does not exist (a replay from before the retained window):
+    /// like a usage error, exit 2, and the message names what can be asked for.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The broker refused one specific event in a way that retrying it will not heal: it
     /// closed the channel with PRECONDITION_FAILED in answer to that event's publish (message
     /// larger than its maximum, a header it will not accept). Transient for the session; the

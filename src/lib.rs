@@ -15,6 +15,7 @@ pub mod lsn;
 pub mod outbox;
 pub mod pgoutput;
 pub mod pipeline;
+pub mod replay;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

@@ -10,6 +10,7 @@ use walbox::cli;
 use walbox::config::file::{self, ParseError, Parsed};
 use walbox::config::{Cli, Command, CommonArgs, Config, ConfigCommand, LogFormat, RunConfig};
 use walbox::error::Error;
+use walbox::replay::ReplayConfig;
 
 const EXIT_DEFINITE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -47,6 +48,7 @@ async fn dispatch(parsed: Parsed) -> ExitCode {
         Command::Setup(common) | Command::Teardown(common) => common,
         Command::Run(run) | Command::Config(ConfigCommand::Check(run)) => &run.common,
         Command::Status(status) => &status.common,
+        Command::Replay(replay) => &replay.common,
     };
     let config = match Config::from_args(common) {
         Ok(config) => config,
@@ -60,15 +62,22 @@ async fn dispatch(parsed: Parsed) -> ExitCode {
             Ok(run) => cli::run::run(&config, &run).await,
             Err(error) => return usage(error),
         },
+        Command::Replay(replay) => match ReplayConfig::from_args(replay) {
+            Ok(replay) => cli::replay::replay(&config, &replay).await,
+            Err(error) => return usage(error),
+        },
         // Handled before the runtime starts.
         Command::Config(ConfigCommand::Check(_)) => Ok(()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Error::Usage(problem)) => usage(problem),
+        Err(error @ (Error::OutOfRange(_) | Error::Usage(_))) => {
+            tracing::error!(%error, "walbox stopped");
+            usage(error)
+        }
         Err(error) => {
             let kind = match error {
-                Error::Definite(_) | Error::Usage(_) => "error",
+                Error::Definite(_) | Error::OutOfRange(_) | Error::Usage(_) => "error",
                 Error::Transient(_) | Error::SlotInUse(_) | Error::Refused(_) => {
                     "error (transient; try again)"
                 }
@@ -86,9 +95,19 @@ fn usage(error: impl std::fmt::Display) -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
+    // lapin logs every message the broker returns at warn level; walbox already logs the one
+    // that matters (the first unroutable event of a session), so one line per event is noise.
+    let quiet = |filter: EnvFilter| {
+        filter.add_directive(
+            "lapin::returned_messages=error"
+                .parse()
+                .expect("a valid directive"),
+        )
+    };
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cli.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .map(quiet)
+        .unwrap_or_else(|_| quiet(EnvFilter::new("info")));
     let json = match cli.log_format {
         LogFormat::Json => true,
         LogFormat::Text => false,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{Config, RunConfig};
@@ -68,7 +69,9 @@ pub async fn run(
         telemetry.metrics.session_ended();
         let delay = match outcome {
             Ok(()) => return Ok(()),
-            Err((_, error @ (Error::Definite(_) | Error::Usage(_)))) => return Err(error),
+            Err((_, error @ (Error::Definite(_) | Error::OutOfRange(_) | Error::Usage(_)))) => {
+                return Err(error);
+            }
             Err((_, Error::SlotInUse(reason))) => {
                 if !standing_by {
                     info!(%reason, "standing by: another walbox holds the slot; taking over when it is released");
@@ -118,12 +121,11 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How often the loops prove they turn (/healthz) and check that the broker is still there.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// How long a session that saw the broker's channel close waits for the confirm tracker to
-/// say why (a refused event, or not).
+/// How long a session whose AMQP side failed waits for the confirm tracker to say why.
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a session ended, and which connection's failure ended it.
-type SessionResult = std::result::Result<(), (Side, Error)>;
+pub(crate) type SessionResult = std::result::Result<(), (Side, Error)>;
 
 fn on(side: Side) -> impl Fn(Error) -> (Side, Error) + Copy {
     move |error| (side, error)
@@ -219,7 +221,12 @@ async fn session(
     } else {
         config.max_in_flight
     }));
-    let mut stream = Stream::new(config, &sink, pending_tx, Arc::clone(&window), telemetry);
+    let outlet = Outlet::Broker {
+        sink: &sink,
+        pending: pending_tx,
+        window: Arc::clone(&window),
+    };
+    let mut stream = Stream::new(config, outlet, false, telemetry);
     stream.dead_letter = poison.dead_letter();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut tracker_ended = false;
@@ -256,6 +263,7 @@ async fn session(
             change = source.next() => match change {
                 Ok(Some(change)) => {
                     if let Err(error) = stream.apply(change).await {
+                        // Why the AMQP side failed is asked of the tracker below.
                         break Err(error);
                     }
                 }
@@ -265,17 +273,15 @@ async fn session(
         }
     };
 
-    // The channel the broker closed is seen closed by the heartbeat or the next publish a
-    // moment before the confirm tracker reports the broker's reason; wait briefly for that
-    // reason, so a refused event is told from a broker that went away.
+    // When the AMQP side fails (a publish or a hand-over to the tracker failed, or the
+    // heartbeat saw the channel closed), the confirm tracker knows why: a nack, a return, or
+    // the broker refusing one event. Its reason arrives a moment later; wait briefly for it,
+    // so that a refused event is told from a broker that went away.
     let outcome = match outcome {
-        Err((Side::Amqp, Error::Transient(reason))) if !tracker_ended => {
+        Err((Side::Amqp, error @ Error::Transient(_))) if !tracker_ended => {
             match tokio::time::timeout(REFUSAL_GRACE, &mut tracker).await {
-                Ok(end) => match tracker_failure(end) {
-                    refused @ Error::Refused(_) => Err((Side::Amqp, refused)),
-                    _ => Err((Side::Amqp, Error::Transient(reason))),
-                },
-                Err(_) => Err((Side::Amqp, Error::Transient(reason))),
+                Ok(Ok(Err(why))) => Err((Side::Amqp, why)),
+                _ => Err((Side::Amqp, error)),
             }
         }
         other => other,
@@ -326,13 +332,24 @@ async fn session(
     }
 }
 
+/// Where a stream's messages go.
+pub(crate) enum Outlet<'a> {
+    /// Published on the sink; each message's confirm and each boundary go to the confirm
+    /// tracker through `pending`, within the in-flight `window`.
+    Broker {
+        sink: &'a Sink,
+        pending: mpsc::Sender<Pending>,
+        window: Arc<Semaphore>,
+    },
+    /// Only counted (`walbox replay --dry-run`): nothing is published or acknowledged.
+    Count,
+}
+
 /// The per-session state of the stream loop: relations seen, the open transaction, the
 /// outbox table's current shape.
-struct Stream<'a> {
+pub(crate) struct Stream<'a> {
     config: &'a Config,
-    sink: &'a Sink,
-    pending: mpsc::Sender<Pending>,
-    window: Arc<Semaphore>,
+    outlet: Outlet<'a>,
     telemetry: &'a Telemetry,
     /// The outbox table's shape, from its latest Relation message.
     shape: Option<OutboxShape>,
@@ -342,32 +359,35 @@ struct Stream<'a> {
     dead_letter: Option<DeadLetter>,
     /// The highest commit LSN of an event handed to the broker.
     published_through: Lsn,
+    /// Republished messages (`walbox replay`) carry the header `x-replay: true`.
+    replaying: bool,
+    /// Outbox events handed to the outlet in this session.
+    pub(crate) events: u64,
 }
 
 impl<'a> Stream<'a> {
-    fn new(
+    pub(crate) fn new(
         config: &'a Config,
-        sink: &'a Sink,
-        pending: mpsc::Sender<Pending>,
-        window: Arc<Semaphore>,
+        outlet: Outlet<'a>,
+        replaying: bool,
         telemetry: &'a Telemetry,
     ) -> Self {
         Stream {
             config,
-            sink,
-            pending,
-            window,
+            outlet,
             telemetry,
             shape: None,
             transaction: None,
             routing_key: String::new(),
             dead_letter: None,
             published_through: Lsn::ZERO,
+            replaying,
+            events: 0,
         }
     }
 
     /// Apply one change; an error says which side failed.
-    async fn apply(&mut self, change: Change) -> SessionResult {
+    pub(crate) async fn apply(&mut self, change: Change) -> SessionResult {
         let postgres = on(Side::Postgres);
         tracing::trace!(?change, "change");
         match change {
@@ -376,14 +396,14 @@ impl<'a> Stream<'a> {
                 self.transaction = None;
                 self.telemetry.metrics.transaction();
                 self.telemetry.metrics.received(end_lsn);
-                self.hand_over(Pending::Boundary(end_lsn)).await?;
+                self.boundary(end_lsn).await?;
             }
             // Between transactions, the server has sent everything before `wal_end`; once
             // what came before is confirmed, PostgreSQL may release it. This keeps an idle
             // outbox on a busy database from pinning WAL.
             Change::Keepalive { wal_end } if self.transaction.is_none() => {
                 self.telemetry.metrics.received(wal_end);
-                self.hand_over(Pending::Boundary(wal_end)).await?;
+                self.boundary(wal_end).await?;
             }
             Change::Keepalive { .. } => {}
             Change::Message(Message::Relation(relation)) => {
@@ -423,7 +443,7 @@ impl<'a> Stream<'a> {
                         "an insert arrived outside a transaction (a walbox bug)",
                     ))
                 })?;
-                let message = shape
+                let mut message = shape
                     .message(&insert.new_tuple, &transaction, &mut self.routing_key)
                     .map_err(|problem| {
                         postgres(Error::definite(format!(
@@ -437,6 +457,18 @@ impl<'a> Stream<'a> {
                 if let Some(warning) = &message.headers_warning {
                     warn!(event_id = %message.id, "{warning}");
                 }
+                if self.replaying {
+                    message.mark_replayed();
+                }
+                self.events += 1;
+                let Outlet::Broker {
+                    sink,
+                    pending,
+                    window,
+                } = &self.outlet
+                else {
+                    return Ok(());
+                };
                 let (message, dead_letter) = match &self.dead_letter {
                     Some(plan) if plan.is(&message.id, transaction.commit_lsn) => {
                         warn!(event_id = %message.id, commit_lsn = %transaction.commit_lsn,
@@ -449,23 +481,25 @@ impl<'a> Stream<'a> {
                     _ => (message, false),
                 };
                 let amqp = on(Side::Amqp);
-                let permit = Arc::clone(&self.window)
+                let permit = Arc::clone(window)
                     .acquire_owned()
                     .await
                     .map_err(|_| amqp(Error::transient("in-flight window closed")))?;
                 let event_id = message.id.clone();
                 self.published_through = self.published_through.max(transaction.commit_lsn);
-                let sending = self.sink.publish(message).await.map_err(on(Side::Amqp))?;
+                let sending = sink.publish(message).await.map_err(amqp)?;
                 self.telemetry.metrics.published();
-                self.hand_over(Pending::Published {
-                    sending,
-                    permit,
-                    event_id,
-                    commit_lsn: transaction.commit_lsn,
-                    commit_time_micros: transaction.commit_time_micros,
-                    dead_letter,
-                })
-                .await?;
+                pending
+                    .send(Pending::Published {
+                        sending,
+                        permit,
+                        event_id,
+                        commit_lsn: transaction.commit_lsn,
+                        commit_time_micros: transaction.commit_time_micros,
+                        dead_letter,
+                    })
+                    .await
+                    .map_err(|_| amqp(Error::transient("the confirm tracker stopped")))?;
             }
             // Updates, deletes, truncates, types, origins, messages: not outbox events.
             Change::Message(_) => {}
@@ -473,10 +507,35 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    async fn hand_over(&self, pending: Pending) -> SessionResult {
-        self.pending
-            .send(pending)
-            .await
-            .map_err(|_| (Side::Amqp, Error::transient("the confirm tracker stopped")))
+    /// The reason to report for `error`, returned by [`Stream::apply`]. A stream that could
+    /// not hand over to the confirm tracker only knows that the tracker stopped; the tracker
+    /// knows why (a nack, a return, a closed channel), so its reason is the one to log.
+    pub(crate) async fn why_failed(
+        &self,
+        error: (Side, Error),
+        tracker: &mut JoinHandle<Result<Lsn>>,
+    ) -> (Side, Error) {
+        let tracker_stopped = match &self.outlet {
+            Outlet::Broker { pending, .. } => pending.is_closed(),
+            Outlet::Count => false,
+        };
+        if !tracker_stopped {
+            return error;
+        }
+        match tracker.await {
+            Ok(Err(why)) => (Side::Amqp, why),
+            _ => error,
+        }
+    }
+
+    /// Tell the tracker that everything handed over so far lies before `lsn`.
+    async fn boundary(&self, lsn: Lsn) -> SessionResult {
+        match &self.outlet {
+            Outlet::Broker { pending, .. } => pending
+                .send(Pending::Boundary(lsn))
+                .await
+                .map_err(|_| (Side::Amqp, Error::transient("the confirm tracker stopped"))),
+            Outlet::Count => Ok(()),
+        }
     }
 }

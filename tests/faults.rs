@@ -546,13 +546,27 @@ async fn survives_broker_nacks_from_a_full_queue() {
     let run = env.spawn_run(&["--max-in-flight", MAX_IN_FLIGHT]);
     env.wait_slot_active(Duration::from_secs(30)).await;
     let load = Load::start(env.postgres_url(), 3);
-    // Nobody drains yet: the queue fills and the broker starts refusing.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let held = mark(&env.name).await.confirmed;
-    let log = env.run_log(run);
-    assert!(log.contains("nacked"), "walbox saw the nacks; log:\n{log}");
+    let nacks = |log: &str| log.matches("nacked").count();
+    let mut seen = Vec::new();
+    let mut held = Lsn::ZERO;
+    for round in 0..rounds() {
+        // Nobody drains: the queue fills and the broker starts refusing, again.
+        let before = nacks(&env.run_log(run));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while nacks(&env.run_log(run)) == before {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: walbox saw no nack; log:\n{}",
+                env.run_log(run)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        held = mark(&env.name).await.confirmed;
+        let drain = Drain::start(queue.clone());
+        tokio::time::sleep(Duration::from_millis(1500 + jitter(1000))).await;
+        seen.extend(drain.stop().await);
+    }
     let drain = Drain::start(queue);
-    tokio::time::sleep(Duration::from_secs(2)).await;
     load.stop().await;
     let committed: HashSet<String> = env
         .db
@@ -569,6 +583,7 @@ async fn survives_broker_nacks_from_a_full_queue() {
             .lock()
             .unwrap()
             .iter()
+            .chain(&seen)
             .map(|seen| seen.id.clone())
             .collect();
         if committed.is_subset(&arrived) {
@@ -576,11 +591,12 @@ async fn survives_broker_nacks_from_a_full_queue() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let seen = drain.stop().await;
+    seen.extend(drain.stop().await);
     let unique: HashSet<&String> = seen.iter().map(|seen| &seen.id).collect();
     let lost = committed.iter().filter(|id| !unique.contains(id)).count();
     eprintln!(
-        "fault Nack: committed={} delivered={} unique={} lost={lost} (slot held at {held} while refused)",
+        "fault Nack: faults={} committed={} delivered={} unique={} lost={lost} (slot held at {held} while refused)",
+        rounds(),
         committed.len(),
         seen.len(),
         unique.len()
@@ -601,43 +617,45 @@ async fn a_standby_walbox_takes_over() {
     let mut env = TestEnv::new("standby").await;
     let queue = env.durable_queue("q", FieldTable::default()).await;
     assert!(env.walbox("setup", &[]).status.success());
-    let active = env.spawn_run(&[]);
+    let mut active = env.spawn_run(&[]);
     env.wait_slot_active(Duration::from_secs(30)).await;
-    let standby = env.spawn_run(&[]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !env.run_log(standby).contains("standing by") {
-        assert!(
-            Instant::now() < deadline,
-            "the second walbox never said it stands by; log:\n{}",
-            env.run_log(standby)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(env.try_wait(standby).is_none(), "the standby must stay up");
     let drain = Drain::start(queue);
     let load = Load::start(env.postgres_url(), 2);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut takeovers = Vec::new();
+    for _ in 0..rounds() {
+        let standby = env.spawn_run(&[]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !env.run_log(standby).contains("standing by") {
+            assert!(
+                Instant::now() < deadline,
+                "the second walbox never said it stands by; log:\n{}",
+                env.run_log(standby)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(env.try_wait(standby).is_none(), "the standby must stay up");
+        tokio::time::sleep(Duration::from_millis(1000 + jitter(1500))).await;
 
-    let killed_at = Instant::now();
-    env.kill(active);
-    let deadline = killed_at + Duration::from_secs(20);
-    while env.run_log(standby).matches("\"streaming\"").count() == 0 {
+        let killed_at = Instant::now();
+        env.kill(active);
+        let deadline = killed_at + Duration::from_secs(20);
+        while env.run_log(standby).matches("\"streaming\"").count() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no takeover; log:\n{}",
+                env.run_log(standby)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let takeover = killed_at.elapsed();
         assert!(
-            Instant::now() < deadline,
-            "no takeover; log:\n{}",
-            env.run_log(standby)
+            takeover < Duration::from_secs(5),
+            "takeover took {takeover:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        takeovers.push(takeover.as_millis());
+        active = standby;
     }
-    let takeover = killed_at.elapsed();
-    eprintln!(
-        "standby took over {} ms after the active walbox was killed",
-        takeover.as_millis()
-    );
-    assert!(
-        takeover < Duration::from_secs(5),
-        "takeover took {takeover:?}"
-    );
+    eprintln!("standby took over {takeovers:?} ms after the active walbox was killed");
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     load.stop().await;
@@ -667,7 +685,8 @@ async fn a_standby_walbox_takes_over() {
     let unique: HashSet<&String> = seen.iter().map(|seen| &seen.id).collect();
     let lost = committed.iter().filter(|id| !unique.contains(id)).count();
     eprintln!(
-        "fault Standby: committed={} delivered={} lost={lost}",
+        "fault Standby: faults={} committed={} delivered={} lost={lost}",
+        takeovers.len(),
         committed.len(),
         seen.len()
     );

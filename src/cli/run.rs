@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, RunConfig};
+use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::pipeline;
+use crate::replay::bookmark;
 use crate::telemetry::{Telemetry, server, slot_poller};
 
 pub async fn run(config: &Config, run: &RunConfig) -> Result<()> {
@@ -35,7 +37,39 @@ pub async fn run(config: &Config, run: &RunConfig) -> Result<()> {
         server::serve(addr, Arc::clone(&telemetry)).await?;
     }
     let poller = tokio::spawn(slot_poller::poll(config.clone(), Arc::clone(&telemetry)));
+    let keeper = match run.replay_window {
+        Some(window) => {
+            let (bookmark, _) = bookmark::names(&config.slot)?;
+            info!(%window, %bookmark, "keeping a replay window");
+            Some(tokio::spawn(bookmark::keep(
+                config.clone(),
+                window,
+                bookmark,
+            )))
+        }
+        None => {
+            tokio::spawn(warn_of_a_stale_bookmark(config.clone()));
+            None
+        }
+    };
     let outcome = pipeline::run(config, run, stop_rx, telemetry).await;
     poller.abort();
+    if let Some(keeper) = keeper {
+        keeper.abort();
+    }
     outcome
+}
+
+/// A bookmark left from an earlier `--replay-window` keeps pinning WAL while nothing moves
+/// it; say so once at start (teardown drops it).
+async fn warn_of_a_stale_bookmark(config: Config) {
+    let Some(bookmark) = bookmark::bookmark_name(&config.slot) else {
+        return;
+    };
+    let Ok(control) = Control::connect(&config).await else {
+        return;
+    };
+    if let Ok(Some(_)) = control.slot(&bookmark).await {
+        warn!(%bookmark, "a replay window's bookmark slot exists but --replay-window is not set: it no longer moves and keeps WAL on the server; pass --replay-window again, or drop it with `walbox teardown` (when walbox is stopped) or pg_drop_replication_slot");
+    }
 }

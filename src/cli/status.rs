@@ -5,6 +5,8 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::control::{Control, SlotInfo};
 use crate::error::Result;
+use crate::lsn::Lsn;
+use crate::replay::bookmark::bookmark_name;
 
 #[derive(Serialize)]
 struct Status {
@@ -16,6 +18,17 @@ struct Status {
     publication: String,
     publication_exists: bool,
     publication_tables: Vec<String>,
+    /// What `walbox replay` can reach, when a replay window is kept.
+    replay_window: Option<ReplayRange>,
+}
+
+#[derive(Serialize)]
+struct ReplayRange {
+    bookmark: String,
+    /// Events of transactions that committed at or after this LSN can be replayed.
+    oldest_lsn: String,
+    /// WAL the server keeps for the window: its position minus the bookmark's restart LSN.
+    retained_wal_bytes: Option<u64>,
 }
 
 pub async fn status(config: &Config, json: bool) -> Result<()> {
@@ -27,6 +40,21 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
         .and_then(SlotInfo::confirmed_flush)
         .map(|confirmed| current.as_u64().saturating_sub(confirmed.as_u64()));
     let publication_exists = control.publication_exists(&config.publication).await?;
+    let replay_window = match bookmark_name(&config.slot) {
+        Some(bookmark) => control.slot(&bookmark).await?.map(|info| (bookmark, info)),
+        None => None,
+    }
+    .map(|(bookmark, info)| ReplayRange {
+        bookmark: bookmark.to_string(),
+        oldest_lsn: info
+            .confirmed_flush()
+            .map_or_else(|| "-".to_owned(), |lsn| lsn.to_string()),
+        retained_wal_bytes: info
+            .restart_lsn
+            .as_deref()
+            .and_then(|text| text.parse::<Lsn>().ok())
+            .map(|restart| current.as_u64().saturating_sub(restart.as_u64())),
+    });
     let status = Status {
         postgres: config.postgres_url.redacted(),
         slot,
@@ -35,6 +63,7 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
         publication: config.publication.to_string(),
         publication_exists,
         publication_tables: control.publication_tables(&config.publication).await?,
+        replay_window,
     };
     if json {
         println!(
@@ -93,6 +122,18 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
             "publication:       {} does not exist (run walbox setup)",
             status.publication
         );
+    }
+    match &status.replay_window {
+        Some(window) => println!(
+            "replay window:     {} to {} (bookmark slot {}, {} bytes of WAL retained)",
+            window.oldest_lsn,
+            status.current_wal_lsn,
+            window.bookmark,
+            window
+                .retained_wal_bytes
+                .map_or_else(|| "-".to_owned(), |bytes| bytes.to_string())
+        ),
+        None => println!("replay window:     none (walbox run --replay-window keeps one)"),
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
-//! `walbox teardown`: drop the slot and the publication, so PostgreSQL keeps no WAL for
+//! `walbox teardown`: drop the slot, the replay window's bookmark and the publication, so PostgreSQL keeps no WAL for
 //! walbox. The outbox table and the exchange are left alone.
 
 use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Error, Result};
+use crate::replay::bookmark::bookmark_name;
 
 pub async fn teardown(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;
@@ -21,6 +22,25 @@ pub async fn teardown(config: &Config) -> Result<()> {
             println!("replication slot {}: dropped", config.slot);
         }
         None => println!("replication slot {}: did not exist", config.slot),
+    }
+    let bookmark = bookmark_name(&config.slot);
+    let bookmark_slot = match &bookmark {
+        Some(bookmark) => control.slot(bookmark).await?,
+        None => None,
+    };
+    match (bookmark, bookmark_slot) {
+        (Some(bookmark), Some(slot)) if slot.active => {
+            return Err(Error::definite(format!(
+                "the replay window's bookmark slot {bookmark} is in use by pid {}; stop it first",
+                slot.active_pid
+                    .map_or("?".to_owned(), |pid| pid.to_string())
+            )));
+        }
+        (Some(bookmark), Some(_)) => {
+            control.drop_slot(&bookmark).await?;
+            println!("replay window bookmark slot {bookmark}: dropped");
+        }
+        _ => {}
     }
     if control.publication_exists(&config.publication).await? {
         control.drop_publication(&config.publication).await?;

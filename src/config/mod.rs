@@ -17,6 +17,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::lsn::Lsn;
 use crate::outbox::{ColumnMap, Template};
+use crate::replay::bookmark::MAX_SLOT_WITH_REPLAY;
+use crate::replay::{ReplayConfig, ReplayWindow};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,6 +57,8 @@ pub enum Command {
     Setup(CommonArgs),
     /// Set up what is missing, then relay events until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Publish again the events committed in an LSN range, from the replay window.
+    Replay(ReplayArgs),
     /// Show the slot, its lag and the publication's tables.
     Status(StatusArgs),
     /// Drop the slot and the publication.
@@ -154,6 +158,27 @@ pub struct RunArgs {
     /// Exchange for poison events: a JSON record of each (with confirms) and walbox goes on; without it walbox halts on the event.
     #[arg(long, env = "WALBOX_DEAD_LETTER_EXCHANGE")]
     pub dead_letter_exchange: Option<String>,
+    /// Keep this much history replayable with `walbox replay`: a WAL size (e.g. 10GB) or an age (e.g. 24h); off by default.
+    #[arg(long, env = "WALBOX_REPLAY_WINDOW")]
+    pub replay_window: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Replay the events of transactions that committed at or after this LSN (X/Y).
+    #[arg(long, env = "WALBOX_FROM_LSN")]
+    pub from_lsn: String,
+
+    /// …and at or before this LSN (default: the WAL position when the replay starts).
+    #[arg(long, env = "WALBOX_TO_LSN")]
+    pub to_lsn: Option<String>,
+
+    /// Count what would be replayed; publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -315,6 +340,8 @@ pub struct RunConfig {
     pub poison_after: u32,
     /// Where poison events go; None: halt on them.
     pub dead_letter_exchange: Option<String>,
+    /// None: keep no replay window.
+    pub replay_window: Option<ReplayWindow>,
 }
 
 impl Config {
@@ -403,7 +430,20 @@ impl RunConfig {
             }
             Some(name) => Some(name.to_owned()),
         };
+        let replay_window = args
+            .replay_window
+            .as_deref()
+            .filter(|text| !matches!(text.trim(), "" | "off" | "none"))
+            .map(|text| {
+                text.parse::<ReplayWindow>()
+                    .map_err(|error| ConfigError(format!("--replay-window: {error}")))
+            })
+            .transpose()?;
+        if replay_window.is_some() {
+            check_room_for_replay(&args.common.slot)?;
+        }
         Ok(RunConfig {
+            replay_window,
             start_lsn,
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
             max_retry_delay: Duration::from_millis(args.max_retry_delay_ms),
@@ -412,6 +452,44 @@ impl RunConfig {
             dead_letter_exchange,
         })
     }
+}
+
+impl ReplayConfig {
+    pub fn from_args(args: &ReplayArgs) -> Result<Self, ConfigError> {
+        let lsn = |flag: &str, text: &str| {
+            Lsn::from_str(text).map_err(|error| ConfigError(format!("{flag}: {error}")))
+        };
+        let from_lsn = lsn("--from-lsn", &args.from_lsn)?;
+        let to_lsn = args
+            .to_lsn
+            .as_deref()
+            .map(|text| lsn("--to-lsn", text))
+            .transpose()?;
+        if let Some(to) = to_lsn
+            && to < from_lsn
+        {
+            return Err(ConfigError(format!(
+                "--to-lsn {to} is before --from-lsn {from_lsn}"
+            )));
+        }
+        check_room_for_replay(&args.common.slot)?;
+        Ok(ReplayConfig {
+            from_lsn,
+            to_lsn,
+            dry_run: args.dry_run,
+        })
+    }
+}
+
+/// The replay window's slots are named after the live one, with a suffix.
+fn check_room_for_replay(slot: &str) -> Result<(), ConfigError> {
+    if slot.len() > MAX_SLOT_WITH_REPLAY {
+        return Err(ConfigError(format!(
+            "--slot `{slot}` is too long for a replay window: its bookmark and replay slots \
+             are named after it, so it may have at most {MAX_SLOT_WITH_REPLAY} characters"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

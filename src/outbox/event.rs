@@ -119,6 +119,16 @@ pub struct OutboxMessage {
     pub headers_warning: Option<String>,
 }
 
+impl OutboxMessage {
+    /// Mark a message sent again by `walbox replay`: header `x-replay: true`, so consumers
+    /// can tell a deliberate replay from a redelivery.
+    pub fn mark_replayed(&mut self) {
+        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        headers.insert("x-replay".into(), AMQPValue::Boolean(true));
+        self.properties = std::mem::take(&mut self.properties).with_headers(headers);
+    }
+}
+
 /// Why one row cannot become a message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventError {

@@ -13,7 +13,7 @@ use pgwire_replication::{
 };
 use tokio_postgres::config::Host;
 
-use crate::config::Config;
+use crate::config::{Config, Identifier};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
@@ -109,6 +109,58 @@ impl Source {
             .await
             .map_err(|e| Error::from_replication(&e))?;
         Ok(Source { client })
+    }
+
+    /// Stream from a temporary copy of `original` (the replay window's bookmark slot), made
+    /// on the replication session itself: PostgreSQL drops a temporary slot when the session
+    /// that made it ends, so a replay that is killed leaves nothing behind. The copy starts
+    /// where `original` stands; `start` may be later. Returns the copy's own start position.
+    pub async fn start_copy(
+        config: &Config,
+        original: &Identifier,
+        copy: &Identifier,
+        start: Lsn,
+    ) -> Result<(Self, Lsn)> {
+        let mut copy_config = config.clone();
+        copy_config.slot = copy.clone();
+        let replication = replication_config(&copy_config, start)?;
+        let mut client = ReplicationClient::connect_gated(replication)
+            .await
+            .map_err(|e| Error::from_replication(&e))?;
+        // Slot names are validated (lowercase letters, digits, underscores), so they are safe
+        // as string literals; the replication protocol's simple queries take no parameters.
+        let replication_error = |e: pgwire_replication::PgWireError| Error::from_replication(&e);
+        client
+            .simple_query(&format!(
+                "SELECT 1 FROM pg_copy_logical_replication_slot('{original}', '{copy}', true)"
+            ))
+            .await
+            .map_err(replication_error)?;
+        let rows = client
+            .simple_query(&format!(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+                 WHERE slot_name = '{copy}'"
+            ))
+            .await
+            .map_err(replication_error)?;
+        let copied_from = rows
+            .first()
+            .and_then(|row| row.first().cloned().flatten())
+            .and_then(|text| std::str::from_utf8(&text).ok()?.parse::<Lsn>().ok())
+            .ok_or_else(|| {
+                Error::definite(format!(
+                    "the copy {copy} of replication slot {original} has no position (a walbox bug)"
+                ))
+            })?;
+        client
+            .start()
+            .await
+            .map_err(|e| Error::from_replication(&e))?;
+        client
+            .wait_started()
+            .await
+            .map_err(|e| Error::from_replication(&e))?;
+        Ok((Source { client }, copied_from))
     }
 
     /// The next change, or `None` when the stream ended cleanly.

@@ -533,30 +533,34 @@ impl Drop for TestEnv {
 async fn cleanup(name: String, queues: Vec<String>, exchanges: Vec<String>) {
     let postgres = pg_connect(&admin_url("postgres")).await;
     let deadline = Instant::now() + Duration::from_secs(20);
+    // The test's slot and those named after it (a replay window's bookmark, replay copies).
     // A slot stays active until its walsender notices the client is gone.
+    let prefix = format!("{}\\_%", name.replace('_', "\\_"));
     loop {
-        let slot = postgres
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&name],
+        let slots = postgres
+            .query(
+                "SELECT slot_name::text, active_pid FROM pg_replication_slots \
+                 WHERE slot_name = $1 OR slot_name LIKE $2",
+                &[&name, &prefix],
             )
             .await
             .unwrap();
-        let Some(row) = slot else { break };
-        if let Some(pid) = row.get::<_, Option<i32>>(0) {
-            let _ = postgres
-                .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                .await;
-        }
-        if postgres
-            .execute("SELECT pg_drop_replication_slot($1)", &[&name])
-            .await
-            .is_ok()
-        {
+        if slots.is_empty() {
             break;
         }
+        for row in &slots {
+            let slot: String = row.get(0);
+            if let Some(pid) = row.get::<_, Option<i32>>(1) {
+                let _ = postgres
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await;
+            }
+            let _ = postgres
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await;
+        }
         if Instant::now() > deadline {
-            eprintln!("could not drop replication slot {name}");
+            eprintln!("could not drop the replication slots of {name}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
