@@ -164,7 +164,7 @@ impl Poison {
                 RelayState::Halted
             }
             Verdict::Halted => {
-                let skip_to = Lsn(commit_lsn.0 + 1);
+                let skip_to = self.halted_on().map_or(commit_lsn, Suspect::skip_to);
                 error!(%reason, %event_id, %commit_lsn, retry_in_ms,
                     "halted on a poison event: the broker refused event {event_id} (commit {commit_lsn}) \
                      {poison_after} times in a row. walbox keeps retrying it and acknowledges nothing after it. \
