@@ -46,7 +46,18 @@ async fn a_poison_event_goes_to_the_dead_letter_exchange_and_the_relay_goes_on()
     ]);
     env.wait_slot_active(WAIT).await;
 
-    let before = env.insert("order", "created", "{\"n\": 1}").await;
+    // Many events around the poison one, so that it is refused among many in flight.
+    let batch = "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+                 SELECT 'order', 'o-' || g, 'created', jsonb_build_object('n', g) \
+                 FROM generate_series(1, 50) g RETURNING id::text";
+    let before: Vec<String> = env
+        .db
+        .query(batch, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
     // The poison event shares its transaction with a good event after it.
     let poison = "00000000-0000-4000-8000-0000000000b1".to_owned();
     let same_transaction = "00000000-0000-4000-8000-0000000000b2".to_owned();
@@ -70,7 +81,14 @@ async fn a_poison_event_goes_to_the_dead_letter_exchange_and_the_relay_goes_on()
         .await
         .unwrap()
         .get(0);
-    let after = env.insert("order", "created", "{\"n\": 3}").await;
+    let after: Vec<String> = env
+        .db
+        .query(batch, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
     let end = env.current_wal_lsn().await;
 
     let records = receive(&mut dead_letters, 1, WAIT).await;
@@ -99,11 +117,16 @@ async fn a_poison_event_goes_to_the_dead_letter_exchange_and_the_relay_goes_on()
     assert_eq!(commit_lsn(record), commit);
 
     // Everything else arrives (events before the poison one may come twice: at least once).
-    let wanted: HashSet<String> = [before, same_transaction, after].into_iter().collect();
+    let wanted: HashSet<String> = before
+        .into_iter()
+        .chain(after)
+        .chain([same_transaction])
+        .collect();
+    assert_eq!(wanted.len(), 101);
     let mut seen = HashSet::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !wanted.is_subset(&seen) && tokio::time::Instant::now() < deadline {
-        for delivery in receive(&mut consumer, 1, Duration::from_secs(1)).await {
+        for delivery in receive(&mut consumer, 200, Duration::from_secs(1)).await {
             seen.insert(message_id(&delivery));
         }
     }
