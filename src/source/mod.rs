@@ -13,7 +13,7 @@ use pgwire_replication::{
 };
 use tokio_postgres::config::Host;
 
-use crate::config::Config;
+use crate::config::{Config, PostgresTls, RootCerts, SslMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
@@ -69,10 +69,7 @@ pub fn replication_config(config: &Config, start: Lsn) -> Result<ReplicationConf
         .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
         .unwrap_or_default();
     let database = postgres.get_dbname().unwrap_or("postgres").to_owned();
-    let tls = match postgres.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Require => TlsConfig::require(),
-        _ => TlsConfig::disabled(),
-    };
+    let tls = replication_tls(&config.postgres_tls, &host);
     let options = match postgres.get_options() {
         Some(user_options) => format!("{SESSION_OPTIONS} {user_options}"),
         None => SESSION_OPTIONS.to_owned(),
@@ -83,7 +80,9 @@ pub fn replication_config(config: &Config, start: Lsn) -> Result<ReplicationConf
         password,
         database,
         config.slot.as_str(),
-        config.publication.as_str(),
+        // The server reads publication_names as a list of identifiers, folding unquoted ones
+        // to lower case and splitting at commas: only the quoted form names any publication.
+        config.publication.quoted(),
     )
     .with_port(port)
     .with_tls(tls)
@@ -93,6 +92,28 @@ pub fn replication_config(config: &Config, start: Lsn) -> Result<ReplicationConf
     .with_buffer_size(4096)
     .with_options(options)
     .with_application_name(format!("walbox/{}", config.slot)))
+}
+
+/// pgwire-replication's TLS settings for the same sslmode and CAs as the control connection.
+fn replication_tls(tls: &PostgresTls, host: &str) -> TlsConfig {
+    let ca_file = match &tls.roots {
+        Some(RootCerts::File { path, .. }) => Some(path.clone()),
+        // pgwire-replication trusts Mozilla's roots when given no file: sslrootcert=system.
+        Some(RootCerts::System) | None => None,
+    };
+    match tls.mode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::default()
+        },
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => TlsConfig::verify_ca(ca_file),
+        // pgwire-replication refuses verify-full to an IP address unless the name to check is
+        // given explicitly; rustls then checks the certificate's IP address entries, as libpq
+        // does.
+        SslMode::VerifyFull => TlsConfig::verify_full(ca_file).with_sni_hostname(host),
+    }
 }
 
 impl Source {
@@ -171,5 +192,44 @@ impl Source {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.client.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, Command};
+    use clap::Parser;
+
+    fn config(extra: &[&str]) -> Config {
+        let mut argv = vec!["walbox", "run"];
+        argv.extend_from_slice(extra);
+        let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        Config::from_args(&run.common).unwrap()
+    }
+
+    #[test]
+    fn the_publication_reaches_the_server_as_a_quoted_identifier() {
+        let replication =
+            replication_config(&config(&["--publication", "Out, \"Box\""]), Lsn(0)).unwrap();
+        assert_eq!(replication.publication.names(), [r#""Out, ""Box""""#]);
+    }
+
+    #[test]
+    fn sslmode_chooses_the_replication_tls() {
+        let tls = |url: &str| {
+            replication_config(&config(&["--postgres-url", url]), Lsn(0))
+                .unwrap()
+                .tls
+        };
+        use pgwire_replication::SslMode as Wire;
+        assert_eq!(tls("postgres://u@h/db?sslmode=disable").mode, Wire::Disable);
+        assert_eq!(tls("postgres://u@h/db").mode, Wire::Prefer);
+        assert_eq!(tls("postgres://u@h/db?sslmode=require").mode, Wire::Require);
+        let full = tls("postgres://u@10.0.0.7/db?sslmode=verify-full&sslrootcert=system");
+        assert_eq!(full.mode, Wire::VerifyFull);
+        assert_eq!(full.sni_hostname.as_deref(), Some("10.0.0.7"));
     }
 }
