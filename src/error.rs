@@ -38,7 +38,7 @@ impl Error {
     /// Classify an error from the control-plane SQL connection.
     pub fn from_postgres(context: &str, error: &tokio_postgres::Error) -> Self {
         let Some(db) = error.as_db_error() else {
-            let text = error.to_string();
+            let text = with_causes(error);
             if tls_refused(&text) {
                 return Error::definite(format!("{context}: {text}; {TLS_FIX}"));
             }
@@ -127,6 +127,21 @@ impl Error {
             Error::transient(format!("{context}: {text}"))
         }
     }
+}
+
+/// An error's message followed by its causes': tokio-postgres keeps the reason a TLS
+/// handshake failed (e.g. the certificate's issuer is unknown) in the cause.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let message = inner.to_string();
+        if !text.ends_with(&message) {
+            text = format!("{text}: {message}");
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 const TLS_FIX: &str = "check sslmode and sslrootcert in --postgres-url (sslrootcert must be \
