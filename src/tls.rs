@@ -1,5 +1,6 @@
 //! The TLS client of the control-plane PostgreSQL connection, built from the validated
-//! [`PostgresTls`] settings.
+//! [`PostgresTls`] settings (also used to fetch the server's certificate for the replication
+//! connection's verify-ca, see `source::verify_ca`).
 //!
 //! The replication connection (pgwire-replication) and AMQP (lapin) build their own rustls
 //! clients from the same settings; see `source` and `sink`. This one has to be built here
@@ -22,6 +23,11 @@ use crate::error::{Error, Result};
 /// The connector tokio-postgres uses for the control connection. With `sslmode=disable`
 /// tokio-postgres never calls it.
 pub fn postgres_connector(tls: &PostgresTls) -> Result<MakeRustlsConnect> {
+    Ok(MakeRustlsConnect::new(client_config(tls)?))
+}
+
+/// A rustls client that checks the server's certificate as `tls.mode` says.
+pub fn client_config(tls: &PostgresTls) -> Result<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -42,11 +48,10 @@ pub fn postgres_connector(tls: &PostgresTls) -> Result<MakeRustlsConnect> {
         }
         _ => Arc::new(AnyCertificate(provider.signature_verification_algorithms)),
     };
-    let config = builder
+    Ok(builder
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+        .with_no_client_auth())
 }
 
 fn root_store(roots: &RootCerts) -> Result<RootCertStore> {
