@@ -129,7 +129,7 @@ impl Error {
     }
 }
 
-/// An error's message followed by its causes': tokio-postgres keeps the reason a TLS
+/// An error's message followed by those of its causes: tokio-postgres keeps the reason a TLS
 /// handshake failed (e.g. the certificate's issuer is unknown) in the cause.
 fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
