@@ -74,6 +74,10 @@ impl Error {
         use pgwire_replication::PgWireError as E;
         match error {
             E::Io(_) | E::Task(_) => Error::transient(format!("replication connection: {error}")),
+            // The client says its worker is already gone: the session ended while a receive
+            // was cancelled (pgwire-replication then logs the first cause itself). The link is
+            // down, nothing is wrong with the configuration: reconnect.
+            E::Internal(_) => Error::transient(format!("replication connection ended: {error}")),
             E::Tls(text) if tls_refused(text) => {
                 Error::definite(format!("replication connection: {error}; {TLS_FIX}"))
             }

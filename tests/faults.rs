@@ -346,10 +346,14 @@ async fn survive(fault: Fault) {
                 } else {
                     "immediate"
                 };
-                marks.push(mark(&env.name).await);
                 tokio::task::spawn_blocking(move || restart_postgres(mode))
                     .await
                     .unwrap();
+                // Read after the restart: only then does the server's WAL position bound
+                // every commit before the crash, and the slot's position is the one it
+                // recovered (an immediate shutdown can lose what it confirmed since the last
+                // checkpoint), which is at most what walbox resumes from.
+                marks.push(mark(&env.name).await);
             }
             Fault::Unroutable => {
                 env.channel

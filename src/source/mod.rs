@@ -131,19 +131,24 @@ fn replication_tls(tls: &PostgresTls, host: &str, verify_ca_name: Option<String>
     }
 }
 
+/// [`replication_config`], with the name to check under sslmode=verify-ca fetched first.
+async fn connection_settings(config: &Config, start: Lsn) -> Result<ReplicationConfig> {
+    let verify_ca_name = match config.postgres_tls.mode {
+        SslMode::VerifyCa => {
+            let (host, port) = host_and_port(config);
+            verify_ca::name_to_verify(&host, port, &config.postgres_tls).await?
+        }
+        _ => None,
+    };
+    replication_config(config, start, verify_ca_name)
+}
+
 impl Source {
     /// Start streaming from `start` (the slot's confirmed position, or later with
     /// `--start-lsn`). Until the first acknowledgement, `start` is what the server hears as
     /// flushed.
     pub async fn start(config: &Config, start: Lsn) -> Result<Self> {
-        let verify_ca_name = match config.postgres_tls.mode {
-            SslMode::VerifyCa => {
-                let (host, port) = host_and_port(config);
-                verify_ca::name_to_verify(&host, port, &config.postgres_tls).await?
-            }
-            _ => None,
-        };
-        let replication = replication_config(config, start, verify_ca_name)?;
+        let replication = connection_settings(config, start).await?;
         let mut client = ReplicationClient::connect(replication)
             .await
             .map_err(|e| Error::from_replication(&e))?;
@@ -166,7 +171,7 @@ impl Source {
     ) -> Result<(Self, Lsn)> {
         let mut copy_config = config.clone();
         copy_config.slot = copy.clone();
-        let replication = replication_config(&copy_config, start)?;
+        let replication = connection_settings(&copy_config, start).await?;
         let mut client = ReplicationClient::connect_gated(replication)
             .await
             .map_err(|e| Error::from_replication(&e))?;
