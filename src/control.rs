@@ -2,11 +2,16 @@
 //!
 //! Runs over an ordinary (non-replication) connection with tokio-postgres. Values always travel
 //! as query parameters; names that SQL cannot take as parameters (publication, table in DDL)
-//! are validated [`Identifier`]s and quoted.
+//! are validated [`Identifier`]s and quoted, in the small statement builders at the end, which
+//! are unit-tested.
+//!
+//! walbox needs no more than sql/roles.sql grants: LOGIN, REPLICATION and SELECT on the
+//! outbox table. Creating the publication needs ownership of the table, so with that role
+//! the table's owner creates it beforehand; [`Control::prepare`] then only checks it.
 
 use std::str::FromStr;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::debug;
 
 use crate::config::{Config, Identifier, TableName};
@@ -52,7 +57,8 @@ pub enum Ensured {
 
 impl Control {
     pub async fn connect(config: &Config) -> Result<Self> {
-        let (client, connection) = config.postgres.connect(NoTls).await.map_err(|e| {
+        let tls = crate::tls::postgres_connector(&config.postgres_tls)?;
+        let (client, connection) = config.postgres.connect(tls).await.map_err(|e| {
             Error::from_postgres(&format!("connecting to {}", config.postgres_url), &e)
         })?;
         tokio::spawn(async move {
@@ -137,6 +143,39 @@ impl Control {
         }
     }
 
+    /// The role walbox connects as can create the slot and stream (REPLICATION) and read the
+    /// outbox table (SELECT); a missing one is named with the statement that grants it.
+    pub async fn check_privileges(&self, table: &TableName) -> Result<()> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_user::text, r.rolsuper OR r.rolreplication, \
+                 has_table_privilege(format('%I.%I', $1::text, $2::text), 'SELECT') \
+                 FROM pg_roles r WHERE r.rolname = current_user",
+                &[&table.schema.as_str(), &table.name.as_str()],
+            )
+            .await
+            .map_err(Self::sql_error("checking the role's privileges"))?;
+        let role = Identifier::new("role", row.get::<_, &str>(0)).map_err(Error::definite)?;
+        let (replication, select): (bool, bool) = (row.get(1), row.get(2));
+        if !replication {
+            return Err(Error::definite(format!(
+                "role {role} lacks the REPLICATION attribute, which logical replication needs. \
+                 As a superuser run `ALTER ROLE {} REPLICATION` (see sql/roles.sql)",
+                role.quoted()
+            )));
+        }
+        if !select {
+            return Err(Error::definite(format!(
+                "role {role} may not read table {table}. As its owner run `GRANT SELECT ON {} \
+                 TO {}` (see sql/roles.sql)",
+                table.quoted(),
+                role.quoted()
+            )));
+        }
+        Ok(())
+    }
+
     /// Create the publication for the table if it does not exist; check it covers the table.
     pub async fn ensure_publication(
         &self,
@@ -153,15 +192,16 @@ impl Control {
             .map_err(Self::sql_error("looking up the publication"))?
             .is_some();
         if !exists {
-            let ddl = format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
-                publication.quoted(),
-                table.quoted()
-            );
-            self.client.batch_execute(&ddl).await.map_err(Self::sql_error(
-                "creating the publication (needs ownership of the table, or create it beforehand \
-                 as its owner)",
-            ))?;
+            let ddl = create_publication_sql(publication, table);
+            self.client.batch_execute(&ddl).await.map_err(|error| {
+                Error::from_postgres(
+                    &format!(
+                        "creating the publication, which needs ownership of {table}: have the \
+                         table's owner run `{ddl}` beforehand (sql/roles.sql does)"
+                    ),
+                    &error,
+                )
+            })?;
             return Ok(Ensured::Created);
         }
         let covers = self
@@ -220,7 +260,8 @@ impl Control {
             return Err(Error::definite(format!(
                 "replication slot {slot} exists but is a {} slot with plugin {}; walbox needs a \
                  logical slot with the pgoutput plugin. Choose another --slot, or drop it if it \
-                 is unused: SELECT pg_drop_replication_slot('{slot}')",
+                 is unused: SELECT pg_drop_replication_slot('{}')",
+                slot.replace('\'', "''"),
                 info.slot_type,
                 info.plugin.as_deref().unwrap_or("none")
             )));
@@ -314,10 +355,7 @@ impl Control {
 
     pub async fn drop_publication(&self, publication: &Identifier) -> Result<()> {
         self.client
-            .batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                publication.quoted()
-            ))
+            .batch_execute(&drop_publication_sql(publication))
             .await
             .map_err(Self::sql_error("dropping the publication"))
     }
@@ -338,6 +376,7 @@ impl Control {
     pub async fn prepare(&self, config: &Config, create_slot: bool) -> Result<Prepared> {
         self.check_wal_level().await?;
         self.check_table(config).await?;
+        self.check_privileges(&config.table).await?;
         let publication = self
             .ensure_publication(&config.publication, &config.table)
             .await?;
@@ -418,5 +457,37 @@ impl Control {
             ))?;
         let lsn: String = row.get(0);
         Lsn::from_str(&lsn).map_err(Error::definite)
+    }
+}
+
+/// The one statement walbox creates a publication with: names quoted, never pasted raw.
+fn create_publication_sql(publication: &Identifier, table: &TableName) -> String {
+    format!(
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
+        publication.quoted(),
+        table.quoted()
+    )
+}
+
+fn drop_publication_sql(publication: &Identifier) -> String {
+    format!("DROP PUBLICATION IF EXISTS {}", publication.quoted())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_statements_are_quoted_identifiers() {
+        let hostile = Identifier::new("--publication", r#"x" ; DROP TABLE outbox; --"#).unwrap();
+        let table = TableName::parse(r#"Sales.Out"box"#).unwrap();
+        assert_eq!(
+            create_publication_sql(&hostile, &table),
+            r#"CREATE PUBLICATION "x"" ; DROP TABLE outbox; --" FOR TABLE "Sales"."Out""box" WITH (publish = 'insert')"#
+        );
+        assert_eq!(
+            drop_publication_sql(&hostile),
+            r#"DROP PUBLICATION IF EXISTS "x"" ; DROP TABLE outbox; --""#
+        );
     }
 }

@@ -69,8 +69,12 @@ impl Error {
     /// Classify an error from the control-plane SQL connection.
     pub fn from_postgres(context: &str, error: &tokio_postgres::Error) -> Self {
         let Some(db) = error.as_db_error() else {
+            let text = with_causes(error);
+            if tls_refused(&text) {
+                return Error::definite(format!("{context}: {text}; {TLS_FIX}"));
+            }
             // No server error: the connection itself failed or was closed.
-            return Error::transient(format!("{context}: {error}"));
+            return Error::transient(format!("{context}: {text}"));
         };
         let code = db.code().code();
         let message = format!("{context}: {} (SQLSTATE {code})", db.message());
@@ -78,6 +82,12 @@ impl Error {
             // Authentication failures and a missing database or role will not heal by retrying.
             "28P01" | "28000" | "3D000" => Error::definite(format!(
                 "{message}; check the user, password and database in --postgres-url"
+            )),
+            // A missing privilege: sql/roles.sql grants what walbox needs.
+            "42501" => Error::definite(format!(
+                "{message}; the role in --postgres-url lacks a privilege walbox needs: \
+                 sql/roles.sql shows the grants (REPLICATION, SELECT on the outbox table) and \
+                 how the table's owner creates the publication beforehand"
             )),
             // The server is starting up, shutting down or out of connections.
             "57P01" | "57P02" | "57P03" | "53300" => Error::transient(message),
@@ -91,6 +101,15 @@ impl Error {
         use pgwire_replication::PgWireError as E;
         match error {
             E::Io(_) | E::Task(_) => Error::transient(format!("replication connection: {error}")),
+            // The client says its worker is already gone: the session ended while a receive
+            // was cancelled (pgwire-replication then logs the first cause itself). The link is
+            // down, nothing is wrong with the configuration: reconnect.
+            E::Internal(_) => Error::transient(format!("replication connection ended: {error}")),
+            E::Tls(text) if tls_refused(text) => {
+                Error::definite(format!("replication connection: {error}; {TLS_FIX}"))
+            }
+            // Anything else during the handshake (a reset, a timeout) is the network's doing.
+            E::Tls(_) => Error::transient(format!("replication connection: {error}")),
             E::Auth(_) => Error::definite(format!(
                 "replication connection: {error}; check the user and password in --postgres-url \
                  and that the role has the REPLICATION attribute"
@@ -129,6 +148,12 @@ impl Error {
     /// Classify an error from the AMQP connection.
     pub fn from_amqp(context: &str, error: &lapin::Error) -> Self {
         let text = error.to_string();
+        if tls_refused(&text) {
+            return Error::definite(format!(
+                "{context}: {text}; check --amqp-ca-file (the CA that signed the broker's \
+                 certificate) and the host name in --amqp-url (it must be in the certificate)"
+            ));
+        }
         if text.contains("ACCESS_REFUSED") || text.contains("access refused") {
             Error::definite(format!(
                 "{context}: {text}; check the user, password and vhost in --amqp-url"
@@ -137,6 +162,38 @@ impl Error {
             Error::transient(format!("{context}: {text}"))
         }
     }
+}
+
+/// An error's message followed by those of its causes: tokio-postgres keeps the reason a TLS
+/// handshake failed (e.g. the certificate's issuer is unknown) in the cause.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let message = inner.to_string();
+        if !text.ends_with(&message) {
+            text = format!("{text}: {message}");
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+const TLS_FIX: &str = "check sslmode and sslrootcert in --postgres-url (sslrootcert must be \
+                       the CA that signed the server's certificate; verify-full also needs the \
+                       host name in it) and that the server has ssl=on";
+
+/// A TLS failure that retrying cannot fix: the peer's certificate was refused, the server
+/// does not do TLS, or the TLS settings are unusable. (rustls and the client libraries word
+/// these the same way whichever connection failed.)
+fn tls_refused(text: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "does not support TLS",
+        "TLS config error",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,7 +5,7 @@
 //! [`outbox`] maps rows to messages, [`sink`] publishes and tracks confirms, [`watermark`]
 //! turns confirms into the flush LSN, and [`pipeline`] wires and supervises them.
 //! [`control`] is the control-plane SQL; [`telemetry`] reports what the data path records;
-//! [`config`] and [`cli`] are the edges.
+//! [`config`] and [`cli`] are the edges; [`tls`] is the control connection's TLS client.
 
 pub mod cli;
 pub mod config;
@@ -19,4 +19,5 @@ pub mod replay;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
+pub mod tls;
 pub mod watermark;

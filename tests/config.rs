@@ -162,6 +162,57 @@ fn config_check_redacts_secrets_from_every_source() {
 }
 
 #[test]
+fn password_and_ca_files_come_from_the_file_too_and_only_their_paths_show() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let password = dir.join(format!("password-{}", std::process::id()));
+    std::fs::write(&password, "toml-file-secret\n").unwrap();
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/example-ca.pem");
+    let file = config_file(
+        "files",
+        &format!(
+            "postgres-password-file = {0:?}\namqp_password_file = {0:?}\namqp-ca-file = {1:?}\n",
+            password.display().to_string(),
+            ca.display().to_string()
+        ),
+    );
+    let output = walbox(
+        &["config", "check", "--config", file.to_str().unwrap()],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!stdout.contains("toml-file-secret"), "{stdout}");
+    assert_eq!(
+        line(&stdout, "amqp-password-file"),
+        format!(
+            "amqp-password-file = {:?}  # file",
+            password.display().to_string()
+        )
+    );
+    assert!(line(&stdout, "amqp-ca-file").ends_with("example-ca.pem\"  # file"));
+
+    // A password file that cannot be read is a usage error naming it, not its content.
+    let output = walbox(
+        &[
+            "config",
+            "check",
+            "--postgres-password-file",
+            "/nonexistent/pw",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/pw"));
+    std::fs::remove_file(file).unwrap();
+    std::fs::remove_file(password).unwrap();
+}
+
+#[test]
 fn bad_configuration_is_a_usage_error() {
     let unknown = config_file("unknown", "slott = \"typo\"\n");
     let not_toml = config_file("not-toml", "slot = \n");

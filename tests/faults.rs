@@ -346,10 +346,20 @@ async fn survive(fault: Fault) {
                 } else {
                     "immediate"
                 };
-                marks.push(mark(&env.name).await);
+                // The slot's position just before the restart is at most what walbox resumes
+                // from (walbox remembers what it confirmed, even where an immediate shutdown
+                // loses the slot's last position). The WAL position bounds the commits before
+                // the crash only once read after it; read before, a commit between the two
+                // would be blamed on the next fault.
+                let before = mark(&env.name).await;
                 tokio::task::spawn_blocking(move || restart_postgres(mode))
                     .await
                     .unwrap();
+                let after = mark(&env.name).await;
+                marks.push(Mark {
+                    confirmed: before.confirmed,
+                    wal_at_mark: after.wal_at_mark,
+                });
             }
             Fault::Unroutable => {
                 env.channel

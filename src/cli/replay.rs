@@ -78,9 +78,9 @@ pub async fn replay(config: &Config, replay: &ReplayConfig) -> Result<()> {
 async fn show(mut progress: watch::Receiver<Progress>, terminal: bool) {
     let started = tokio::time::Instant::now();
     let bar = terminal.then(|| {
-        let bar = ProgressBar::new_spinner();
+        let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {percent:>3}% {msg}")
                 .expect("the template is valid"),
         );
         bar
@@ -96,10 +96,17 @@ async fn show(mut progress: watch::Receiver<Progress>, terminal: bool) {
         let rate = now.events as f64 / started.elapsed().as_secs_f64().max(1e-3);
         let reached = now.reached.map_or("-".to_owned(), |lsn| lsn.to_string());
         match &bar {
-            Some(bar) => bar.set_message(format!(
+            Some(bar) => {
+                // The bar measures WAL: how far into [from, until) the replay has read.
+                bar.set_length(now.until.as_u64().saturating_sub(now.from.as_u64()).max(1));
+                if let Some(reached) = now.reached {
+                    bar.set_position(reached.as_u64().saturating_sub(now.from.as_u64()));
+                }
+                bar.set_message(format!(
                 "{} events, {} transactions, {rate:.0} events/s, reached {reached}, confirmed {}",
-                now.events, now.transactions, now.confirmed
-            )),
+                    now.events, now.transactions, now.confirmed
+                ));
+            }
             None if last_log.elapsed() >= LOG_EVERY => {
                 last_log = tokio::time::Instant::now();
                 info!(events = now.events, transactions = now.transactions, events_per_second = rate as u64, %reached, confirmed = %now.confirmed, "replaying");

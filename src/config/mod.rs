@@ -6,10 +6,12 @@
 //! (exit 2) with a message saying what is wrong; nothing else in walbox parses user text.
 
 pub mod file;
+pub mod postgres;
 pub mod reference;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use crate::lsn::Lsn;
 use crate::outbox::{ColumnMap, Template};
 use crate::replay::bookmark::MAX_SLOT_WITH_REPLAY;
 use crate::replay::{ReplayConfig, ReplayWindow};
+pub use postgres::{PostgresTls, RootCerts, SslMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,13 +80,19 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// PostgreSQL connection URL (libpq style), e.g. postgres://walbox:secret@db:5432/app.
+    /// PostgreSQL connection URL (libpq style), e.g. postgres://walbox:secret@db:5432/app;
+    /// TLS by sslmode (disable, prefer, require, verify-ca, verify-full) and sslrootcert=ca.pem.
     #[arg(
         long,
         env = "WALBOX_POSTGRES_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub postgres_url: String,
+
+    /// File holding the PostgreSQL password (one trailing newline is ignored); replaces the
+    /// URL's password.
+    #[arg(long, env = "WALBOX_POSTGRES_PASSWORD_FILE")]
+    pub postgres_password_file: Option<PathBuf>,
 
     /// RabbitMQ URL (amqp:// or amqps://).
     #[arg(
@@ -92,6 +101,15 @@ pub struct CommonArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+
+    /// File holding the RabbitMQ password (one trailing newline is ignored); replaces the
+    /// URL's password.
+    #[arg(long, env = "WALBOX_AMQP_PASSWORD_FILE")]
+    pub amqp_password_file: Option<PathBuf>,
+
+    /// PEM file of CA certificates trusted for amqps://, besides the system's.
+    #[arg(long, env = "WALBOX_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
 
     /// Logical replication slot (lowercase letters, digits, underscore).
     #[arg(long, env = "WALBOX_SLOT", default_value = "walbox")]
@@ -312,12 +330,92 @@ pub fn redact_url(url: &str) -> String {
         .join(" ")
 }
 
+/// A password read from a file. Debug shows `***`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The password itself, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Read a password file: its whole content, less one trailing newline (`\n` or `\r\n`),
+    /// which editors and `echo` add.
+    pub fn from_file(flag: &str, path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigError(format!(
+                "{flag} {}: cannot read it: {error}",
+                path.display()
+            ))
+        })?;
+        let password = text
+            .strip_suffix('\n')
+            .map(|text| text.strip_suffix('\r').unwrap_or(text))
+            .unwrap_or(&text);
+        if password.is_empty() {
+            return Err(ConfigError(format!("{flag} {} is empty", path.display())));
+        }
+        Ok(Secret(password.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A CA file for amqps://, read and checked at startup.
+#[derive(Clone, Debug)]
+pub struct CaFile {
+    pub path: PathBuf,
+    /// The file's PEM text (lapin takes PEM).
+    pub pem: String,
+}
+
+impl CaFile {
+    fn read(flag: &str, path: &Path) -> Result<Self, ConfigError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read_to_string(path).map_err(|error| {
+            ConfigError(format!(
+                "{flag} {}: cannot read it: {error}",
+                path.display()
+            ))
+        })?;
+        let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| {
+                ConfigError(format!(
+                    "{flag} {} is not PEM certificates: {error}",
+                    path.display()
+                ))
+            })?;
+        if certificates.is_empty() {
+            return Err(ConfigError(format!(
+                "{flag} {} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        Ok(CaFile {
+            path: path.to_owned(),
+            pem,
+        })
+    }
+}
+
 /// Everything a subcommand needs, validated.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub postgres_url: SecretUrl,
+    /// The connection settings, the password file's password included.
     pub postgres: tokio_postgres::Config,
+    pub postgres_tls: PostgresTls,
     pub amqp_url: SecretUrl,
+    /// From --amqp-password-file: replaces the URL's password.
+    pub amqp_password: Option<Secret>,
+    pub amqp_ca: Option<CaFile>,
     pub slot: Identifier,
     pub publication: Identifier,
     pub table: TableName,
@@ -346,12 +444,11 @@ pub struct RunConfig {
 
 impl Config {
     pub fn from_args(args: &CommonArgs) -> Result<Self, ConfigError> {
-        let postgres = tokio_postgres::Config::from_str(&args.postgres_url).map_err(|error| {
-            ConfigError(format!(
-                "--postgres-url `{}` is not a valid PostgreSQL URL: {error}",
-                redact_url(&args.postgres_url)
-            ))
-        })?;
+        let (mut postgres, postgres_tls) = postgres::parse(&args.postgres_url)?;
+        if let Some(path) = &args.postgres_password_file {
+            let password = Secret::from_file("--postgres-password-file", path)?;
+            postgres.password(password.expose());
+        }
         if postgres.get_dbname().is_none() {
             return Err(ConfigError(format!(
                 "--postgres-url `{}` names no database; logical replication needs one",
@@ -364,6 +461,24 @@ impl Config {
                 redact_url(&args.amqp_url)
             )));
         }
+        // lapin parses the URL again when connecting; parsing it here makes a malformed one a
+        // usage error.
+        lapin::uri::AMQPUri::from_str(&args.amqp_url).map_err(|error| {
+            ConfigError(format!(
+                "--amqp-url `{}` is not a valid AMQP URL: {error}",
+                redact_url(&args.amqp_url)
+            ))
+        })?;
+        let amqp_password = args
+            .amqp_password_file
+            .as_deref()
+            .map(|path| Secret::from_file("--amqp-password-file", path))
+            .transpose()?;
+        let amqp_ca = args
+            .amqp_ca_file
+            .as_deref()
+            .map(|path| CaFile::read("--amqp-ca-file", path))
+            .transpose()?;
         let slot = &args.slot;
         if slot.is_empty()
             || slot.len() > 63
@@ -385,7 +500,10 @@ impl Config {
         Ok(Config {
             postgres_url: SecretUrl::new(args.postgres_url.clone()),
             postgres,
+            postgres_tls,
             amqp_url: SecretUrl::new(args.amqp_url.clone()),
+            amqp_password,
+            amqp_ca,
             slot: Identifier::new("--slot", slot)?,
             publication: Identifier::new("--publication", &args.publication)?,
             table: TableName::parse(&args.table)?,
@@ -554,6 +672,48 @@ mod tests {
             TableName::parse("outbox").unwrap().schema.as_str(),
             "public"
         );
+    }
+
+    #[test]
+    fn password_files_lose_one_trailing_newline_and_never_print() {
+        let dir = std::env::temp_dir().join(format!("walbox-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (content, expected) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("s3cret", "s3cret"),
+            (" two words \n\n", " two words \n"),
+        ] {
+            let path = dir.join("password");
+            std::fs::write(&path, content).unwrap();
+            let secret = Secret::from_file("--postgres-password-file", &path).unwrap();
+            assert_eq!(secret.expose(), expected);
+            assert_eq!(format!("{secret:?}"), "***");
+        }
+        std::fs::write(dir.join("empty"), "\n").unwrap();
+        assert!(Secret::from_file("--amqp-password-file", &dir.join("empty")).is_err());
+        assert!(Secret::from_file("--amqp-password-file", &dir.join("missing")).is_err());
+
+        std::fs::write(dir.join("password"), "from-file\n").unwrap();
+        let file = dir.join("password");
+        let cli = args(&[
+            "--postgres-url",
+            "postgres://u:from-url@h/db",
+            "--postgres-password-file",
+            file.to_str().unwrap(),
+            "--amqp-password-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let config = Config::from_args(common(&cli)).unwrap();
+        assert_eq!(config.postgres.get_password(), Some(&b"from-file"[..]));
+        assert_eq!(config.amqp_password.as_ref().unwrap().expose(), "from-file");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("from-file") && !debug.contains("from-url"),
+            "{debug}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct ReplayConfig {
 /// How far a replay got, as it goes and at the end.
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
+    /// The range being replayed: `[from, until)`, in LSN.
+    pub from: Lsn,
+    pub until: Lsn,
     pub transactions: u64,
     pub events: u64,
     /// The commit LSN of the latest transaction read.
@@ -120,6 +123,8 @@ pub async fn replay(
     drop(control);
     let mut summary = Summary {
         progress: Progress {
+            from,
+            until,
             confirmed: from,
             ..Progress::default()
         },

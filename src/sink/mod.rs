@@ -9,11 +9,14 @@ pub mod confirm;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::str::FromStr;
 use std::task::Poll;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
 
 use crate::config::Config;
@@ -50,9 +53,25 @@ impl Sink {
     pub async fn connect(config: &Config) -> Result<Self> {
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("walbox/{}", config.slot)));
-        let connection = Connection::connect(config.amqp_url.expose(), properties)
+        let connecting = format!("connecting to {}", config.amqp_url);
+        let mut uri = AMQPUri::from_str(config.amqp_url.expose())
+            .map_err(|e| Error::definite(format!("{connecting}: {e}")))?;
+        if let Some(password) = &config.amqp_password {
+            uri.authority.userinfo.password = password.expose().to_owned();
+        }
+        // With amqps://, the CA file's certificates are trusted in addition to the system's.
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: config.amqp_ca.as_ref().map(|ca| ca.pem.clone()),
+        };
+        let connection = DefaultConnectionBuilder::new()
+            .map_err(|e| Error::from_amqp(&connecting, &e))?
+            .with_uri(uri)
+            .with_properties(properties)
+            .with_tls_config(tls)
+            .connect()
             .await
-            .map_err(|e| Error::from_amqp(&format!("connecting to {}", config.amqp_url), &e))?;
+            .map_err(|e| Error::from_amqp(&connecting, &e))?;
         let channel = connection
             .create_channel()
             .await

@@ -6,6 +6,8 @@
 //! [`crate::pgoutput`]. The only position this module ever reports is the one handed to
 //! [`Source::acknowledge`], which the pipeline takes from the watermark.
 
+mod verify_ca;
+
 use std::time::Duration;
 
 use pgwire_replication::{
@@ -13,7 +15,7 @@ use pgwire_replication::{
 };
 use tokio_postgres::config::Host;
 
-use crate::config::{Config, Identifier};
+use crate::config::{Config, Identifier, PostgresTls, RootCerts, SslMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
@@ -51,15 +53,25 @@ fn ours(lsn: WireLsn) -> Lsn {
     Lsn(lsn.as_u64())
 }
 
-/// The replication connection settings, from the PostgreSQL URL.
-pub fn replication_config(config: &Config, start: Lsn) -> Result<ReplicationConfig> {
+fn host_and_port(config: &Config) -> (String, u16) {
     let postgres = &config.postgres;
     let host = match postgres.get_hosts().first() {
         Some(Host::Tcp(name)) => name.clone(),
         Some(Host::Unix(path)) => path.to_string_lossy().into_owned(),
         None => "/var/run/postgresql".to_owned(),
     };
-    let port = postgres.get_ports().first().copied().unwrap_or(5432);
+    (host, postgres.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// The replication connection settings, from the PostgreSQL URL. `verify_ca_name` is, under
+/// sslmode=verify-ca, a name in the server's CA-checked certificate ([`verify_ca`]).
+pub fn replication_config(
+    config: &Config,
+    start: Lsn,
+    verify_ca_name: Option<String>,
+) -> Result<ReplicationConfig> {
+    let postgres = &config.postgres;
+    let (host, port) = host_and_port(config);
     let user = postgres
         .get_user()
         .ok_or_else(|| Error::definite("--postgres-url names no user"))?
@@ -69,10 +81,7 @@ pub fn replication_config(config: &Config, start: Lsn) -> Result<ReplicationConf
         .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
         .unwrap_or_default();
     let database = postgres.get_dbname().unwrap_or("postgres").to_owned();
-    let tls = match postgres.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Require => TlsConfig::require(),
-        _ => TlsConfig::disabled(),
-    };
+    let tls = replication_tls(&config.postgres_tls, &host, verify_ca_name);
     let options = match postgres.get_options() {
         Some(user_options) => format!("{SESSION_OPTIONS} {user_options}"),
         None => SESSION_OPTIONS.to_owned(),
@@ -83,7 +92,9 @@ pub fn replication_config(config: &Config, start: Lsn) -> Result<ReplicationConf
         password,
         database,
         config.slot.as_str(),
-        config.publication.as_str(),
+        // The server reads publication_names as a list of identifiers, folding unquoted ones
+        // to lower case and splitting at commas: only the quoted form names any publication.
+        config.publication.quoted(),
     )
     .with_port(port)
     .with_tls(tls)
@@ -95,12 +106,49 @@ pub fn replication_config(config: &Config, start: Lsn) -> Result<ReplicationConf
     .with_application_name(format!("walbox/{}", config.slot)))
 }
 
+/// pgwire-replication's TLS settings for the same sslmode and CAs as the control connection.
+fn replication_tls(tls: &PostgresTls, host: &str, verify_ca_name: Option<String>) -> TlsConfig {
+    let ca_file = match &tls.roots {
+        Some(RootCerts::File { path, .. }) => Some(path.clone()),
+        // pgwire-replication trusts Mozilla's roots when given no file: sslrootcert=system.
+        Some(RootCerts::System) | None => None,
+    };
+    match tls.mode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::default()
+        },
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => match verify_ca_name {
+            Some(name) => TlsConfig::verify_full(ca_file).with_sni_hostname(name),
+            None => TlsConfig::verify_ca(ca_file),
+        },
+        // pgwire-replication refuses verify-full to an IP address unless the name to check is
+        // given explicitly; rustls then checks the certificate's IP address entries, as libpq
+        // does.
+        SslMode::VerifyFull => TlsConfig::verify_full(ca_file).with_sni_hostname(host),
+    }
+}
+
+/// [`replication_config`], with the name to check under sslmode=verify-ca fetched first.
+async fn connection_settings(config: &Config, start: Lsn) -> Result<ReplicationConfig> {
+    let verify_ca_name = match config.postgres_tls.mode {
+        SslMode::VerifyCa => {
+            let (host, port) = host_and_port(config);
+            verify_ca::name_to_verify(&host, port, &config.postgres_tls).await?
+        }
+        _ => None,
+    };
+    replication_config(config, start, verify_ca_name)
+}
+
 impl Source {
     /// Start streaming from `start` (the slot's confirmed position, or later with
     /// `--start-lsn`). Until the first acknowledgement, `start` is what the server hears as
     /// flushed.
     pub async fn start(config: &Config, start: Lsn) -> Result<Self> {
-        let replication = replication_config(config, start)?;
+        let replication = connection_settings(config, start).await?;
         let mut client = ReplicationClient::connect(replication)
             .await
             .map_err(|e| Error::from_replication(&e))?;
@@ -123,7 +171,7 @@ impl Source {
     ) -> Result<(Self, Lsn)> {
         let mut copy_config = config.clone();
         copy_config.slot = copy.clone();
-        let replication = replication_config(&copy_config, start)?;
+        let replication = connection_settings(&copy_config, start).await?;
         let mut client = ReplicationClient::connect_gated(replication)
             .await
             .map_err(|e| Error::from_replication(&e))?;
@@ -223,5 +271,44 @@ impl Source {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.client.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, Command};
+    use clap::Parser;
+
+    fn config(extra: &[&str]) -> Config {
+        let mut argv = vec!["walbox", "run"];
+        argv.extend_from_slice(extra);
+        let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        Config::from_args(&run.common).unwrap()
+    }
+
+    #[test]
+    fn the_publication_reaches_the_server_as_a_quoted_identifier() {
+        let replication =
+            replication_config(&config(&["--publication", "Out, \"Box\""]), Lsn(0), None).unwrap();
+        assert_eq!(replication.publication.names(), [r#""Out, ""Box""""#]);
+    }
+
+    #[test]
+    fn sslmode_chooses_the_replication_tls() {
+        let tls = |url: &str| {
+            replication_config(&config(&["--postgres-url", url]), Lsn(0), None)
+                .unwrap()
+                .tls
+        };
+        use pgwire_replication::SslMode as Wire;
+        assert_eq!(tls("postgres://u@h/db?sslmode=disable").mode, Wire::Disable);
+        assert_eq!(tls("postgres://u@h/db").mode, Wire::Prefer);
+        assert_eq!(tls("postgres://u@h/db?sslmode=require").mode, Wire::Require);
+        let full = tls("postgres://u@10.0.0.7/db?sslmode=verify-full&sslrootcert=system");
+        assert_eq!(full.mode, Wire::VerifyFull);
+        assert_eq!(full.sni_hostname.as_deref(), Some("10.0.0.7"));
     }
 }

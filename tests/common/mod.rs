@@ -168,8 +168,25 @@ impl TestEnv {
             .expect("run walbox")
     }
 
+    /// [`TestEnv::args`] with the value of `flag` replaced (e.g. another --postgres-url).
+    pub fn args_with(&self, flag: &str, value: &str) -> Vec<String> {
+        let mut args = self.args();
+        let at = args
+            .iter()
+            .position(|arg| arg == flag)
+            .unwrap_or_else(|| panic!("{flag} is not one of TestEnv::args"));
+        args[at + 1] = value.to_owned();
+        args
+    }
+
     /// Start `walbox run` in the background; its log goes to a file under target/.
     pub fn spawn_run(&mut self, extra: &[&str]) -> usize {
+        self.spawn_run_with(self.args(), extra)
+    }
+
+    /// Like [`TestEnv::spawn_run`] with other connection and naming flags than
+    /// [`TestEnv::args`].
+    pub fn spawn_run_with(&mut self, args: Vec<String>, extra: &[&str]) -> usize {
         let index = self.children.len();
         let log =
             std::fs::File::create(self.log_dir.join(format!("run-{index}.log"))).expect("log");
@@ -181,7 +198,7 @@ impl TestEnv {
         };
         let child = Command::new(env!("CARGO_BIN_EXE_walbox"))
             .arg("run")
-            .args(self.args())
+            .args(args)
             .args(["--max-retry-delay-ms", "1000", "--log-format", "json"])
             .args(metrics_addr)
             .args(extra)
