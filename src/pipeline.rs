@@ -174,7 +174,7 @@ async fn session(
     };
     let start = if *confirmed_here > start {
         info!(slot_position = %confirmed, resume_from = %*confirmed_here,
-            "the slot's saved position is behind what this walbox saw confirmed (PostgreSQL restarted); resuming from the confirmed position");
+            "the slot's saved position is behind what this walbox saw confirmed (PostgreSQL restarted, or the last session was cut short); resuming from the confirmed position");
         *confirmed_here
     } else {
         start
