@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# A/B of walbox binaries on one drain: each binary in turn, REPS times, drains the same backlog
+# (200,000 events of ~200 B JSON, 20 transactions of 10,000 rows, committed while it is
+# stopped, to a classic durable queue nobody consumes) on the local PostgreSQL and RabbitMQ.
+# Prints, per run, the time from start to the slot's confirmation of the whole backlog, the
+# process's CPU (utime+stime) per event, its peak RSS and the slot's lag 2 s later.
+#
+#   cargo build --example tail
+#   bash benches/ab-drain.sh /path/to/walbox-a /path/to/walbox-b ...
+#
+# Runs alternate (a, b, a, b, ...) so a busy moment on a shared machine hits every binary
+# alike; compare medians. Every run makes and drops its own database, slot, publication,
+# queue and exchange (wbab_<n>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-3}
+EVENTS=200000
+TAIL=target/debug/examples/tail
+[ -x "$TAIL" ] || { echo "build the queue helper first: cargo build --example tail" >&2; exit 2; }
+TICK=$(getconf CLK_TCK)
+
+drain() { # binary, run name
+  local bin=$1 db=$2
+  export WALBOX_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/$db WALBOX_SLOT=$db \
+    WALBOX_PUBLICATION=$db WALBOX_EXCHANGE=${db}_x WALBOX_METRICS_ADDR=none WALBOX_LOG_FORMAT=json
+  psql -qc "DROP DATABASE IF EXISTS $db" 2>/dev/null
+  psql -qc "CREATE DATABASE $db"
+  psql -q -d "$db" -f sql/outbox.sql
+  "$bin" setup >/dev/null
+  "$TAIL" --exchange "${db}_x" --queue "${db}_q" --count 1 --timeout-secs 1 >/dev/null 2>&1 || true
+  for _ in $(seq 1 20); do
+    psql -q -d "$db" -c "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+      SELECT 'order', 'o' || g, 'created', jsonb_build_object('pad', repeat('x', 150), 'n', g) \
+      FROM generate_series(1, $((EVENTS / 20))) g"
+  done
+  local end; end=$(psql -Atc "SELECT pg_current_wal_lsn()")
+  "$bin" run >"target/ab-$db.log" 2>&1 &
+  local pid=$! start; start=$(date +%s.%N)
+  until [ "$(psql -Atc "SELECT confirmed_flush_lsn >= '$end'::pg_lsn FROM pg_replication_slots WHERE slot_name = '$db'")" = t ]; do
+    sleep 0.1
+  done
+  local stop; stop=$(date +%s.%N)
+  local ticks rss; ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat"); rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+  sleep 2
+  local lag; lag=$("$bin" status --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["lag_bytes"])')
+  kill -TERM "$pid"; wait "$pid" || true
+  "$bin" teardown >/dev/null
+  psql -qc "DROP DATABASE $db"
+  rabbitmqctl -q delete_queue "${db}_q" >/dev/null
+  rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"${db}_x\">>), false, <<\"ab\">>)." >/dev/null
+  awk -v bin="$bin" -v s="$start" -v e="$stop" -v t="$ticks" -v hz="$TICK" -v n="$EVENTS" -v rss="$rss" -v lag="$lag" \
+    'BEGIN { printf "%s: %.0f events/s, %.2f us CPU/event, peak RSS %.1f MB, lag after 2 s idle %d bytes\n", bin, n / (e - s), t * 1e6 / hz / n, rss / 1024, lag }'
+}
+
+run=0
+for _ in $(seq 1 "$REPS"); do
+  for bin in "$@"; do
+    run=$((run + 1))
+    drain "$bin" "wbab_$run"
+  done
+done
