@@ -13,8 +13,8 @@ use walbox::error::Error;
 use walbox::replay::ReplayConfig;
 
 // jemalloc instead of the system allocator: a CPU profile of a drain spent about a fifth of
-// walbox's time in glibc's malloc and free, and jemalloc cut CPU per event by a third at about
-// the same peak RSS (benches/RESULTS.md, "Allocator").
+// walbox's time in glibc's malloc and free; in benches/ab-drain.sh's drain jemalloc cut CPU
+// per event by a third at about the same peak RSS (benches/RESULTS.md, "Allocator").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -42,7 +42,8 @@ pub fn json_body(payload_bytes: usize, stamp: u64, seq: u64) -> Vec<u8> {
 pub const PRODUCER_APP: &str = "wbb_producer";
 
 fn producer_url(url: &str) -> String {
-    format!("{url}?application_name={PRODUCER_APP}")
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={PRODUCER_APP}")
 }
 
 /// Commit `events` rows in transactions of `tx_rows`, over `connections` sessions at once.

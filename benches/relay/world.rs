@@ -32,8 +32,11 @@ pub const ROLE: &str = "WALBOX_BENCH_ROLE";
 /// The walbox binary cargo built for this bench (the release one under `cargo bench`).
 pub const WALBOX: &str = env!("CARGO_BIN_EXE_walbox");
 
+/// Without TLS, for walbox as for the polling relay and the harness: walbox's default
+/// (`prefer`, as in libpq) would encrypt its connections to a server with ssl=on and the
+/// others not, which is no like-for-like comparison.
 pub fn pg_url(database: &str) -> String {
-    format!("postgres://postgres@127.0.0.1:5432/{database}")
+    format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable")
 }
 
 pub async fn pg_connect(url: &str) -> Result<Client> {
@@ -232,7 +235,7 @@ impl World {
             .env(ROLE, "poller")
             .env(
                 "WALBOX_BENCH_PG_URL",
-                format!("{}?application_name={}", self.pg_url(), self.poller_app()),
+                format!("{}&application_name={}", self.pg_url(), self.poller_app()),
             )
             .env("WALBOX_BENCH_AMQP_URL", AMQP_URL)
             .env("WALBOX_BENCH_EXCHANGE", &self.name)
