@@ -132,10 +132,32 @@ fn on(side: Side) -> impl Fn(Error) -> (Side, Error) + Copy {
 }
 
 /// Why the confirm tracker ended while the session still ran.
-fn tracker_failure(end: std::result::Result<Result<Lsn>, tokio::task::JoinError>) -> Error {
+pub(crate) fn tracker_failure(
+    end: std::result::Result<Result<Lsn>, tokio::task::JoinError>,
+) -> Error {
     end.unwrap_or_else(|e| Err(Error::transient(format!("confirm tracker: {e}"))))
         .err()
         .unwrap_or_else(|| Error::transient("confirm tracker stopped"))
+}
+
+/// The reason to report for a session's failure. When the AMQP side fails (a publish or a
+/// hand-over to the tracker failed, or the heartbeat saw the channel closed), the confirm
+/// tracker knows why: a nack, a return, or the broker refusing one event. Its reason arrives a
+/// moment later; wait briefly for it, so that a refused event is told from a broker that went
+/// away. `tracker` must not have been awaited to its end already.
+pub(crate) async fn tracker_reason(
+    error: (Side, Error),
+    tracker: &mut JoinHandle<Result<Lsn>>,
+) -> (Side, Error) {
+    match error {
+        (Side::Amqp, error @ Error::Transient(_)) => {
+            match tokio::time::timeout(REFUSAL_GRACE, tracker).await {
+                Ok(Ok(Err(why))) => (Side::Amqp, why),
+                _ => (Side::Amqp, error),
+            }
+        }
+        other => other,
+    }
 }
 
 /// One connected session: both connections, the tracker task, the stream loop.
@@ -273,17 +295,8 @@ async fn session(
         }
     };
 
-    // When the AMQP side fails (a publish or a hand-over to the tracker failed, or the
-    // heartbeat saw the channel closed), the confirm tracker knows why: a nack, a return, or
-    // the broker refusing one event. Its reason arrives a moment later; wait briefly for it,
-    // so that a refused event is told from a broker that went away.
     let outcome = match outcome {
-        Err((Side::Amqp, error @ Error::Transient(_))) if !tracker_ended => {
-            match tokio::time::timeout(REFUSAL_GRACE, &mut tracker).await {
-                Ok(Ok(Err(why))) => Err((Side::Amqp, why)),
-                _ => Err((Side::Amqp, error)),
-            }
-        }
+        Err(error) if !tracker_ended => Err(tracker_reason(error, &mut tracker).await),
         other => other,
     };
     poison.note_published(stream.published_through);
@@ -505,27 +518,6 @@ impl<'a> Stream<'a> {
             Change::Message(_) => {}
         }
         Ok(())
-    }
-
-    /// The reason to report for `error`, returned by [`Stream::apply`]. A stream that could
-    /// not hand over to the confirm tracker only knows that the tracker stopped; the tracker
-    /// knows why (a nack, a return, a closed channel), so its reason is the one to log.
-    pub(crate) async fn why_failed(
-        &self,
-        error: (Side, Error),
-        tracker: &mut JoinHandle<Result<Lsn>>,
-    ) -> (Side, Error) {
-        let tracker_stopped = match &self.outlet {
-            Outlet::Broker { pending, .. } => pending.is_closed(),
-            Outlet::Count => false,
-        };
-        if !tracker_stopped {
-            return error;
-        }
-        match tracker.await {
-            Ok(Err(why)) => (Side::Amqp, why),
-            _ => error,
-        }
     }
 
     /// Tell the tracker that everything handed over so far lies before `lsn`.

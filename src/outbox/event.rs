@@ -26,7 +26,7 @@ mod oid {
 }
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
-const PERSISTENT: u8 = 2;
+pub const PERSISTENT: u8 = 2;
 
 /// What the payload column holds, which decides the body bytes and the content type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,6 +26,7 @@ use tracing::{error, warn};
 
 use crate::error::Refusal;
 use crate::lsn::Lsn;
+use crate::outbox::event::PERSISTENT;
 use crate::outbox::{OutboxMessage, Transaction};
 use crate::telemetry::RelayState;
 
@@ -95,10 +96,6 @@ impl Poison {
     /// A session ended having handed events up to commit `lsn` to the broker.
     pub fn note_published(&mut self, lsn: Lsn) {
         self.last_published = lsn;
-    }
-
-    pub fn last_published(&self) -> Lsn {
-        self.last_published
     }
 
     /// Publish one message at a time (the in-flight window is 1).
@@ -292,7 +289,7 @@ impl DeadLetter {
             AMQPValue::LongLongInt(i64::from(transaction.xid)),
         );
         let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
+            .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
             .with_type("walbox.dead_letter".into())
             .with_app_id("walbox".into())

@@ -18,11 +18,11 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::pipeline::{Outlet, Shutdown, Stream};
+use crate::pipeline::{Outlet, Shutdown, Stream, tracker_failure, tracker_reason};
 use crate::sink::Sink;
 use crate::sink::confirm::track;
 use crate::source::{Change, Source};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Side, Telemetry};
 use crate::watermark::Watermark;
 
 pub use window::ReplayWindow;
@@ -175,15 +175,16 @@ pub async fn replay(
     let mut replaying = false;
     let mut report = summary.progress.clone();
 
+    let mut tracker_ended = false;
     let failure = loop {
         let change = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|stop| *stop) => break Some(Error::definite("interrupted")),
+            _ = shutdown.wait_for(|stop| *stop) => {
+                break Some((Side::Postgres, Error::definite("interrupted")));
+            }
             tracker_end = &mut tracker, if sink.is_some() => {
-                break Some(tracker_end
-                    .unwrap_or_else(|e| Err(Error::transient(format!("confirm tracker: {e}"))))
-                    .err()
-                    .unwrap_or_else(|| Error::transient("confirm tracker stopped")));
+                tracker_ended = true;
+                break Some((Side::Amqp, tracker_failure(tracker_end)));
             }
             Ok(()) = flush_rx.changed() => {
                 report.confirmed = *flush_rx.borrow_and_update();
@@ -192,7 +193,7 @@ pub async fn replay(
             }
             _ = heartbeat.tick() => {
                 if sink.as_ref().is_some_and(|sink| !sink.is_connected()) {
-                    break Some(Error::transient("the connection to the broker closed"));
+                    break Some((Side::Amqp, Error::transient("the connection to the broker closed")));
                 }
                 continue;
             }
@@ -200,8 +201,13 @@ pub async fn replay(
         };
         let change = match change {
             Ok(Some(change)) => change,
-            Ok(None) => break Some(Error::transient("the replication stream ended")),
-            Err(error) => break Some(error),
+            Ok(None) => {
+                break Some((
+                    Side::Postgres,
+                    Error::transient("the replication stream ended"),
+                ));
+            }
+            Err(error) => break Some((Side::Postgres, error)),
         };
         let apply = match &change {
             Change::Begin(transaction) => {
@@ -228,7 +234,7 @@ pub async fn replay(
             Change::Message(_) => replaying,
         };
         if apply && let Err(error) = stream.apply(change).await {
-            break Some(stream.why_failed(error, &mut tracker).await.1);
+            break Some(error);
         }
         report.events = stream.events;
         if !open {
@@ -248,6 +254,10 @@ pub async fn replay(
         },
         None => Ok(()),
         Some(error) => {
+            let (_, error) = match tracker_ended {
+                true => error,
+                false => tracker_reason(error, &mut tracker).await,
+            };
             tracker.abort();
             report.confirmed = *flush_rx.borrow();
             Err(error)
