@@ -20,14 +20,8 @@ CLUSTER="${NODE%@*}"
 RABBIT_DIR="/tmp/walbox-fault-rabbit-$CLUSTER"
 VERSION="$(ls /usr/lib/postgresql | sort -n | tail -1)"
 
-rabbit_env() {
-  env RABBITMQ_NODENAME="$NODE" RABBITMQ_NODE_PORT="$AMQP_PORT" \
-    RABBITMQ_DIST_PORT="$((AMQP_PORT + 20000))" \
-    RABBITMQ_CONFIG_FILE="$RABBIT_DIR/rabbitmq" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$RABBIT_DIR/enabled_plugins" \
-    RABBITMQ_MNESIA_BASE="$RABBIT_DIR/mnesia" RABBITMQ_LOG_BASE="$RABBIT_DIR/log" \
-    RABBITMQ_PID_FILE="$RABBIT_DIR/pid" "$@"
-}
+# shellcheck source=scripts/private-rabbit.sh
+. "$(dirname "$0")/private-rabbit.sh"
 
 case "${1:-}" in
   start)
@@ -40,25 +34,12 @@ case "${1:-}" in
     if ! pg_lsclusters --no-header | awk -v c="$CLUSTER" '$2 == c && $4 == "online"' | grep -q .; then
       pg_ctlcluster --skip-systemctl-redirect "$VERSION" "$CLUSTER" start
     fi
-    mkdir -p "$RABBIT_DIR"
-    echo "[]." >"$RABBIT_DIR/enabled_plugins"
-    echo "listeners.tcp.local = 127.0.0.1:$AMQP_PORT" >"$RABBIT_DIR/rabbitmq.conf"
-    # rabbitmq-server started as root runs as the rabbitmq user, which must own its files.
-    if id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq: "$RABBIT_DIR"; fi
-    if ! rabbitmqctl -q -n "$NODE" status >/dev/null 2>&1; then
-      rabbit_env rabbitmq-server -detached
-    fi
-    for _ in $(seq 1 60); do
-      if rabbitmqctl -q -n "$NODE" await_startup >/dev/null 2>&1; then break; fi
-      sleep 1
-    done
-    rabbitmqctl -q -n "$NODE" await_startup
+    private_rabbit_start "$NODE" "$AMQP_PORT" "$RABBIT_DIR"
     psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc "show wal_level" | grep -qx logical
     echo "fault servers: postgresql $VERSION/$CLUSTER on 127.0.0.1:$PG_PORT, rabbitmq $NODE on 127.0.0.1:$AMQP_PORT"
     ;;
   stop)
-    rabbitmqctl -q -n "$NODE" stop >/dev/null 2>&1 || true
-    rm -rf "$RABBIT_DIR"
+    private_rabbit_stop "$NODE" "$RABBIT_DIR"
     if pg_lsclusters --no-header | awk '{print $2}' | grep -qx "$CLUSTER"; then
       pg_dropcluster --stop "$VERSION" "$CLUSTER"
     fi

@@ -16,37 +16,17 @@ MAX_MESSAGE_SIZE="${WALBOX_TEST_MAX_MESSAGE_SIZE:-65536}"
 NODE=walboxlimited@localhost
 RABBIT_DIR=/tmp/walbox-limited-rabbit
 
-rabbit_env() {
-  env RABBITMQ_NODENAME="$NODE" RABBITMQ_NODE_PORT="$AMQP_PORT" \
-    RABBITMQ_DIST_PORT="$((AMQP_PORT + 20000))" \
-    RABBITMQ_CONFIG_FILE="$RABBIT_DIR/rabbitmq" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$RABBIT_DIR/enabled_plugins" \
-    RABBITMQ_MNESIA_BASE="$RABBIT_DIR/mnesia" RABBITMQ_LOG_BASE="$RABBIT_DIR/log" \
-    RABBITMQ_PID_FILE="$RABBIT_DIR/pid" "$@"
-}
+# shellcheck source=scripts/private-rabbit.sh
+. "$(dirname "$0")/private-rabbit.sh"
 
 case "${1:-}" in
   start)
-    mkdir -p "$RABBIT_DIR"
-    echo "[]." >"$RABBIT_DIR/enabled_plugins"
-    printf 'listeners.tcp.local = 127.0.0.1:%s\nmax_message_size = %s\n' \
-      "$AMQP_PORT" "$MAX_MESSAGE_SIZE" >"$RABBIT_DIR/rabbitmq.conf"
-    # rabbitmq-server started as root runs as the rabbitmq user, which must own its files.
-    if id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq: "$RABBIT_DIR"; fi
-    if ! rabbitmqctl -q -n "$NODE" status >/dev/null 2>&1; then
-      rabbit_env rabbitmq-server -detached
-    fi
-    for _ in $(seq 1 90); do
-      if rabbitmqctl -q -n "$NODE" await_startup >/dev/null 2>&1; then break; fi
-      sleep 1
-    done
-    rabbitmqctl -q -n "$NODE" await_startup
+    private_rabbit_start "$NODE" "$AMQP_PORT" "$RABBIT_DIR" "max_message_size = $MAX_MESSAGE_SIZE"
     echo "limited broker: $NODE on 127.0.0.1:$AMQP_PORT, max_message_size" \
       "$(rabbitmqctl -q -n "$NODE" eval 'application:get_env(rabbit, max_message_size).')"
     ;;
   stop)
-    rabbitmqctl -q -n "$NODE" stop >/dev/null 2>&1 || true
-    rm -rf "$RABBIT_DIR"
+    private_rabbit_stop "$NODE" "$RABBIT_DIR"
     echo "limited broker removed"
     ;;
   *)
