@@ -15,10 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, receive};
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use common::{TestEnv, consume_bound, declare_topic_exchange, receive};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
@@ -418,18 +416,7 @@ impl Scene {
         .await
         .expect("connect to the private RabbitMQ");
         let channel = amqp.create_channel().await.unwrap();
-        channel
-            .exchange_declare(
-                name.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        declare_topic_exchange(&channel, &name).await;
         Scene {
             servers,
             name,
@@ -520,36 +507,7 @@ impl Scene {
 
     async fn queue(&self, suffix: &str) -> Consumer {
         let queue = format!("{}_{suffix}", self.name);
-        self.channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.channel
-            .queue_bind(
-                queue.as_str().into(),
-                self.name.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        self.channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                Default::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
+        consume_bound(&self.channel, &self.name, &queue, "#", false).await
     }
 
     /// Start `walbox run` with `args`, insert one event once it streams, and return it as

@@ -106,18 +106,7 @@ impl TestEnv {
             .await
             .expect("connect to RabbitMQ");
         let channel = amqp.create_channel().await.expect("channel");
-        channel
-            .exchange_declare(
-                name.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare exchange");
+        declare_topic_exchange(&channel, &name).await;
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&name);
         std::fs::create_dir_all(&log_dir).expect("log dir");
         TestEnv {
@@ -299,90 +288,17 @@ impl TestEnv {
     /// for draining large volumes quickly.
     pub async fn queue_with(&self, suffix: &str, pattern: &str, no_ack: bool) -> Consumer {
         let queue = format!("{}_{suffix}", self.name);
-        self.channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare queue");
-        self.channel
-            .queue_bind(
-                queue.as_str().into(),
-                self.name.as_str().into(),
-                pattern.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind queue");
-        self.channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume")
+        consume_bound(&self.channel, &self.name, &queue, pattern, no_ack).await
     }
 
     /// Another durable topic exchange of this test (e.g. a dead-letter exchange), with an
     /// exclusive queue bound to it with `#`; both are gone after the test.
     pub async fn extra_exchange(&mut self, suffix: &str) -> (String, Consumer) {
         let exchange = format!("{}_{suffix}", self.name);
-        self.channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare extra exchange");
+        declare_topic_exchange(&self.channel, &exchange).await;
         self.exchanges.push(exchange.clone());
         let queue = format!("{exchange}_q");
-        self.channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare queue");
-        self.channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind queue");
-        let consumer = self
-            .channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let consumer = consume_bound(&self.channel, &exchange, &queue, "#", false).await;
         (exchange, consumer)
     }
 
@@ -457,6 +373,65 @@ impl TestEnv {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Declare `name` as a durable topic exchange, as walbox does.
+pub async fn declare_topic_exchange(channel: &Channel, name: &str) {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+}
+
+/// An exclusive queue bound to `exchange` with `pattern`, and a consumer on it.
+pub async fn consume_bound(
+    channel: &Channel,
+    exchange: &str,
+    queue: &str,
+    pattern: &str,
+    no_ack: bool,
+) -> Consumer {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind queue");
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume")
 }
 
 /// Receive `count` deliveries (acking each), or fewer if `within` runs out.
