@@ -527,7 +527,8 @@ async fn start_lsn_skips_ahead_and_refuses_to_go_back() {
     assert!(env.terminate(run).success());
     let back = env.walbox("run", &["--start-lsn", "0/1"]);
     assert_eq!(back.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&back.stderr).contains("behind the slot"));
+    let stderr = String::from_utf8_lossy(&back.stderr);
+    assert!(stderr.contains("behind the slot"), "{stderr}");
 }
 
 #[tokio::test]

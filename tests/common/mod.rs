@@ -148,9 +148,17 @@ impl TestEnv {
 
     /// Run a walbox subcommand to completion.
     pub fn walbox(&self, subcommand: &str, extra: &[&str]) -> std::process::Output {
+        // A `run` that a test lets run to its end must not take the default metrics port,
+        // which tests running at the same time would race for.
+        let metrics_addr: &[&str] = if subcommand == "run" && !extra.contains(&"--metrics-addr") {
+            &["--metrics-addr", "127.0.0.1:0"]
+        } else {
+            &[]
+        };
         Command::new(env!("CARGO_BIN_EXE_walbox"))
             .arg(subcommand)
             .args(self.args())
+            .args(metrics_addr)
             .args(extra)
             .stdin(Stdio::null())
             .output()
