@@ -160,7 +160,14 @@ impl Drain {
                 };
                 while !halt.load(Ordering::Relaxed) {
                     match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
-                        Err(_) => continue,
+                        // A consumer of a connection the broker's restart closed can stay
+                        // silent instead of ending: reconnect rather than wait on it forever.
+                        Err(_)
+                            if connection.status().connected() && channel.status().connected() =>
+                        {
+                            continue;
+                        }
+                        Err(_) => break,
                         Ok(Some(Ok(delivery))) => {
                             let body: serde_json::Value =
                                 serde_json::from_slice(&delivery.data).unwrap_or_default();
