@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod encode;
 pub mod error;
 pub mod lsn;
 pub mod outbox;

@@ -6,7 +6,9 @@
 //! (exit 2) with a message saying what is wrong; nothing else in walbox parses user text.
 
 pub mod file;
+pub mod mapping;
 pub mod postgres;
+pub mod preset;
 pub mod reference;
 
 use std::fmt;
@@ -18,9 +20,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::lsn::Lsn;
-use crate::outbox::{ColumnMap, Template};
 use crate::replay::bookmark::MAX_SLOT_WITH_REPLAY;
 use crate::replay::{ReplayConfig, ReplayWindow};
+pub use mapping::{Mapping, MappingArgs};
 pub use postgres::{PostgresTls, RootCerts, SslMode};
 
 #[derive(Debug, Parser)]
@@ -123,25 +125,9 @@ pub struct CommonArgs {
     #[arg(long, env = "WALBOX_TABLE", default_value = "public.outbox")]
     pub table: String,
 
-    /// Column map: a preset (outbox, debezium) and/or field=column pairs, comma separated.
-    #[arg(long, env = "WALBOX_COLUMNS", default_value = "outbox")]
-    pub columns: String,
-
-    /// Exchange events are published to (unless a row's exchange column says otherwise).
-    #[arg(long, env = "WALBOX_EXCHANGE", default_value = "outbox")]
-    pub exchange: String,
-
-    /// Do not declare the exchange (it must exist).
-    #[arg(long, env = "WALBOX_NO_DECLARE")]
-    pub no_declare: bool,
-
-    /// Routing-key template: {field} or {column} placeholders.
-    #[arg(
-        long,
-        env = "WALBOX_ROUTING_KEY",
-        default_value = "{aggregate_type}.{event_type}"
-    )]
-    pub routing_key: String,
+    /// What rows become on the wire: preset, columns, exchange, routing key, body, headers.
+    #[command(flatten)]
+    pub mapping: MappingArgs,
 
     /// Messages published but not yet confirmed by the broker, at most.
     #[arg(long, env = "WALBOX_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_535))]
@@ -419,10 +405,8 @@ pub struct Config {
     pub slot: Identifier,
     pub publication: Identifier,
     pub table: TableName,
-    pub columns: ColumnMap,
-    pub exchange: String,
-    pub declare_exchange: bool,
-    pub routing_key: Template,
+    /// What rows become on the wire (#11's flags).
+    pub mapping: Mapping,
     pub max_in_flight: usize,
 }
 
@@ -491,12 +475,7 @@ impl Config {
                  letters, digits and underscores"
             )));
         }
-        if args.exchange.len() > 255 {
-            return Err(ConfigError("--exchange is longer than 255 bytes".into()));
-        }
-        let columns = ColumnMap::parse(&args.columns).map_err(|e| ConfigError(e.to_string()))?;
-        let routing_key =
-            Template::parse(&args.routing_key).map_err(|e| ConfigError(e.to_string()))?;
+        let mapping = Mapping::from_args(&args.mapping)?;
         Ok(Config {
             postgres_url: SecretUrl::new(args.postgres_url.clone()),
             postgres,
@@ -507,10 +486,7 @@ impl Config {
             slot: Identifier::new("--slot", slot)?,
             publication: Identifier::new("--publication", &args.publication)?,
             table: TableName::parse(&args.table)?,
-            columns,
-            exchange: args.exchange.clone(),
-            declare_exchange: !args.no_declare,
-            routing_key,
+            mapping,
             max_in_flight: args.max_in_flight as usize,
         })
     }
@@ -634,10 +610,13 @@ mod tests {
         assert_eq!(config.slot.as_str(), "walbox");
         assert_eq!(config.table.to_string(), "public.outbox");
         assert_eq!(
-            config.routing_key.to_string(),
+            config.mapping.routing_key.to_string(),
             "{aggregate_type}.{event_type}"
         );
-        assert!(config.declare_exchange);
+        assert_eq!(
+            config.mapping.exchange_spec.mode,
+            crate::sink::topology::DeclareMode::Declare
+        );
     }
 
     #[test]
