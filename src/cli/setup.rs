@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::sink::Sink;
 use crate::sink::topology::DeclareMode;
 
-pub async fn setup(config: &Config) -> Result<()> {
+pub(crate) async fn setup(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;
     let prepared = control.prepare(config, true).await?;
     println!(

@@ -505,10 +505,10 @@ mod tests {
 
     /// Type OIDs used by the test tables.
     mod oid {
-        pub const BYTEA: u32 = 17;
-        pub const TEXT: u32 = 25;
-        pub const JSONB: u32 = 3802;
-        pub const VARCHAR: u32 = 1043;
+        pub(super) const BYTEA: u32 = 17;
+        pub(super) const TEXT: u32 = 25;
+        pub(super) const JSONB: u32 = 3802;
+        pub(super) const VARCHAR: u32 = 1043;
     }
 
     fn relation(columns: &[(&str, u32)]) -> Relation {
