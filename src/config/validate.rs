@@ -7,8 +7,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::ConfigError;
-use super::mapping::Mapping;
 use super::args::{CommonArgs, ReplayArgs, RunArgs};
+use super::mapping::Mapping;
 use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
 use super::postgres::{self, PostgresTls};
 use super::replay::{ReplayConfig, ReplayWindow};

@@ -102,7 +102,11 @@ impl Sink {
 
     /// Declare `name` (the dead-letter exchange) as a durable topic exchange, or check it
     /// exists with `--exchange-declare passive`; nothing with `none`.
-    pub(crate) async fn declare_dead_letter(&self, name: &str, mode: topology::DeclareMode) -> Result<()> {
+    pub(crate) async fn declare_dead_letter(
+        &self,
+        name: &str,
+        mode: topology::DeclareMode,
+    ) -> Result<()> {
         let spec = ExchangeSpec {
             mode,
             ..ExchangeSpec::DURABLE_TOPIC
