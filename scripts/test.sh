@@ -30,3 +30,9 @@ if [ -n "$leftover" ]; then
   echo "test.sh: tests left replication slots behind: $leftover" >&2
   exit 1
 fi
+
+# Framework consumers (#11): the official CloudEvents SDKs (PyPI cloudevents with its RabbitMQ
+# binding, npm cloudevents) installed project-local and cached by scripts/consumers.sh, then the
+# tests that parse every walbox CloudEvents message with them (ignored by a plain cargo test).
+bash scripts/consumers.sh
+cargo test --locked --test frameworks -- --ignored --test-threads=2
