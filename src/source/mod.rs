@@ -28,7 +28,7 @@ const SESSION_OPTIONS: &str = "-c datestyle=ISO -c timezone=UTC -c bytea_output=
 
 /// One step of the stream.
 #[derive(Debug)]
-pub enum Change {
+pub(crate) enum Change {
     Begin(Transaction),
     /// A decoded pgoutput message from inside a transaction (Relation, Insert, …).
     Message(Message),
@@ -41,7 +41,7 @@ pub enum Change {
     },
 }
 
-pub struct Source {
+pub(crate) struct Source {
     client: ReplicationClient,
 }
 
@@ -65,7 +65,7 @@ fn host_and_port(config: &Config) -> (String, u16) {
 
 /// The replication connection settings, from the PostgreSQL URL. `verify_ca_name` is, under
 /// sslmode=verify-ca, a name in the server's CA-checked certificate ([`verify_ca`]).
-pub fn replication_config(
+pub(crate) fn replication_config(
     config: &Config,
     start: Lsn,
     verify_ca_name: Option<String>,
@@ -147,7 +147,7 @@ impl Source {
     /// Start streaming from `start` (the slot's confirmed position, or later with
     /// `--start-lsn`). Until the first acknowledgement, `start` is what the server hears as
     /// flushed.
-    pub async fn start(config: &Config, start: Lsn) -> Result<Self> {
+    pub(crate) async fn start(config: &Config, start: Lsn) -> Result<Self> {
         let replication = connection_settings(config, start).await?;
         let mut client = ReplicationClient::connect(replication)
             .await
@@ -163,7 +163,7 @@ impl Source {
     /// on the replication session itself: PostgreSQL drops a temporary slot when the session
     /// that made it ends, so a replay that is killed leaves nothing behind. The copy starts
     /// where `original` stands; `start` may be later. Returns the copy's own start position.
-    pub async fn start_copy(
+    pub(crate) async fn start_copy(
         config: &Config,
         original: &Identifier,
         copy: &Identifier,
@@ -212,7 +212,7 @@ impl Source {
     }
 
     /// The next change, or `None` when the stream ended cleanly.
-    pub async fn next(&mut self) -> Result<Option<Change>> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Change>> {
         loop {
             let event = self
                 .client
@@ -256,13 +256,13 @@ impl Source {
     }
 
     /// PostgreSQL may release WAL up to `lsn`. Only the watermark's flush LSN comes here.
-    pub fn acknowledge(&self, lsn: Lsn) {
+    pub(crate) fn acknowledge(&self, lsn: Lsn) {
         self.client.update_applied_lsn(wire(lsn));
     }
 
     /// Send `final_lsn` (waiting at most `wait` for the status update to go out), then end
     /// the stream.
-    pub async fn finish(mut self, final_lsn: Lsn, wait: Duration) {
+    pub(crate) async fn finish(mut self, final_lsn: Lsn, wait: Duration) {
         self.acknowledge(final_lsn);
         let metrics = self.client.metrics();
         let deadline = tokio::time::Instant::now() + wait;

@@ -16,10 +16,10 @@ use crate::control::Control;
 use crate::error::Result;
 use crate::lsn::Lsn;
 
-pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Poll until the task is dropped.
-pub async fn poll(config: Config, telemetry: Arc<Telemetry>) {
+pub(crate) async fn poll(config: Config, telemetry: Arc<Telemetry>) {
     let mut control: Option<Control> = None;
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
