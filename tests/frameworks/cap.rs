@@ -75,11 +75,14 @@ async fn cap_consumer_gets_the_value_and_its_cap_headers() {
     bind_queue(channel, &queue, exchange, &paid).await;
     let mut consumer = consume(channel, &queue).await;
 
-    let run = env.spawn_run_with(
-        preset_args(&env),
+    let args = preset_args(&env);
+
+    let run = start_walbox(
+        &mut env,
+        args,
         &["--preset", "cap", "--table", "cap.published"],
-    );
-    env.wait_slot_active(WAIT).await;
+    )
+    .await;
 
     // Two messages published in one business transaction, as CAP's StoreMessageAsync inserts
     // them (src/DotNetCore.CAP.PostgreSql/IDataStorage.PostgreSql.cs): Id = the snowflake

@@ -96,8 +96,8 @@ async fn cloudevents_structured_messages_pass_the_python_and_javascript_sdks() {
     // Durable queues, because the checkers consume on their own connections.
     let python_queue = env.durable_queue("python", FieldTable::default()).await;
     let node_queue = env.durable_queue("node", FieldTable::default()).await;
-    let run = env.spawn_run(&["--preset", "cloudevents"]);
-    env.wait_slot_active(WAIT).await;
+    let args = env.args();
+    let run = start_walbox(&mut env, args, &["--preset", "cloudevents"]).await;
     let rows = insert_cloudevents_rows(&env).await;
     let _ = run;
 
@@ -123,8 +123,13 @@ async fn cloudevents_structured_messages_pass_the_python_and_javascript_sdks() {
 async fn cloudevents_binary_messages_pass_the_python_sdk_rabbitmq_binding() {
     let mut env = TestEnv::new("fw_ce_binary").await;
     let queue = env.durable_queue("python", FieldTable::default()).await;
-    let run = env.spawn_run(&["--preset", "cloudevents", "--body", "cloudevents-binary"]);
-    env.wait_slot_active(WAIT).await;
+    let args = env.args();
+    let run = start_walbox(
+        &mut env,
+        args,
+        &["--preset", "cloudevents", "--body", "cloudevents-binary"],
+    )
+    .await;
     let rows = insert_cloudevents_rows(&env).await;
     let _ = run;
 

@@ -68,11 +68,14 @@ async fn dapr_subscriber_gets_a_structured_cloudevent_of_the_masa_event() {
     bind_queue(channel, &queue, &topic, "").await;
     let mut consumer = consume(channel, &queue).await;
 
-    let run = env.spawn_run_with(
-        preset_args(&env),
+    let args = preset_args(&env);
+
+    let run = start_walbox(
+        &mut env,
+        args,
         &["--preset", "dapr", "--table", "public.IntegrationEventLog"],
-    );
-    env.wait_slot_active(WAIT).await;
+    )
+    .await;
 
     // IntegrationEventLogService.SaveEventAsync with the IntegrationEventLog constructor: a new
     // Id, the event's EventId, FullName, JSON of the event (its Topic included; `EvenCreateTime`

@@ -26,19 +26,24 @@ async fn ef_core_outbox_messages_reach_a_home_grown_envelope_consumer() {
         .expect("OutboxMessages table");
     // The home-grown consumer: a fixed exchange (this test's) and routing key.
     let mut consumer = env.queue("envelope", "outbox.message").await;
-    let run = env.spawn_run(&[
-        "--columns",
-        "outbox-messages",
-        "--table",
-        "public.OutboxMessages",
-        "--routing-key",
-        "outbox.message",
-        "--body",
-        "template",
-        "--body-template",
-        r#"{"Id": {id|json}, "Content": {payload|json}}"#,
-    ]);
-    env.wait_slot_active(WAIT).await;
+    let args = env.args();
+    let run = start_walbox(
+        &mut env,
+        args,
+        &[
+            "--columns",
+            "outbox-messages",
+            "--table",
+            "public.OutboxMessages",
+            "--routing-key",
+            "outbox.message",
+            "--body",
+            "template",
+            "--body-template",
+            r#"{"Id": {id|json}, "Content": {payload|json}}"#,
+        ],
+    )
+    .await;
 
     // ConvertDomainEventsToOutboxMessagesInterceptor.SavingChangesAsync: one row per domain
     // event in the SaveChanges transaction; Type = GetType().Name, Content = Newtonsoft JSON

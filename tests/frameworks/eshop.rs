@@ -60,11 +60,14 @@ async fn eshop_consumer_gets_content_on_the_short_type_name() {
     bind_queue(channel, &queue, exchange, &changed).await;
     let mut consumer = consume(channel, &queue).await;
 
-    let run = env.spawn_run_with(
-        preset_args(&env),
+    let args = preset_args(&env);
+
+    let run = start_walbox(
+        &mut env,
+        args,
         &["--preset", "eshop", "--table", "public.IntegrationEventLog"],
-    );
-    env.wait_slot_active(WAIT).await;
+    )
+    .await;
 
     // IntegrationEventLogEntry's constructor (src/IntegrationEventLogEF/IntegrationEventLogEntry.cs):
     // EventTypeName = GetType().FullName, Content = indented System.Text.Json of the event,

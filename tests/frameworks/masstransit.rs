@@ -53,8 +53,9 @@ async fn masstransit_consumer_gets_its_envelope_on_the_message_type_exchange() {
     bind_exchange(channel, &endpoint, &message_exchange).await;
     let mut consumer = consume(channel, &endpoint).await;
 
-    let run = env.spawn_run_with(preset_args(&env), &["--preset", "masstransit"]);
-    env.wait_slot_active(WAIT).await;
+    let args = preset_args(&env);
+
+    let run = start_walbox(&mut env, args, &["--preset", "masstransit"]).await;
 
     // The producer writes walbox's outbox table (sql/outbox.sql) in its transaction, the event
     // type being the message's .NET full name.

@@ -53,8 +53,9 @@ async fn nservicebus_endpoint_gets_the_event_with_message_id_and_type() {
     }
     let mut consumer = consume(channel, &endpoint).await;
 
-    let run = env.spawn_run_with(preset_args(&env), &["--preset", "nservicebus"]);
-    env.wait_slot_active(WAIT).await;
+    let args = preset_args(&env);
+
+    let run = start_walbox(&mut env, args, &["--preset", "nservicebus"]).await;
 
     let events = [
         (

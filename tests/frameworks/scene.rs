@@ -141,6 +141,37 @@ pub(crate) async fn consume(channel: &Channel, queue: &str) -> Consumer {
         .unwrap_or_else(|error| panic!("consume {queue}: {error}"))
 }
 
+/// `walbox run` with `args` and `extra`, once it streams from its slot. Fails at once, with
+/// walbox's log, when walbox exits instead (a refused preset, a topology mismatch).
+pub(crate) async fn start_walbox(env: &mut TestEnv, args: Vec<String>, extra: &[&str]) -> usize {
+    let run = env.spawn_run_with(args, extra);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = env.try_wait(run) {
+            panic!("walbox exited ({status}); log:\n{}", env.run_log(run));
+        }
+        let streaming = env
+            .db
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r \
+                 ON r.pid = s.active_pid WHERE s.slot_name = $1",
+                &[&env.name],
+            )
+            .await
+            .expect("slot state")
+            .is_some();
+        if streaming {
+            return run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "walbox never started streaming; log:\n{}",
+            env.run_log(run)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Receive exactly `count` messages, then make sure no further one comes (the framework's later
 /// UPDATEs of its rows must not be relayed).
 pub(crate) async fn receive_exactly(
