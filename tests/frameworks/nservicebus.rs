@@ -92,7 +92,8 @@ async fn nservicebus_endpoint_gets_the_event_with_message_id_and_type() {
         assert_eq!(delivery.exchange.as_str(), exchange);
         assert_eq!(delivery.routing_key.as_str(), "");
         // Receiving/MessageConverter.cs DefaultMessageIdStrategy: a non-empty message-id
-        // property is required.
+        // property is required; without one MessagePump.cs moves the message to the error
+        // queue.
         assert_eq!(message_id(delivery), *id);
         // MessageConverter.RetrieveHeaders: NServiceBus.EnclosedMessageTypes, else the `type`
         // property; core's MessageMetadataRegistry matches the type's FullName.
