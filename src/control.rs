@@ -136,9 +136,12 @@ impl Control {
         let relation = self.describe_table(&config.table).await?;
         match OutboxShape::from_relation(&relation, &config.mapping) {
             Ok(_) => Ok(()),
-            Err(problem @ ShapeError::Template(TemplateError::UnknownPlaceholder { .. })) => {
-                Err(Error::Usage(format!("{problem} {}", config.table)))
-            }
+            Err(
+                problem @ ShapeError::Template {
+                    error: TemplateError::UnknownPlaceholder { .. },
+                    ..
+                },
+            ) => Err(Error::Usage(format!("{problem} {}", config.table))),
             Err(problem) => Err(Error::definite(problem)),
         }
     }

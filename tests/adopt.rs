@@ -38,7 +38,7 @@ async fn a_table_without_an_id_gets_ids_from_the_wal_position() {
         "--table",
         "events",
         "--columns",
-        "payload=body,event_type=kind",
+        "id=,aggregate_type=,aggregate_id=,payload=body,event_type=kind",
         "--routing-key",
         "{event_type|lower}",
     ]);
@@ -124,8 +124,9 @@ async fn a_per_row_exchange_is_declared_once_per_connection() {
     env.insert("payment", "Shop.Payments+Events+PaymentTaken", "{}")
         .await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    let probe = env.amqp.create_channel().await.unwrap();
     loop {
+        // A failed passive declare closes its channel: a fresh one per look.
+        let probe = env.amqp.create_channel().await.unwrap();
         let exists = probe
             .exchange_declare(
                 payments.as_str().into(),

@@ -70,11 +70,13 @@ impl fmt::Display for Field {
     }
 }
 
-/// Where a field's column name came from; an explicit mapping must exist in the table, a
-/// preset's optional column is used only when present.
+/// Where a field's column name came from. An explicit mapping and a preset's column must
+/// exist in the table (a column that disappears stops walbox rather than silently dropping a
+/// header), except a preset's optional column, which is used only when present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
     Preset,
+    PresetOptional,
     Explicit,
 }
 
@@ -82,6 +84,8 @@ pub enum Origin {
 struct TablePreset {
     name: &'static str,
     columns: &'static [(Field, &'static str)],
+    /// Fields used only when the table has their column.
+    optional: &'static [Field],
 }
 
 /// The tables walbox knows by name. Column names are as the framework's ORM creates them on
@@ -99,6 +103,7 @@ const TABLE_PRESETS: &[TablePreset] = &[
             (Field::CreatedAt, "created_at"),
             (Field::Exchange, "exchange"),
         ],
+        optional: &[Field::Headers, Field::CreatedAt, Field::Exchange],
     },
     // Debezium's Outbox Event Router table.
     TablePreset {
@@ -110,6 +115,7 @@ const TABLE_PRESETS: &[TablePreset] = &[
             (Field::EventType, "type"),
             (Field::Payload, "payload"),
         ],
+        optional: &[],
     },
     // The EF Core interceptor outbox: "OutBoxMessages"("Id", "OccurredOnUtc", "Type",
     // "Content", "ProcessedOnUtc").
@@ -121,6 +127,7 @@ const TABLE_PRESETS: &[TablePreset] = &[
             (Field::Payload, "Content"),
             (Field::CreatedAt, "OccurredOnUtc"),
         ],
+        optional: &[],
     },
     // eShop's IntegrationEventLog: "EventId", "EventTypeName", "Content", "CreationTime".
     TablePreset {
@@ -131,6 +138,7 @@ const TABLE_PRESETS: &[TablePreset] = &[
             (Field::Payload, "Content"),
             (Field::CreatedAt, "CreationTime"),
         ],
+        optional: &[],
     },
     // MASA Framework's IntegrationEventLog: primary key "Id" is per row; the event's own id is
     // "EventId".
@@ -142,6 +150,7 @@ const TABLE_PRESETS: &[TablePreset] = &[
             (Field::Payload, "Content"),
             (Field::CreatedAt, "CreationTime"),
         ],
+        optional: &[],
     },
     // CAP's published table: "Content" holds the whole message, {"Headers": {..}, "Value": ..}.
     TablePreset {
@@ -153,6 +162,7 @@ const TABLE_PRESETS: &[TablePreset] = &[
             (Field::Headers, "Content->Headers"),
             (Field::CreatedAt, "Added"),
         ],
+        optional: &[],
     },
 ];
 
@@ -192,7 +202,12 @@ impl ColumnMap {
         };
         for (field, column) in preset.columns {
             let column = ColumnRef::parse(column).expect("table presets are well formed");
-            map.columns[field.index()] = Some((column, Origin::Preset));
+            let origin = if preset.optional.contains(field) {
+                Origin::PresetOptional
+            } else {
+                Origin::Preset
+            };
+            map.columns[field.index()] = Some((column, origin));
         }
         Some(map)
     }
@@ -290,8 +305,9 @@ mod tests {
         let map = ColumnMap::outbox();
         for field in Field::ALL {
             assert_eq!(column(&map, field).as_deref(), Some(field.name()));
-            assert_eq!(map.origin(field), Some(Origin::Preset));
         }
+        assert_eq!(map.origin(Field::AggregateId), Some(Origin::Preset));
+        assert_eq!(map.origin(Field::Headers), Some(Origin::PresetOptional));
     }
 
     #[test]

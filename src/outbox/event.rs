@@ -58,8 +58,11 @@ pub enum ShapeError {
         column: String,
         type_oid: u32,
     },
-    #[error("{0}")]
-    Template(#[from] TemplateError),
+    #[error("{flag}: {error}")]
+    Template {
+        flag: &'static str,
+        error: TemplateError,
+    },
 }
 
 /// Where the payload comes from.
@@ -158,7 +161,9 @@ impl OutboxShape {
             let name = super::path::ColumnRef::parse(field.name()).expect("field names parse");
             match resolve_source(map, relation, &name) {
                 Some(source) => Ok(Some(source)),
-                None if field.is_required() || map.origin(field) == Some(Origin::Explicit) => {
+                None if field.is_required()
+                    || map.origin(field) != Some(Origin::PresetOptional) =>
+                {
                     Err(missing(field))
                 }
                 None => Ok(None),
@@ -176,22 +181,35 @@ impl OutboxShape {
             PayloadKind::Json
         };
         let exchange_column = field(Field::Exchange)?.map(|source| source.index);
-        let resolve = |template: &super::Template| template.resolve(map, relation);
+        let resolve_as = |flag: &'static str| {
+            move |template: &super::Template| {
+                template
+                    .resolve(map, relation)
+                    .map_err(|error| ShapeError::Template { flag, error })
+            }
+        };
         let exchange = match mapping.exchange.as_constant() {
             Some(_) => None,
-            None => Some(resolve(&mapping.exchange)?),
+            None => Some(resolve_as("--exchange")(&mapping.exchange)?),
         };
         let extra_headers = mapping
             .headers
             .iter()
-            .map(|(name, template)| Ok((name.clone(), resolve(template)?)))
+            .map(|(name, template)| Ok((name.clone(), resolve_as("--header")(template)?)))
             .collect::<Result<Vec<_>, ShapeError>>()?;
         let ce = if mapping.body.is_cloudevents() {
-            Some((resolve(&mapping.ce_source)?, resolve(&mapping.ce_type)?))
+            Some((
+                resolve_as("--ce-source")(&mapping.ce_source)?,
+                resolve_as("--ce-type")(&mapping.ce_type)?,
+            ))
         } else {
             None
         };
-        let body_template = mapping.body_template.as_ref().map(resolve).transpose()?;
+        let body_template = mapping
+            .body_template
+            .as_ref()
+            .map(resolve_as("--body-template"))
+            .transpose()?;
         let mut shape = OutboxShape {
             relation_id: relation.relation_id,
             columns: relation.columns.len(),
@@ -207,8 +225,12 @@ impl OutboxShape {
             created_at: field(Field::CreatedAt)?,
             exchange_column,
             exchange,
-            routing_key: resolve(&mapping.routing_key)?,
-            message_type: mapping.message_type.as_ref().map(resolve).transpose()?,
+            routing_key: resolve_as("--routing-key")(&mapping.routing_key)?,
+            message_type: mapping
+                .message_type
+                .as_ref()
+                .map(resolve_as("--message-type"))
+                .transpose()?,
             extra_headers,
             ce,
             body_template,
@@ -753,9 +775,16 @@ mod tests {
                 ..
             })
         ));
-        // Only the payload is required: a preset's other columns may be absent.
+        // Only the payload is required: every other field may be unmapped.
         let table = relation(&[("payload", oid::JSONB)]);
-        assert!(shape(&table, "", "k").is_ok());
+        assert!(shape(&table, "id=,aggregate_type=,aggregate_id=,event_type=", "k").is_ok());
+        assert!(matches!(
+            shape(&table, "", "k"),
+            Err(ShapeError::MissingColumn {
+                field: Field::Id,
+                ..
+            })
+        ));
         let table = relation(&[
             ("id", 2950),
             ("aggregate_type", oid::TEXT),
@@ -785,7 +814,7 @@ mod tests {
         ));
         assert!(matches!(
             shape(&table, "", "{tenant}"),
-            Err(ShapeError::Template(_))
+            Err(ShapeError::Template { .. })
         ));
     }
 
@@ -840,7 +869,12 @@ mod tests {
     #[test]
     fn an_id_less_table_gets_an_id_from_the_wal_position() {
         let table = relation(&[("payload", oid::JSONB)]);
-        let shape = shape(&table, "", "fixed").unwrap();
+        let shape = shape(
+            &table,
+            "id=,aggregate_type=,aggregate_id=,event_type=",
+            "fixed",
+        )
+        .unwrap();
         let message = |index| {
             shape
                 .message(&row(&[Some("{}")]), &TRANSACTION, index, &mut String::new())
@@ -999,6 +1033,7 @@ mod tests {
             &table,
             MappingArgs {
                 preset: Some(crate::config::preset::Preset::NServiceBus),
+                columns: Some("aggregate_type=,aggregate_id=".into()),
                 ..MappingArgs::default()
             },
         );
