@@ -148,3 +148,65 @@ async fn cloudevents_binary_messages_pass_the_python_sdk_rabbitmq_binding() {
         }
     }
 }
+
+#[tokio::test]
+#[ignore = "needs the CloudEvents SDKs: bash scripts/consumers.sh, then --ignored"]
+async fn dapr_preset_messages_pass_the_python_sdk() {
+    let mut env = TestEnv::new("fw_ce_dapr").await;
+    let mut objects = BrokerObjects::new();
+    env.db
+        .batch_execute(super::dapr::MASA_DDL)
+        .await
+        .expect("MASA table");
+    // A Dapr subscriber's exchange and queue (see dapr.rs), consumed by the SDK checker.
+    let topic = format!("{}.orders", env.name);
+    let channel = &env.channel;
+    declare_exchange(
+        channel,
+        &mut objects,
+        &topic,
+        ExchangeKind::Fanout,
+        true,
+        true,
+    )
+    .await;
+    let queue = format!("{}-{topic}", env.name);
+    let options = QueueDeclareOptions {
+        durable: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    declare_queue(
+        channel,
+        &mut objects,
+        &queue,
+        options,
+        FieldTable::default(),
+    )
+    .await;
+    bind_queue(channel, &queue, &topic, "").await;
+
+    let args = preset_args(&env);
+    let extra = ["--preset", "dapr", "--table", "public.IntegrationEventLog"];
+    let _run = start_walbox(&mut env, args, &extra).await;
+    let event_id = "5c1e1b2a-6d3f-4a8b-9c0d-1e2f3a4b5c6d";
+    let content = json!({"EventId": event_id, "Topic": topic, "OrderId": 7}).to_string();
+    env.db
+        .execute(
+            "INSERT INTO \"IntegrationEventLog\" (\"Id\", \"Content\", \"CreationTime\", \"EventId\", \
+             \"EventTypeName\", \"ExpandContent\", \"ModificationTime\", \"RowVersion\", \"State\", \
+             \"TimesSent\", \"TransactionId\") VALUES (gen_random_uuid(), $1, now(), $2::text::uuid, \
+             'Masa.Demo.Ordering.OrderPlacedIntegrationEvent', '', now(), gen_random_uuid()::text, \
+             0, 0, gen_random_uuid())",
+            &[&content, &event_id],
+        )
+        .await
+        .expect("insert as MASA");
+
+    let python = sdk_check("ce_check.py", &queue, 1, &["--mode", "structured"]);
+    let event = &python["events"][0];
+    assert_eq!(event["attributes"]["id"], json!(event_id));
+    assert_eq!(event["attributes"]["specversion"], json!("1.0"));
+    assert_eq!(event["data"], json_of(&content));
+    drop(objects);
+}

@@ -6,7 +6,7 @@ use super::*;
 /// EF Core on Npgsql for src/Contrib/Dispatcher/IntegrationEvents/
 /// Masa.Contrib.Dispatcher.IntegrationEvents.EventLogs.EFCore/IntegrationEventLogEntityTypeConfiguration.cs
 /// and the entity src/BuildingBlocks/Dispatcher/Masa.BuildingBlocks.Dispatcher.IntegrationEvents/Logs/IntegrationEventLog.cs.
-const MASA_DDL: &str = r#"
+pub(crate) const MASA_DDL: &str = r#"
 CREATE TABLE "IntegrationEventLog" (
     "Id" uuid NOT NULL,
     "EventId" uuid NOT NULL,
