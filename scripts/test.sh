@@ -38,3 +38,9 @@ fi
 if [ "${WALBOX_CONTAINER_TEST:-1}" != 0 ]; then
   bash scripts/container-test.sh
 fi
+
+# Framework consumers (#11): the official CloudEvents SDKs (PyPI cloudevents with its RabbitMQ
+# binding, npm cloudevents) installed project-local and cached by scripts/consumers.sh, then the
+# tests that parse every walbox CloudEvents message with them (ignored by a plain cargo test).
+bash scripts/consumers.sh
+cargo test --locked --test frameworks -- --ignored --test-threads=2
