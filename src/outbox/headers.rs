@@ -19,8 +19,19 @@ pub fn add_json_headers(
     let Value::Object(object) = value else {
         return Err(format!("a JSON {} rather than an object", kind(&value)));
     };
-    add_object_headers(table, &object);
-    Ok(keep.then_some(object))
+    if keep {
+        add_object_headers(table, &object);
+        return Ok(Some(object));
+    }
+    // The common case: the object is not needed afterwards, so its keys and values move
+    // into the table without copies.
+    for (key, value) in object {
+        let Ok(key) = ShortString::try_new(key) else {
+            continue; // AMQP header names stop at 255 bytes; such a key cannot be sent.
+        };
+        table.insert(key, amqp_value(value));
+    }
+    Ok(None)
 }
 
 /// Add every key of `object` to `table`.

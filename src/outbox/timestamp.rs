@@ -31,12 +31,15 @@ pub fn parse_unix_micros(text: &str) -> Option<u64> {
     let micros = match second_parts.next() {
         None => 0,
         Some(fraction) => {
-            let digits: String = fraction
-                .chars()
-                .chain(std::iter::repeat('0'))
-                .take(6)
-                .collect();
-            digits.parse::<i64>().ok()?
+            // Up to six digits (PostgreSQL's resolution), read without allocating.
+            let digits = fraction.as_bytes();
+            if digits.is_empty() || digits.len() > 6 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let value = digits
+                .iter()
+                .fold(0_i64, |value, digit| value * 10 + i64::from(digit - b'0'));
+            value * 10_i64.pow(6 - digits.len() as u32)
         }
     };
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 24 || minute > 59 {
@@ -121,6 +124,11 @@ mod tests {
             Some(1_795_359_557_500_000)
         );
         assert_eq!(parse_unix_micros("1970-01-01 00:00:01"), Some(1_000_000));
+        assert_eq!(
+            parse_unix_micros("1970-01-01 00:00:01.000001"),
+            Some(1_000_001)
+        );
+        assert_eq!(parse_unix_micros("1970-01-01 00:00:01.x"), None);
     }
 
     #[test]
