@@ -2,6 +2,7 @@
 //! the entry point turns into an exit code.
 
 pub mod config_check;
+mod failover;
 pub mod replay;
 pub mod run;
 pub mod setup;

@@ -36,17 +36,20 @@ pub async fn setup(config: &Config) -> Result<()> {
             config.slot
         ),
     }
+    super::failover::explain(&control, config, &prepared.slot_info).await?;
     let sink = Sink::connect(config).await?;
     sink.close().await;
     if config.declare_exchange {
         println!(
             "exchange {}: declared (durable topic) at {}",
-            config.exchange, config.amqp_url
+            config.exchange,
+            Sink::node(config)
         );
     } else {
         println!(
             "exchange {}: not declared (--no-declare); broker reachable at {}",
-            config.exchange, config.amqp_url
+            config.exchange,
+            Sink::node(config)
         );
     }
     Ok(())

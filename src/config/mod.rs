@@ -5,6 +5,7 @@
 //! before anything connects, so a bad LSN, template, column map or name is a usage error
 //! (exit 2) with a message saying what is wrong; nothing else in walbox parses user text.
 
+mod amqp_urls;
 pub mod file;
 pub mod postgres;
 pub mod reference;
@@ -21,6 +22,7 @@ use crate::lsn::Lsn;
 use crate::outbox::{ColumnMap, Template};
 use crate::replay::bookmark::MAX_SLOT_WITH_REPLAY;
 use crate::replay::{ReplayConfig, ReplayWindow};
+pub use amqp_urls::AmqpUrls;
 pub use postgres::{PostgresTls, RootCerts, SslMode};
 
 #[derive(Debug, Parser)]
@@ -94,13 +96,14 @@ pub struct CommonArgs {
     #[arg(long, env = "WALBOX_POSTGRES_PASSWORD_FILE")]
     pub postgres_password_file: Option<PathBuf>,
 
-    /// RabbitMQ URL (amqp:// or amqps://).
+    /// RabbitMQ URL (amqp:// or amqps://); for a cluster, one per node, comma-separated or
+    /// the flag repeated: walbox uses the first that answers and moves on when one fails.
     #[arg(
         long,
         env = "WALBOX_AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
-    pub amqp_url: String,
+    pub amqp_url: Vec<String>,
 
     /// File holding the RabbitMQ password (one trailing newline is ignored); replaces the
     /// URL's password.
@@ -412,7 +415,7 @@ pub struct Config {
     /// The connection settings, the password file's password included.
     pub postgres: tokio_postgres::Config,
     pub postgres_tls: PostgresTls,
-    pub amqp_url: SecretUrl,
+    pub amqp_url: AmqpUrls,
     /// From --amqp-password-file: replaces the URL's password.
     pub amqp_password: Option<Secret>,
     pub amqp_ca: Option<CaFile>,
@@ -455,20 +458,7 @@ impl Config {
                 redact_url(&args.postgres_url)
             )));
         }
-        if !(args.amqp_url.starts_with("amqp://") || args.amqp_url.starts_with("amqps://")) {
-            return Err(ConfigError(format!(
-                "--amqp-url `{}` must start with amqp:// or amqps://",
-                redact_url(&args.amqp_url)
-            )));
-        }
-        // lapin parses the URL again when connecting; parsing it here makes a malformed one a
-        // usage error.
-        lapin::uri::AMQPUri::from_str(&args.amqp_url).map_err(|error| {
-            ConfigError(format!(
-                "--amqp-url `{}` is not a valid AMQP URL: {error}",
-                redact_url(&args.amqp_url)
-            ))
-        })?;
+        let amqp_url = AmqpUrls::parse(&args.amqp_url)?;
         let amqp_password = args
             .amqp_password_file
             .as_deref()
@@ -501,7 +491,7 @@ impl Config {
             postgres_url: SecretUrl::new(args.postgres_url.clone()),
             postgres,
             postgres_tls,
-            amqp_url: SecretUrl::new(args.amqp_url.clone()),
+            amqp_url,
             amqp_password,
             amqp_ca,
             slot: Identifier::new("--slot", slot)?,
