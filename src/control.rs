@@ -9,7 +9,7 @@
 //! outbox table. Creating the publication needs ownership of the table, so with that role
 //! the table's owner creates it beforehand; [`Control::prepare`] then only checks it.
 
-pub mod failover;
+pub(crate) mod failover;
 
 use std::str::FromStr;
 
@@ -24,31 +24,31 @@ use crate::outbox::{OutboxShape, ShapeError};
 use crate::pgoutput::{Relation, RelationColumn};
 
 /// An open control-plane connection.
-pub struct Control {
+pub(crate) struct Control {
     client: Client,
 }
 
 /// What `pg_replication_slots` says about the slot.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct SlotInfo {
-    pub slot_name: String,
-    pub plugin: Option<String>,
-    pub slot_type: String,
-    pub database: Option<String>,
-    pub active: bool,
-    pub active_pid: Option<i32>,
-    pub confirmed_flush_lsn: Option<String>,
-    pub restart_lsn: Option<String>,
-    pub wal_status: Option<String>,
-    pub temporary: bool,
+pub(crate) struct SlotInfo {
+    pub(crate) slot_name: String,
+    pub(crate) plugin: Option<String>,
+    pub(crate) slot_type: String,
+    pub(crate) database: Option<String>,
+    pub(crate) active: bool,
+    pub(crate) active_pid: Option<i32>,
+    pub(crate) confirmed_flush_lsn: Option<String>,
+    pub(crate) restart_lsn: Option<String>,
+    pub(crate) wal_status: Option<String>,
+    pub(crate) temporary: bool,
     /// Created to survive a failover (PostgreSQL 17; None before).
-    pub failover: Option<bool>,
+    pub(crate) failover: Option<bool>,
     /// On a standby (or a promoted one): a copy synchronized from the primary (PostgreSQL 17).
-    pub synced: Option<bool>,
+    pub(crate) synced: Option<bool>,
 }
 
 impl SlotInfo {
-    pub fn confirmed_flush(&self) -> Option<Lsn> {
+    pub(crate) fn confirmed_flush(&self) -> Option<Lsn> {
         self.confirmed_flush_lsn
             .as_deref()
             .and_then(|text| Lsn::from_str(text).ok())
@@ -57,13 +57,13 @@ impl SlotInfo {
 
 /// Whether an object was there already.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ensured {
+pub(crate) enum Ensured {
     Existed,
     Created,
 }
 
 impl Control {
-    pub async fn connect(config: &Config) -> Result<Self> {
+    pub(crate) async fn connect(config: &Config) -> Result<Self> {
         let tls = crate::tls::postgres_connector(&config.postgres_tls)?;
         let (client, connection) = config.postgres.connect(tls).await.map_err(|e| {
             Error::from_postgres(&format!("connecting to {}", config.postgres_url), &e)
@@ -81,7 +81,7 @@ impl Control {
     }
 
     /// wal_level must be logical for a logical slot to exist or stream.
-    pub async fn check_wal_level(&self) -> Result<()> {
+    pub(crate) async fn check_wal_level(&self) -> Result<()> {
         let row = self
             .client
             .query_one("SELECT current_setting('wal_level')", &[])
@@ -99,7 +99,7 @@ impl Control {
     }
 
     /// The table's columns in attribute order, as a Relation-shaped description.
-    pub async fn describe_table(&self, table: &TableName) -> Result<Relation> {
+    pub(crate) async fn describe_table(&self, table: &TableName) -> Result<Relation> {
         let rows = self
             .client
             .query(
@@ -139,7 +139,7 @@ impl Control {
 
     /// Check that the table has every mapped column with a usable type and that the routing
     /// key's placeholders exist.
-    pub async fn check_table(&self, config: &Config) -> Result<()> {
+    pub(crate) async fn check_table(&self, config: &Config) -> Result<()> {
         let relation = self.describe_table(&config.table).await?;
         match OutboxShape::from_relation(&relation, &config.columns, &config.routing_key) {
             Ok(_) => Ok(()),
@@ -152,7 +152,7 @@ impl Control {
 
     /// The role walbox connects as can create the slot and stream (REPLICATION) and read the
     /// outbox table (SELECT); a missing one is named with the statement that grants it.
-    pub async fn check_privileges(&self, table: &TableName) -> Result<()> {
+    pub(crate) async fn check_privileges(&self, table: &TableName) -> Result<()> {
         let row = self
             .client
             .query_one(
@@ -184,7 +184,7 @@ impl Control {
     }
 
     /// Create the publication for the table if it does not exist; check it covers the table.
-    pub async fn ensure_publication(
+    pub(crate) async fn ensure_publication(
         &self,
         publication: &Identifier,
         table: &TableName,
@@ -236,7 +236,7 @@ impl Control {
         Ok(Ensured::Existed)
     }
 
-    pub async fn slot(&self, slot: &Identifier) -> Result<Option<SlotInfo>> {
+    pub(crate) async fn slot(&self, slot: &Identifier) -> Result<Option<SlotInfo>> {
         let row = self
             .client
             .query_opt(
@@ -267,7 +267,7 @@ impl Control {
     }
 
     /// Check that an existing slot can be used by walbox on this database.
-    pub async fn check_slot(&self, info: &SlotInfo) -> Result<()> {
+    pub(crate) async fn check_slot(&self, info: &SlotInfo) -> Result<()> {
         let slot = &info.slot_name;
         if info.slot_type != "logical" || info.plugin.as_deref() != Some("pgoutput") {
             return Err(Error::definite(format!(
@@ -300,12 +300,12 @@ impl Control {
 
     /// Create the logical slot (from PostgreSQL 17 on with failover, so a standby can keep
     /// a synchronized copy: see [`failover`]); returns the LSN from which it captures.
-    pub async fn create_slot(&self, slot: &Identifier) -> Result<Lsn> {
+    pub(crate) async fn create_slot(&self, slot: &Identifier) -> Result<Lsn> {
         let (lsn, _failover) = self.create_failover_slot(slot).await?;
         Lsn::from_str(&lsn).map_err(Error::definite)
     }
 
-    pub async fn current_database(&self) -> Result<String> {
+    pub(crate) async fn current_database(&self) -> Result<String> {
         let row = self
             .client
             .query_one("SELECT current_database()::text", &[])
@@ -314,7 +314,7 @@ impl Control {
         Ok(row.get(0))
     }
 
-    pub async fn current_wal_lsn(&self) -> Result<Lsn> {
+    pub(crate) async fn current_wal_lsn(&self) -> Result<Lsn> {
         let row = self
             .client
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -324,7 +324,7 @@ impl Control {
         Lsn::from_str(&lsn).map_err(Error::definite)
     }
 
-    pub async fn publication_tables(&self, publication: &Identifier) -> Result<Vec<String>> {
+    pub(crate) async fn publication_tables(&self, publication: &Identifier) -> Result<Vec<String>> {
         let rows = self
             .client
             .query(
@@ -337,7 +337,7 @@ impl Control {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
-    pub async fn publication_exists(&self, publication: &Identifier) -> Result<bool> {
+    pub(crate) async fn publication_exists(&self, publication: &Identifier) -> Result<bool> {
         Ok(self
             .client
             .query_opt(
@@ -349,7 +349,7 @@ impl Control {
             .is_some())
     }
 
-    pub async fn drop_slot(&self, slot: &Identifier) -> Result<()> {
+    pub(crate) async fn drop_slot(&self, slot: &Identifier) -> Result<()> {
         self.client
             .execute("SELECT pg_drop_replication_slot($1)", &[&slot.as_str()])
             .await
@@ -359,7 +359,7 @@ impl Control {
         Ok(())
     }
 
-    pub async fn drop_publication(&self, publication: &Identifier) -> Result<()> {
+    pub(crate) async fn drop_publication(&self, publication: &Identifier) -> Result<()> {
         self.client
             .batch_execute(&drop_publication_sql(publication))
             .await
@@ -369,17 +369,17 @@ impl Control {
 
 /// What [`Control::prepare`] found or made.
 #[derive(Clone, Debug)]
-pub struct Prepared {
-    pub publication: Ensured,
-    pub slot: Ensured,
-    pub slot_info: SlotInfo,
+pub(crate) struct Prepared {
+    pub(crate) publication: Ensured,
+    pub(crate) slot: Ensured,
+    pub(crate) slot_info: SlotInfo,
 }
 
 impl Control {
     /// Everything `setup` checks and creates. `create_slot` is false when a running relay
     /// reconnects: a slot that vanished then must not silently come back, since the events
     /// committed while it was gone would be skipped.
-    pub async fn prepare(&self, config: &Config, create_slot: bool) -> Result<Prepared> {
+    pub(crate) async fn prepare(&self, config: &Config, create_slot: bool) -> Result<Prepared> {
         self.check_wal_level().await?;
         self.check_table(config).await?;
         self.check_privileges(&config.table).await?;
@@ -432,7 +432,7 @@ impl Control {
 impl Control {
     /// Create the bookmark slot if it is missing: a copy of the live slot when there is one, so
     /// the window starts at what walbox has relayed, else a new slot at the current position.
-    pub async fn ensure_bookmark(
+    pub(crate) async fn ensure_bookmark(
         &self,
         live: &Identifier,
         bookmark: &Identifier,
@@ -462,7 +462,7 @@ impl Control {
     }
 
     /// Move a slot that nobody streams from forward to `to`; returns where it now stands.
-    pub async fn advance_slot(&self, slot: &Identifier, to: Lsn) -> Result<Lsn> {
+    pub(crate) async fn advance_slot(&self, slot: &Identifier, to: Lsn) -> Result<Lsn> {
         let row = self
             .client
             .query_one(

@@ -11,7 +11,7 @@ use crate::lsn::Lsn;
 
 /// A failure of the relay, classified.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// Retry with backoff; readiness is false meanwhile.
     #[error("{0}")]
     Transient(String),
@@ -44,22 +44,22 @@ pub enum Error {
 #[error(
     "the broker refused event {event_id} (commit {commit_lsn}) and closed the channel: {reason}"
 )]
-pub struct Refusal {
-    pub event_id: String,
-    pub commit_lsn: Lsn,
-    pub reason: String,
+pub(crate) struct Refusal {
+    pub(crate) event_id: String,
+    pub(crate) commit_lsn: Lsn,
+    pub(crate) reason: String,
 }
 
 impl Error {
-    pub fn transient(message: impl fmt::Display) -> Self {
+    pub(crate) fn transient(message: impl fmt::Display) -> Self {
         Error::Transient(message.to_string())
     }
 
-    pub fn definite(message: impl fmt::Display) -> Self {
+    pub(crate) fn definite(message: impl fmt::Display) -> Self {
         Error::Definite(message.to_string())
     }
 
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             Error::Transient(_) | Error::SlotInUse(_) | Error::Refused(_)
@@ -67,7 +67,7 @@ impl Error {
     }
 
     /// Classify an error from the control-plane SQL connection.
-    pub fn from_postgres(context: &str, error: &tokio_postgres::Error) -> Self {
+    pub(crate) fn from_postgres(context: &str, error: &tokio_postgres::Error) -> Self {
         let Some(db) = error.as_db_error() else {
             let text = with_causes(error);
             if tls_refused(&text) {
@@ -97,7 +97,7 @@ impl Error {
     }
 
     /// Classify an error from the replication connection.
-    pub fn from_replication(error: &pgwire_replication::PgWireError) -> Self {
+    pub(crate) fn from_replication(error: &pgwire_replication::PgWireError) -> Self {
         use pgwire_replication::PgWireError as E;
         match error {
             E::Io(_) | E::Task(_) => Error::transient(format!("replication connection: {error}")),
@@ -146,7 +146,7 @@ impl Error {
     }
 
     /// Classify an error from the AMQP connection.
-    pub fn from_amqp(context: &str, error: &lapin::Error) -> Self {
+    pub(crate) fn from_amqp(context: &str, error: &lapin::Error) -> Self {
         let text = error.to_string();
         if tls_refused(&text) {
             return Error::definite(format!(
@@ -196,4 +196,4 @@ fn tls_refused(text: &str) -> bool {
     .any(|needle| text.contains(needle))
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,18 +6,24 @@
 //! turns confirms into the flush LSN, and [`pipeline`] wires and supervises them.
 //! [`control`] is the control-plane SQL; [`telemetry`] reports what the data path records;
 //! [`config`] and [`cli`] are the edges; [`tls`] is the control connection's TLS client.
+//!
+//! Modules are private to the crate unless the `walbox` binary, the tests, the benchmarks or
+//! the fuzz target need them, and `unreachable_pub` flags a `pub` nobody outside can reach, so the
+//! compiler reports what nothing uses.
+
+#![warn(unreachable_pub)]
 
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod error;
+mod control;
+mod error;
 pub mod lsn;
 pub mod outbox;
 pub mod pgoutput;
-pub mod pipeline;
-pub mod replay;
-pub mod sink;
-pub mod source;
+mod pipeline;
+mod replay;
+mod sink;
+mod source;
 pub mod telemetry;
-pub mod tls;
-pub mod watermark;
+mod tls;
+mod watermark;

@@ -29,17 +29,17 @@ use crate::source::{Change, Source};
 use crate::telemetry::{RelayState, Side, Telemetry};
 use crate::watermark::Watermark;
 
-pub mod backoff;
-pub mod poison;
+pub(crate) mod backoff;
+pub(crate) mod poison;
 
 use backoff::Backoff;
 use poison::{DeadLetter, Poison};
 
 /// Resolves when walbox is asked to stop.
-pub type Shutdown = watch::Receiver<bool>;
+pub(crate) type Shutdown = watch::Receiver<bool>;
 
 /// Relay until `shutdown` fires (Ok) or a definite error (Err).
-pub async fn run(
+pub(crate) async fn run(
     config: &Config,
     run: &RunConfig,
     mut shutdown: Shutdown,

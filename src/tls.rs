@@ -22,12 +22,12 @@ use crate::error::{Error, Result};
 
 /// The connector tokio-postgres uses for the control connection. With `sslmode=disable`
 /// tokio-postgres never calls it.
-pub fn postgres_connector(tls: &PostgresTls) -> Result<MakeRustlsConnect> {
+pub(crate) fn postgres_connector(tls: &PostgresTls) -> Result<MakeRustlsConnect> {
     Ok(MakeRustlsConnect::new(client_config(tls)?))
 }
 
 /// A rustls client that checks the server's certificate as `tls.mode` says.
-pub fn client_config(tls: &PostgresTls) -> Result<ClientConfig> {
+pub(crate) fn client_config(tls: &PostgresTls) -> Result<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

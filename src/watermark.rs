@@ -12,10 +12,10 @@ use std::collections::{BTreeSet, VecDeque};
 use crate::lsn::Lsn;
 
 /// Sequence number of a published message, from 1.
-pub type Sequence = u64;
+pub(crate) type Sequence = u64;
 
 #[derive(Debug)]
-pub struct Watermark {
+pub(crate) struct Watermark {
     /// Messages published so far; the last one has this sequence number.
     published: Sequence,
     /// Every message up to and including this one was confirmed.
@@ -29,7 +29,7 @@ pub struct Watermark {
 
 impl Watermark {
     /// Start from the position the slot already confirmed.
-    pub fn new(flushed: Lsn) -> Self {
+    pub(crate) fn new(flushed: Lsn) -> Self {
         Watermark {
             published: 0,
             confirmed_through: 0,
@@ -40,13 +40,13 @@ impl Watermark {
     }
 
     /// A message was handed to the broker; returns its sequence number.
-    pub fn publish(&mut self) -> Sequence {
+    pub(crate) fn publish(&mut self) -> Sequence {
         self.published += 1;
         self.published
     }
 
     /// Everything published so far lies before `lsn`. Returns the new flush LSN if it moved.
-    pub fn boundary(&mut self, lsn: Lsn) -> Option<Lsn> {
+    pub(crate) fn boundary(&mut self, lsn: Lsn) -> Option<Lsn> {
         match self.boundaries.back_mut() {
             // Consecutive boundaries with nothing published between them: keep the later one.
             Some((published, last)) if *published == self.published => *last = (*last).max(lsn),
@@ -56,7 +56,7 @@ impl Watermark {
     }
 
     /// The broker positively confirmed message `sequence`. Returns the new flush LSN if it moved.
-    pub fn confirm(&mut self, sequence: Sequence) -> Option<Lsn> {
+    pub(crate) fn confirm(&mut self, sequence: Sequence) -> Option<Lsn> {
         debug_assert!(
             sequence <= self.published,
             "confirm of a message never published"
@@ -73,12 +73,13 @@ impl Watermark {
     }
 
     /// The position PostgreSQL may forget up to.
-    pub fn flush_lsn(&self) -> Lsn {
+    pub(crate) fn flush_lsn(&self) -> Lsn {
         self.flush
     }
 
     /// Messages published but not yet confirmed.
-    pub fn unconfirmed(&self) -> u64 {
+    #[cfg(test)]
+    fn unconfirmed(&self) -> u64 {
         self.published - self.confirmed_through
     }
 

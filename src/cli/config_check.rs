@@ -10,7 +10,7 @@ use crate::config::{Cli, Config, ConfigError, RunArgs, RunConfig, redact_url};
 
 /// Validate, then print. A configuration that does not validate is an error naming the
 /// problem (a usage error: exit 2).
-pub fn check(parsed: &Parsed, run: &RunArgs) -> Result<(), ConfigError> {
+pub(crate) fn check(parsed: &Parsed, run: &RunArgs) -> Result<(), ConfigError> {
     Config::from_args(&run.common)?;
     RunConfig::from_args(run)?;
     print!("{}", effective(parsed));
@@ -18,7 +18,7 @@ pub fn check(parsed: &Parsed, run: &RunArgs) -> Result<(), ConfigError> {
 }
 
 /// The effective configuration as TOML lines with a comment naming each value's source.
-pub fn effective(parsed: &Parsed) -> String {
+pub(crate) fn effective(parsed: &Parsed) -> String {
     let mut command = Cli::command();
     command.build();
     let check = command

@@ -11,7 +11,7 @@ use crate::source;
 
 /// Turn failover on for a slot made without it (PostgreSQL 17), then print what the primary
 /// and the standbys of the URL say about failover, and what to change.
-pub async fn explain(control: &Control, config: &Config, slot: &SlotInfo) -> Result<()> {
+pub(super) async fn explain(control: &Control, config: &Config, slot: &SlotInfo) -> Result<()> {
     let settings = control.failover_settings().await?;
     let major = settings.server_version_num / 10_000;
     if settings.server_version_num < FAILOVER_SLOTS_SINCE {

@@ -9,15 +9,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::config::Config;
+use crate::config::{Config, ReplayConfig};
 use crate::error::{Error, Result};
-use crate::replay::{self, Progress, ReplayConfig};
+use crate::replay::{self, Progress};
 
 /// How often progress is shown.
 const SHOW_EVERY: Duration = Duration::from_millis(200);
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
-pub async fn replay(config: &Config, replay: &ReplayConfig) -> Result<()> {
+pub(crate) async fn replay(config: &Config, replay: &ReplayConfig) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::definite)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::definite)?;

@@ -13,7 +13,7 @@ use crate::pipeline;
 use crate::replay::bookmark;
 use crate::telemetry::{Telemetry, server, slot_poller};
 
-pub async fn run(config: &Config, run: &RunConfig) -> Result<()> {
+pub(crate) async fn run(config: &Config, run: &RunConfig) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::definite)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::definite)?;
@@ -63,7 +63,7 @@ pub async fn run(config: &Config, run: &RunConfig) -> Result<()> {
 /// A bookmark left from an earlier `--replay-window` keeps pinning WAL while nothing moves
 /// it; say so once at start (teardown drops it).
 async fn warn_of_a_stale_bookmark(config: Config) {
-    let Some(bookmark) = bookmark::bookmark_name(&config.slot) else {
+    let Some(bookmark) = crate::config::bookmark_name(&config.slot) else {
         return;
     };
     let Ok(control) = Control::connect(&config).await else {

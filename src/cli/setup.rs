@@ -6,7 +6,7 @@ use crate::control::{Control, Ensured};
 use crate::error::Result;
 use crate::sink::Sink;
 
-pub async fn setup(config: &Config) -> Result<()> {
+pub(crate) async fn setup(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;
     let prepared = control.prepare(config, true).await?;
     println!(

@@ -2,12 +2,11 @@
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, bookmark_name};
 use crate::control::failover::{StandbyCopy, standby_copies};
 use crate::control::{Control, SlotInfo};
 use crate::error::Result;
 use crate::lsn::Lsn;
-use crate::replay::bookmark::bookmark_name;
 
 #[derive(Serialize)]
 struct Status {
@@ -34,7 +33,7 @@ struct ReplayRange {
     retained_wal_bytes: Option<u64>,
 }
 
-pub async fn status(config: &Config, json: bool) -> Result<()> {
+pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
     let control = Control::connect(config).await?;
     let slot = control.slot(&config.slot).await?;
     let current = control.current_wal_lsn().await?;

@@ -1,12 +1,11 @@
 //! `walbox teardown`: drop the slot, the replay window's bookmark and the publication, so PostgreSQL keeps no WAL for
 //! walbox. The outbox table and the exchange are left alone.
 
-use crate::config::Config;
+use crate::config::{Config, bookmark_name};
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::replay::bookmark::bookmark_name;
 
-pub async fn teardown(config: &Config) -> Result<()> {
+pub(crate) async fn teardown(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;
     match control.slot(&config.slot).await? {
         Some(slot) if slot.active => {

@@ -7,15 +7,16 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{ConfigError, SecretUrl, redact_url};
+use super::ConfigError;
+use super::secrets::{SecretUrl, redact_url};
 
 /// The broker nodes, in the order given; never empty.
 #[derive(Clone)]
-pub struct AmqpUrls(Vec<SecretUrl>);
+pub(crate) struct AmqpUrls(Vec<SecretUrl>);
 
 impl AmqpUrls {
     /// Each entry of `given` may itself be a comma-separated list.
-    pub fn parse(given: &[String]) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(given: &[String]) -> Result<Self, ConfigError> {
         let mut urls = Vec::new();
         for url in given.iter().flat_map(|entry| entry.split(',')) {
             let url = url.trim();
@@ -44,21 +45,17 @@ impl AmqpUrls {
         Ok(AmqpUrls(urls))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &SecretUrl> {
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &SecretUrl> {
         self.0.iter()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 
-    /// Never true: parsing refuses an empty list.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The `index`-th URL, counting round the list.
-    pub fn get(&self, index: usize) -> &SecretUrl {
+    pub(crate) fn get(&self, index: usize) -> &SecretUrl {
         &self.0[index % self.0.len()]
     }
 }

@@ -13,12 +13,13 @@ use std::str::FromStr;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use super::{ConfigError, redact_url};
+use super::ConfigError;
+use super::secrets::redact_url;
 
 /// libpq's `sslmode`, without `allow` (plain first, TLS on refusal), which neither client
 /// library offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SslMode {
+pub(crate) enum SslMode {
     /// Never TLS.
     Disable,
     /// TLS if the server offers it, without checking its certificate; plain otherwise.
@@ -46,14 +47,14 @@ impl SslMode {
         }
     }
 
-    pub fn verifies_certificate(self) -> bool {
+    pub(crate) fn verifies_certificate(self) -> bool {
         matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
     }
 }
 
 /// The CAs a verifying mode trusts.
 #[derive(Clone, Debug)]
-pub enum RootCerts {
+pub(crate) enum RootCerts {
     /// `sslrootcert=path` (or libpq's default `~/.postgresql/root.crt`): the PEM certificates
     /// of that file, read and checked at startup.
     File {
@@ -67,14 +68,14 @@ pub enum RootCerts {
 
 /// How walbox's PostgreSQL connections (control plane and replication) use TLS.
 #[derive(Clone, Debug)]
-pub struct PostgresTls {
-    pub mode: SslMode,
+pub(crate) struct PostgresTls {
+    pub(crate) mode: SslMode,
     /// Some exactly when `mode` verifies the certificate.
-    pub roots: Option<RootCerts>,
+    pub(crate) roots: Option<RootCerts>,
 }
 
 /// Parse and validate `--postgres-url`.
-pub fn parse(url: &str) -> Result<(tokio_postgres::Config, PostgresTls), ConfigError> {
+pub(crate) fn parse(url: &str) -> Result<(tokio_postgres::Config, PostgresTls), ConfigError> {
     let (rest, sslmode, sslrootcert) =
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             take_from_url(url)?
@@ -122,7 +123,7 @@ pub fn parse(url: &str) -> Result<(tokio_postgres::Config, PostgresTls), ConfigE
 /// Where `config` connects: each host with its port, in the order given (libpq's multi-host
 /// form, `host=a,b port=5432,5433` or `postgres://a:5432,b:5433/db`). With no host, libpq's
 /// default socket directory.
-pub fn endpoints(config: &tokio_postgres::Config) -> Vec<(String, u16)> {
+pub(crate) fn endpoints(config: &tokio_postgres::Config) -> Vec<(String, u16)> {
     use tokio_postgres::config::Host;
     let ports = config.get_ports();
     let port = |index: usize| match ports {
@@ -150,7 +151,7 @@ pub fn endpoints(config: &tokio_postgres::Config) -> Vec<(String, u16)> {
 
 /// `config` narrowed to its `index`-th host (see [`endpoints`]): everything else, credentials
 /// and TLS included, is the same.
-pub fn single_host(config: &tokio_postgres::Config, index: usize) -> tokio_postgres::Config {
+pub(crate) fn single_host(config: &tokio_postgres::Config, index: usize) -> tokio_postgres::Config {
     let (host, port) = endpoints(config).swap_remove(index);
     let mut one = tokio_postgres::Config::new();
     one.host(host).port(port);

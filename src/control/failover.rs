@@ -23,49 +23,49 @@ use crate::config::postgres::{endpoints, single_host};
 use crate::error::{Error, Result};
 
 /// The first server version with failover slots.
-pub const FAILOVER_SLOTS_SINCE: i32 = 170_000;
+pub(crate) const FAILOVER_SLOTS_SINCE: i32 = 170_000;
 
 /// The timeline the slot was last seen on, by this process (0: not yet).
 static SLOT_TIMELINE: AtomicU32 = AtomicU32::new(0);
 
 /// What the primary's settings say about failover, for `setup`.
 #[derive(Clone, Debug, Serialize)]
-pub struct FailoverSettings {
-    pub server_version_num: i32,
+pub(crate) struct FailoverSettings {
+    pub(crate) server_version_num: i32,
     /// The primary's `synchronized_standby_slots` (PostgreSQL 17), empty when unset.
-    pub synchronized_standby_slots: String,
+    pub(crate) synchronized_standby_slots: String,
     /// Of those, the physical slots that exist and are streaming to a standby now.
-    pub active_standby_slots: Vec<String>,
+    pub(crate) active_standby_slots: Vec<String>,
 }
 
 /// One standby's copy of the slot, as `status` and the metrics show it.
 #[derive(Clone, Debug, Serialize)]
-pub struct StandbyCopy {
+pub(crate) struct StandbyCopy {
     /// host:port from the PostgreSQL URL.
-    pub standby: String,
+    pub(crate) standby: String,
     /// Whether the standby holds the slot at all.
-    pub present: bool,
+    pub(crate) present: bool,
     /// Synchronized from the primary (PostgreSQL 17).
-    pub synced: bool,
+    pub(crate) synced: bool,
     /// A temporary copy is dropped at promotion: it does not survive a failover yet.
-    pub temporary: bool,
-    pub confirmed_flush_lsn: Option<String>,
+    pub(crate) temporary: bool,
+    pub(crate) confirmed_flush_lsn: Option<String>,
     /// The standby's settings that failover needs (PostgreSQL 17): what `setup` explains.
-    pub sync_replication_slots: Option<String>,
-    pub hot_standby_feedback: Option<String>,
-    pub primary_slot_name: Option<String>,
+    pub(crate) sync_replication_slots: Option<String>,
+    pub(crate) hot_standby_feedback: Option<String>,
+    pub(crate) primary_slot_name: Option<String>,
 }
 
 impl StandbyCopy {
     /// The copy would survive a promotion of this standby.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.present && self.synced && !self.temporary
     }
 }
 
 impl Control {
     /// `server_version_num`, e.g. 170002.
-    pub async fn server_version_num(&self) -> Result<i32> {
+    pub(crate) async fn server_version_num(&self) -> Result<i32> {
         let row = self
             .client
             .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -76,7 +76,7 @@ impl Control {
 
     /// The primary's timeline (from its current WAL file's name, which any role may read),
     /// or None on a standby.
-    pub async fn timeline(&self) -> Result<Option<u32>> {
+    pub(crate) async fn timeline(&self) -> Result<Option<u32>> {
         let row = self
             .client
             .query_one(
@@ -90,7 +90,7 @@ impl Control {
         Ok(text.and_then(|hex| u32::from_str_radix(&hex, 16).ok()))
     }
 
-    pub async fn failover_settings(&self) -> Result<FailoverSettings> {
+    pub(crate) async fn failover_settings(&self) -> Result<FailoverSettings> {
         let server_version_num = self.server_version_num().await?;
         let synchronized_standby_slots: String = self
             .client
@@ -195,7 +195,7 @@ const WHAT_TO_DO: &str = "Events committed on the old primary after walbox's las
 
 /// The slot's copy on every host of the URL that is a standby; hosts that do not answer are
 /// left out. Empty when the URL names one host.
-pub async fn standby_copies(config: &Config) -> Vec<StandbyCopy> {
+pub(crate) async fn standby_copies(config: &Config) -> Vec<StandbyCopy> {
     let hosts = endpoints(&config.postgres);
     if hosts.len() < 2 {
         return Vec::new();

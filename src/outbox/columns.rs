@@ -184,13 +184,6 @@ impl ColumnMap {
             .as_ref()
             .map(|(_, origin)| *origin)
     }
-
-    /// Every mapped field with its column.
-    pub fn iter(&self) -> impl Iterator<Item = (Field, &str)> {
-        Field::ALL
-            .into_iter()
-            .filter_map(|field| self.column(field).map(|column| (field, column)))
-    }
 }
 
 impl fmt::Display for ColumnMap {

@@ -17,12 +17,12 @@ use crate::pgoutput::{ColumnValue, Relation, TupleData};
 
 /// Type OIDs walbox understands (pg_type.oid, stable across PostgreSQL versions).
 mod oid {
-    pub const BYTEA: u32 = 17;
-    pub const TEXT: u32 = 25;
-    pub const JSON: u32 = 114;
-    pub const BPCHAR: u32 = 1042;
-    pub const VARCHAR: u32 = 1043;
-    pub const JSONB: u32 = 3802;
+    pub(super) const BYTEA: u32 = 17;
+    pub(super) const TEXT: u32 = 25;
+    pub(super) const JSON: u32 = 114;
+    pub(super) const BPCHAR: u32 = 1042;
+    pub(super) const VARCHAR: u32 = 1043;
+    pub(super) const JSONB: u32 = 3802;
 }
 
 /// AMQP delivery mode 2: the broker writes the message to disk.

@@ -85,7 +85,8 @@ impl Template {
         })
     }
 
-    pub fn placeholders(&self) -> impl Iterator<Item = &str> {
+    #[cfg(test)]
+    fn placeholders(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|part| match part {
             Part::Placeholder(name) => Some(name.as_str()),
             Part::Literal(_) => None,

@@ -14,7 +14,7 @@ pub(super) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// Read `data` from `position` on; `message` names the message in errors.
-    pub fn new(message: &'static str, data: &'a Bytes, position: usize) -> Self {
+    pub(crate) fn new(message: &'static str, data: &'a Bytes, position: usize) -> Self {
         Reader {
             message,
             data,
@@ -42,32 +42,32 @@ impl<'a> Reader<'a> {
         Ok(bytes)
     }
 
-    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
     }
 
-    pub fn i16(&mut self) -> Result<i16, DecodeError> {
+    pub(crate) fn i16(&mut self) -> Result<i16, DecodeError> {
         Ok(i16::from_be_bytes(self.array()?))
     }
 
-    pub fn i32(&mut self) -> Result<i32, DecodeError> {
+    pub(crate) fn i32(&mut self) -> Result<i32, DecodeError> {
         Ok(i32::from_be_bytes(self.array()?))
     }
 
-    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    pub fn i64(&mut self) -> Result<i64, DecodeError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, DecodeError> {
         Ok(i64::from_be_bytes(self.array()?))
     }
 
-    pub fn lsn(&mut self) -> Result<Lsn, DecodeError> {
+    pub(crate) fn lsn(&mut self) -> Result<Lsn, DecodeError> {
         Ok(Lsn(u64::from_be_bytes(self.array()?)))
     }
 
     /// A NUL-terminated UTF-8 string.
-    pub fn string(&mut self) -> Result<String, DecodeError> {
+    pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let rest = &self.data[self.position.min(self.data.len())..];
         let end = rest
             .iter()
@@ -85,7 +85,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An Int32 length followed by that many bytes, shared with the input (no copy).
-    pub fn sized_bytes(&mut self) -> Result<Bytes, DecodeError> {
+    pub(crate) fn sized_bytes(&mut self) -> Result<Bytes, DecodeError> {
         let length = self.i32()?;
         let length = usize::try_from(length).map_err(|_| DecodeError::InvalidLength {
             message: self.message,
@@ -97,7 +97,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Fail if anything is left: leftover bytes mean the message was misread.
-    pub fn finish(self) -> Result<(), DecodeError> {
+    pub(crate) fn finish(self) -> Result<(), DecodeError> {
         let count = self.data.len().saturating_sub(self.position);
         if count > 0 {
             return Err(DecodeError::TrailingBytes {
@@ -108,7 +108,7 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    pub fn message(&self) -> &'static str {
+    pub(crate) fn message(&self) -> &'static str {
         self.message
     }
 }

@@ -32,17 +32,17 @@ use crate::telemetry::RelayState;
 
 /// Payloads up to this size are copied into the dead-letter record; larger ones are left out
 /// (the record says so and gives the size).
-pub const DEAD_LETTER_PAYLOAD_LIMIT: usize = 16 * 1024;
+pub(crate) const DEAD_LETTER_PAYLOAD_LIMIT: usize = 16 * 1024;
 
 /// The event the broker refused last, and how many times in a row.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Suspect {
-    pub event_id: String,
-    pub commit_lsn: Lsn,
+pub(crate) struct Suspect {
+    pub(crate) event_id: String,
+    pub(crate) commit_lsn: Lsn,
     /// Refusals while publishing it alone, in a row.
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// What the broker said the last time.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl Suspect {
@@ -51,14 +51,14 @@ impl Suspect {
     }
 
     /// The first LSN whose `--start-lsn` skips this event's transaction.
-    pub fn skip_to(&self) -> Lsn {
+    pub(crate) fn skip_to(&self) -> Lsn {
         Lsn(self.commit_lsn.0 + 1)
     }
 }
 
 /// What a refusal led to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Several messages were in flight: not yet known which one the broker refused.
     Isolating,
     /// Counted against the event, below the limit: retry it.
@@ -71,7 +71,7 @@ pub enum Verdict {
 
 /// The poison bookkeeping of one `walbox run`, kept across sessions by the supervisor.
 #[derive(Debug)]
-pub struct Poison {
+pub(crate) struct Poison {
     after: u32,
     dead_letter_exchange: Option<String>,
     suspect: Option<Suspect>,
@@ -83,7 +83,7 @@ pub struct Poison {
 }
 
 impl Poison {
-    pub fn new(after: u32, dead_letter_exchange: Option<String>) -> Self {
+    pub(crate) fn new(after: u32, dead_letter_exchange: Option<String>) -> Self {
         Poison {
             after: after.max(1),
             dead_letter_exchange,
@@ -94,16 +94,17 @@ impl Poison {
     }
 
     /// A session ended having handed events up to commit `lsn` to the broker.
-    pub fn note_published(&mut self, lsn: Lsn) {
+    pub(crate) fn note_published(&mut self, lsn: Lsn) {
         self.last_published = lsn;
     }
 
     /// Publish one message at a time (the in-flight window is 1).
-    pub fn careful(&self) -> bool {
+    pub(crate) fn careful(&self) -> bool {
         self.careful_until.is_some()
     }
 
-    pub fn suspect(&self) -> Option<&Suspect> {
+    #[cfg(test)]
+    fn suspect(&self) -> Option<&Suspect> {
         self.suspect.as_ref()
     }
 
@@ -112,13 +113,13 @@ impl Poison {
     }
 
     /// The poison event walbox is halted on (condemned, and no dead-letter exchange).
-    pub fn halted_on(&self) -> Option<&Suspect> {
+    pub(crate) fn halted_on(&self) -> Option<&Suspect> {
         self.condemned()
             .filter(|_| self.dead_letter_exchange.is_none())
     }
 
     /// What the next session must send in place of a condemned event.
-    pub fn dead_letter(&self) -> Option<DeadLetter> {
+    pub(crate) fn dead_letter(&self) -> Option<DeadLetter> {
         let suspect = self.condemned()?;
         let exchange = self.dead_letter_exchange.clone()?;
         Some(DeadLetter {
@@ -135,7 +136,7 @@ impl Poison {
 
     /// A session ended with the broker refusing `refusal`'s event: count it, log what it
     /// means (the next attempt is in `retry_in`), and return the relay's state meanwhile.
-    pub fn handle_refusal(&mut self, refusal: Refusal, retry_in: Duration) -> RelayState {
+    pub(crate) fn handle_refusal(&mut self, refusal: Refusal, retry_in: Duration) -> RelayState {
         let retry_in_ms = retry_in.as_millis() as u64;
         let reason = refusal.to_string();
         let (event_id, commit_lsn) = (refusal.event_id.clone(), refusal.commit_lsn);
@@ -175,7 +176,7 @@ impl Poison {
 
     /// A session ended with the broker refusing `refusal`'s event. `published_through` is the
     /// highest commit LSN that session handed to the broker.
-    pub fn refused(&mut self, refusal: Refusal, published_through: Lsn) -> Verdict {
+    pub(crate) fn refused(&mut self, refusal: Refusal, published_through: Lsn) -> Verdict {
         if !self.careful() {
             // The close failed every message in flight; which one caused it is learnt by
             // publishing them again one at a time.
@@ -206,7 +207,7 @@ impl Poison {
     }
 
     /// The flush LSN reached `flushed`. Returns what changed.
-    pub fn progressed(&mut self, flushed: Lsn) -> Progress {
+    pub(crate) fn progressed(&mut self, flushed: Lsn) -> Progress {
         let mut progress = Progress::default();
         // The flush LSN passes a commit only once every event of that transaction was
         // confirmed (or its dead-letter record was): the suspect is behind us.
@@ -223,33 +224,33 @@ impl Poison {
 
 /// What [`Poison::progressed`] changed.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// The suspect event is confirmed (healed, or dead-lettered).
-    pub passed: Option<Suspect>,
+    pub(crate) passed: Option<Suspect>,
     /// Back to the full in-flight window.
-    pub careful_ended: bool,
+    pub(crate) careful_ended: bool,
 }
 
 /// A condemned event, to be replaced by a record on the dead-letter exchange.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub event_id: String,
-    pub commit_lsn: Lsn,
-    pub reason: String,
-    pub failures: u32,
-    pub exchange: String,
-    pub include_payload: bool,
+pub(crate) struct DeadLetter {
+    pub(crate) event_id: String,
+    pub(crate) commit_lsn: Lsn,
+    pub(crate) reason: String,
+    pub(crate) failures: u32,
+    pub(crate) exchange: String,
+    pub(crate) include_payload: bool,
 }
 
 impl DeadLetter {
-    pub fn is(&self, event_id: &str, commit_lsn: Lsn) -> bool {
+    pub(crate) fn is(&self, event_id: &str, commit_lsn: Lsn) -> bool {
         self.event_id == event_id && self.commit_lsn == commit_lsn
     }
 
     /// The record published instead of `event`: a small JSON document saying what the event
     /// was and why the broker refused it; persistent, with the event's id as message id so
     /// consumers can deduplicate it like any event.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         event: &OutboxMessage,
         transaction: &Transaction,

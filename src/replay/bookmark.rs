@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use super::window::{ReplayWindow, Trail};
-use crate::config::{Config, Identifier};
+use super::window::Trail;
+use crate::config::{Config, Identifier, ReplayWindow, bookmark_name, copy_name};
 use crate::control::{Control, Ensured};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -19,32 +19,10 @@ use crate::lsn::Lsn;
 /// How often the keeper looks at the live slot and moves the bookmark.
 const KEEP_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Longest slot name PostgreSQL takes (NAMEDATALEN - 1).
-const MAX_SLOT_NAME: usize = 63;
-const BOOKMARK_SUFFIX: &str = "_bookmark";
-/// A replay's temporary copy: `<slot>_replay_<pid>`, the pid up to 7 digits.
-const COPY_SUFFIX_MAX: usize = "_replay_".len() + 7;
-
-/// The longest `--slot` that leaves room for the bookmark's and the copies' names.
-pub const MAX_SLOT_WITH_REPLAY: usize = MAX_SLOT_NAME - COPY_SUFFIX_MAX;
-
-/// `<slot>_bookmark`; none when `slot` is too long to have one.
-pub fn bookmark_name(slot: &Identifier) -> Option<Identifier> {
-    derived(format!("{slot}{BOOKMARK_SUFFIX}"))
-}
-
-/// `<slot>_replay_<pid>`: the temporary copy one replay streams from.
-pub fn copy_name(slot: &Identifier) -> Option<Identifier> {
-    derived(format!("{slot}_replay_{}", std::process::id()))
-}
-
-fn derived(name: String) -> Option<Identifier> {
-    Identifier::new("derived slot name", &name).ok()
-}
-
-/// The slot names a replay window needs. Configuration checks `--slot` against
-/// [`MAX_SLOT_WITH_REPLAY`] first, so this fails only on a bug.
-pub fn names(slot: &Identifier) -> Result<(Identifier, Identifier)> {
+/// The slot names a replay window needs: the bookmark and this process's copy. Configuration
+/// checks `--slot` against the longest name that leaves room for both first, so this fails only on
+/// a bug.
+pub(crate) fn names(slot: &Identifier) -> Result<(Identifier, Identifier)> {
     bookmark_name(slot).zip(copy_name(slot)).ok_or_else(|| {
         Error::definite(format!(
             "--slot {slot} is too long to name a replay window's slots after it"
@@ -55,7 +33,7 @@ pub fn names(slot: &Identifier) -> Result<(Identifier, Identifier)> {
 /// Keep the bookmark trailing the live slot by `window`, until the task is dropped. Failures
 /// are logged and retried: the window is a convenience next to the relay, never a reason to
 /// stop relaying.
-pub async fn keep(config: Config, window: ReplayWindow, bookmark: Identifier) {
+pub(crate) async fn keep(config: Config, window: ReplayWindow, bookmark: Identifier) {
     let mut trail = Trail::new(window);
     let mut control: Option<Control> = None;
     let mut failing = false;

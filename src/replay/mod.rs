@@ -6,15 +6,15 @@
 //! relay ([`crate::pipeline`]), with the header `x-replay: true`. Nothing here acknowledges
 //! anything to the live slot or moves the bookmark.
 
-pub mod bookmark;
-pub mod window;
+pub(crate) mod bookmark;
+pub(crate) mod window;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::config::Config;
+use crate::config::{Config, ReplayConfig};
 use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -25,44 +25,31 @@ use crate::source::{Change, Source};
 use crate::telemetry::{Side, Telemetry};
 use crate::watermark::Watermark;
 
-pub use window::ReplayWindow;
-
-/// What to replay.
-#[derive(Clone, Debug)]
-pub struct ReplayConfig {
-    /// Transactions that committed at or after this LSN…
-    pub from_lsn: Lsn,
-    /// …and at or before this one (default: the WAL position when the replay starts).
-    pub to_lsn: Option<Lsn>,
-    /// Count what would be replayed; publish nothing.
-    pub dry_run: bool,
-}
-
 /// How far a replay got, as it goes and at the end.
 #[derive(Clone, Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// The range being replayed: `[from, until)`, in LSN.
-    pub from: Lsn,
-    pub until: Lsn,
-    pub transactions: u64,
-    pub events: u64,
+    pub(crate) from: Lsn,
+    pub(crate) until: Lsn,
+    pub(crate) transactions: u64,
+    pub(crate) events: u64,
     /// The commit LSN of the latest transaction read.
-    pub reached: Option<Lsn>,
+    pub(crate) reached: Option<Lsn>,
     /// Transactions that committed before this position are confirmed by the broker (or, in a
     /// dry run, counted): a failed replay resumes here.
-    pub confirmed: Lsn,
+    pub(crate) confirmed: Lsn,
 }
 
 /// The result of a finished replay.
 #[derive(Clone, Debug)]
-pub struct Summary {
-    pub progress: Progress,
-    pub from: Lsn,
+pub(crate) struct Summary {
+    pub(crate) progress: Progress,
+    pub(crate) from: Lsn,
     /// Transactions that committed before this position were considered.
-    pub until: Lsn,
+    pub(crate) until: Lsn,
     /// The commit LSN of the first and the last transaction replayed.
-    pub first_commit: Option<Lsn>,
-    pub elapsed: Duration,
+    pub(crate) first_commit: Option<Lsn>,
+    pub(crate) elapsed: Duration,
 }
 
 /// How often the loop checks the broker connection.
@@ -70,7 +57,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Replay, reporting progress through `progress`, until the range is done, `shutdown` fires
 /// or something fails. Failures name the LSN to resume from.
-pub async fn replay(
+pub(crate) async fn replay(
     config: &Config,
     replay: &ReplayConfig,
     progress: watch::Sender<Progress>,

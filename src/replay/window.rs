@@ -1,94 +1,13 @@
-//! The replay window: how much history `walbox run --replay-window` keeps decodable, and
-//! where the bookmark slot should trail the live slot to keep exactly that.
+//! Where the bookmark slot should trail the live slot to keep exactly the replay window.
 //!
 //! Pure: it turns the live slot's confirmed positions, sampled over time, into the position
 //! the bookmark may be advanced to. Only ever forward, and never past what the window keeps.
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use crate::config::ReplayWindow;
 use crate::lsn::Lsn;
-
-/// How far behind the live position replay must still reach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplayWindow {
-    /// This many bytes of WAL behind the live slot's confirmed position.
-    Bytes(u64),
-    /// Everything the live slot confirmed within this long.
-    Age(Duration),
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "`{0}` is not a replay window: give a size (e.g. 512MB, 10GB; units B, kB, MB, GB, TB, \
-     powers of 1024) or a duration (e.g. 90s, 30m, 24h, 7d)"
-)]
-pub struct ParseWindowError(String);
-
-const BYTE_UNITS: [(&str, u64); 5] = [
-    ("tb", 1 << 40),
-    ("gb", 1 << 30),
-    ("mb", 1 << 20),
-    ("kb", 1 << 10),
-    ("b", 1),
-];
-
-const AGE_UNITS: [(&str, u64); 4] = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
-
-impl FromStr for ReplayWindow {
-    type Err = ParseWindowError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || ParseWindowError(text.to_owned());
-        let trimmed = text.trim();
-        let digits = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(trimmed.len());
-        let (number, unit) = trimmed.split_at(digits);
-        let number: u64 = number.parse().map_err(|_| error())?;
-        let unit = unit.trim().to_ascii_lowercase();
-        if number == 0 {
-            return Err(error());
-        }
-        if let Some((_, scale)) = BYTE_UNITS.iter().find(|(name, _)| *name == unit) {
-            return number
-                .checked_mul(*scale)
-                .map(ReplayWindow::Bytes)
-                .ok_or_else(error);
-        }
-        if let Some((_, scale)) = AGE_UNITS.iter().find(|(name, _)| *name == unit) {
-            return number
-                .checked_mul(*scale)
-                .map(|seconds| ReplayWindow::Age(Duration::from_secs(seconds)))
-                .ok_or_else(error);
-        }
-        Err(error())
-    }
-}
-
-impl fmt::Display for ReplayWindow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplayWindow::Bytes(bytes) => {
-                let (name, scale) = BYTE_UNITS
-                    .iter()
-                    .find(|(_, scale)| bytes % scale == 0)
-                    .expect("1 divides everything");
-                write!(f, "{}{}", bytes / scale, name.to_ascii_uppercase())
-            }
-            ReplayWindow::Age(age) => {
-                let seconds = age.as_secs();
-                let (name, scale) = AGE_UNITS
-                    .iter()
-                    .find(|(_, scale)| seconds % scale == 0)
-                    .expect("1 divides everything");
-                write!(f, "{}{}", seconds / scale, name)
-            }
-        }
-    }
-}
 
 /// Where the bookmark slot should be, given what the live slot confirmed and when.
 ///
@@ -98,14 +17,14 @@ impl fmt::Display for ReplayWindow {
 /// memory only, so after a restart the bookmark holds still for one window length: it keeps
 /// more than asked, never less.
 #[derive(Debug)]
-pub struct Trail {
+pub(crate) struct Trail {
     window: ReplayWindow,
     /// (when, the live slot's confirmed position then), oldest first.
     samples: VecDeque<(SystemTime, Lsn)>,
 }
 
 impl Trail {
-    pub fn new(window: ReplayWindow) -> Self {
+    pub(crate) fn new(window: ReplayWindow) -> Self {
         Trail {
             window,
             samples: VecDeque::new(),
@@ -114,7 +33,7 @@ impl Trail {
 
     /// The live slot had confirmed `live` at `now`. Returns the position the bookmark may
     /// advance to, if that is past `bookmark`.
-    pub fn observe(&mut self, now: SystemTime, live: Lsn, bookmark: Lsn) -> Option<Lsn> {
+    pub(crate) fn observe(&mut self, now: SystemTime, live: Lsn, bookmark: Lsn) -> Option<Lsn> {
         let target = match self.window {
             ReplayWindow::Bytes(bytes) => Lsn(live.as_u64().saturating_sub(bytes)),
             ReplayWindow::Age(age) => {
@@ -145,48 +64,7 @@ impl Trail {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn parses_sizes_and_durations() {
-        assert_eq!("10GB".parse(), Ok(ReplayWindow::Bytes(10 << 30)));
-        assert_eq!("64kB".parse(), Ok(ReplayWindow::Bytes(64 << 10)));
-        assert_eq!("512 mb".parse(), Ok(ReplayWindow::Bytes(512 << 20)));
-        assert_eq!("100B".parse(), Ok(ReplayWindow::Bytes(100)));
-        assert_eq!(
-            "24h".parse(),
-            Ok(ReplayWindow::Age(Duration::from_secs(86_400)))
-        );
-        assert_eq!(
-            "90s".parse(),
-            Ok(ReplayWindow::Age(Duration::from_secs(90)))
-        );
-        assert_eq!(
-            "7d".parse(),
-            Ok(ReplayWindow::Age(Duration::from_secs(7 * 86_400)))
-        );
-        for bad in [
-            "",
-            "GB",
-            "10",
-            "0h",
-            "-1GB",
-            "10 parsecs",
-            "1.5GB",
-            "99999999999999TB",
-        ] {
-            assert!(bad.parse::<ReplayWindow>().is_err(), "{bad:?} parsed");
-        }
-    }
-
-    #[test]
-    fn displays_in_the_largest_exact_unit() {
-        assert_eq!(ReplayWindow::Bytes(10 << 30).to_string(), "10GB");
-        assert_eq!(ReplayWindow::Bytes(1500).to_string(), "1500B");
-        assert_eq!(
-            ReplayWindow::Age(Duration::from_secs(7200)).to_string(),
-            "2h"
-        );
-    }
+    use std::time::Duration;
 
     #[test]
     fn a_size_window_trails_the_live_position_by_that_size() {
@@ -249,11 +127,6 @@ mod tests {
                 prop_assert!(target.as_u64() > bookmark);
                 prop_assert!(live - target.as_u64() >= size);
             }
-        }
-
-        #[test]
-        fn parsing_never_panics(text in ".{0,20}") {
-            let _ = text.parse::<ReplayWindow>();
         }
     }
 }

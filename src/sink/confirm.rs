@@ -24,7 +24,7 @@ use crate::telemetry::{Metrics, Telemetry};
 use crate::watermark::Watermark;
 
 /// What the pipeline hands to the tracker, in stream order.
-pub enum Pending {
+pub(crate) enum Pending {
     /// A message was published; `permit` holds its place in the in-flight window.
     Published {
         sending: Sending,
@@ -43,7 +43,7 @@ pub enum Pending {
 
 /// Run until the sender is dropped and every confirm is in (returns the final flush LSN), or
 /// until the broker refuses a message (returns why).
-pub async fn track(
+pub(crate) async fn track(
     mut pending: mpsc::Receiver<Pending>,
     mut watermark: Watermark,
     flush: watch::Sender<Lsn>,

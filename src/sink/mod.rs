@@ -5,7 +5,7 @@
 //! [`confirm`] tracker turns the broker's answers into confirmed sequence numbers for the
 //! watermark; anything but a plain ack ends the session.
 
-pub mod confirm;
+pub(crate) mod confirm;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,14 +32,14 @@ type WriteFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> 
 
 /// A message whose frames are queued on the channel: being written, or written and awaiting
 /// the broker's answer.
-pub enum Sending {
+pub(crate) enum Sending {
     Writing(WriteFuture),
     Written(PublisherConfirm),
 }
 
 impl Sending {
     /// The broker's answer.
-    pub async fn answer(self) -> lapin::Result<Confirmation> {
+    pub(crate) async fn answer(self) -> lapin::Result<Confirmation> {
         match self {
             Sending::Writing(writing) => writing.await?.await,
             Sending::Written(confirm) => confirm.await,
@@ -47,7 +47,7 @@ impl Sending {
     }
 }
 
-pub struct Sink {
+pub(crate) struct Sink {
     connection: Connection,
     channel: Channel,
     exchange: ShortString,
@@ -68,7 +68,7 @@ impl Sink {
     /// One node failing is transient (walbox tries the next, and the supervisor backs off
     /// once all have failed); only when every node gives a definite answer (e.g. refused
     /// credentials) is the failure definite.
-    pub async fn connect(config: &Config) -> Result<Self> {
+    pub(crate) async fn connect(config: &Config) -> Result<Self> {
         let urls = &config.amqp_url;
         let first = CURRENT_NODE.load(Ordering::Relaxed);
         let mut failures = Vec::new();
@@ -107,7 +107,7 @@ impl Sink {
     }
 
     /// The node connected to, for messages.
-    pub fn node(config: &Config) -> String {
+    pub(crate) fn node(config: &Config) -> String {
         config
             .amqp_url
             .get(CURRENT_NODE.load(Ordering::Relaxed))
@@ -157,7 +157,7 @@ impl Sink {
     }
 
     /// Declare `name` (the dead-letter exchange) as the events' exchange is declared.
-    pub async fn declare_dead_letter(&self, name: &str) -> Result<()> {
+    pub(crate) async fn declare_dead_letter(&self, name: &str) -> Result<()> {
         declare(&self.channel, name, "--dead-letter-exchange").await
     }
 
@@ -167,7 +167,7 @@ impl Sink {
     /// then waits for the I/O loop to write them. Polling once here fixes the message's place
     /// in the channel's order at once; the write and the broker's answer are awaited later by
     /// the confirm tracker, so publishing never waits for a round trip.
-    pub async fn publish(&self, message: OutboxMessage) -> Result<Sending> {
+    pub(crate) async fn publish(&self, message: OutboxMessage) -> Result<Sending> {
         let channel = self.channel.clone();
         let exchange = message.exchange.unwrap_or_else(|| self.exchange.clone());
         let mut writing: WriteFuture = Box::pin(async move {
@@ -194,11 +194,11 @@ impl Sink {
 
     /// Both the connection and the channel are open. lapin notices a dead link on its own
     /// (socket error, missed heartbeats); this lets an idle relay notice it too.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connection.status().connected() && self.channel.status().connected()
     }
 
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.channel.close(200, "walbox stopping".into()).await;
         let _ = self.connection.close(200, "walbox stopping".into()).await;
     }

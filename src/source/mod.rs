@@ -27,7 +27,7 @@ const SESSION_OPTIONS: &str = "-c datestyle=ISO -c timezone=UTC -c bytea_output=
 
 /// One step of the stream.
 #[derive(Debug)]
-pub enum Change {
+pub(crate) enum Change {
     Begin(Transaction),
     /// A decoded pgoutput message from inside a transaction (Relation, Insert, …).
     Message(Message),
@@ -40,7 +40,7 @@ pub enum Change {
     },
 }
 
-pub struct Source {
+pub(crate) struct Source {
     client: ReplicationClient,
 }
 
@@ -58,7 +58,8 @@ type Endpoint = (String, u16);
 /// The replication connection settings, from the PostgreSQL URL (its first host).
 /// `verify_ca_name` is, under sslmode=verify-ca, a name in the server's CA-checked
 /// certificate ([`verify_ca`]).
-pub fn replication_config(
+#[cfg(test)]
+fn replication_config(
     config: &Config,
     start: Lsn,
     verify_ca_name: Option<String>,
@@ -204,7 +205,7 @@ async fn connect_to_primary(config: &Config, start: Lsn) -> Result<ReplicationCl
 /// Turn failover on for an existing slot (PostgreSQL 17), so standbys keep a synchronized
 /// copy. `ALTER_REPLICATION_SLOT` is a command of the replication protocol only, hence here;
 /// it fails while another session streams from the slot.
-pub async fn enable_failover(config: &Config) -> Result<()> {
+pub(crate) async fn enable_failover(config: &Config) -> Result<()> {
     let mut client = connect_to_primary(config, Lsn(0)).await?;
     client
         .simple_query(&format!(
@@ -220,7 +221,7 @@ impl Source {
     /// Start streaming from `start` (the slot's confirmed position, or later with
     /// `--start-lsn`). Until the first acknowledgement, `start` is what the server hears as
     /// flushed.
-    pub async fn start(config: &Config, start: Lsn) -> Result<Self> {
+    pub(crate) async fn start(config: &Config, start: Lsn) -> Result<Self> {
         let mut client = connect_to_primary(config, start).await?;
         client
             .start()
@@ -237,7 +238,7 @@ impl Source {
     /// on the replication session itself: PostgreSQL drops a temporary slot when the session
     /// that made it ends, so a replay that is killed leaves nothing behind. The copy starts
     /// where `original` stands; `start` may be later. Returns the copy's own start position.
-    pub async fn start_copy(
+    pub(crate) async fn start_copy(
         config: &Config,
         original: &Identifier,
         copy: &Identifier,
@@ -283,7 +284,7 @@ impl Source {
     }
 
     /// The next change, or `None` when the stream ended cleanly.
-    pub async fn next(&mut self) -> Result<Option<Change>> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Change>> {
         loop {
             let event = self
                 .client
@@ -327,13 +328,13 @@ impl Source {
     }
 
     /// PostgreSQL may release WAL up to `lsn`. Only the watermark's flush LSN comes here.
-    pub fn acknowledge(&self, lsn: Lsn) {
+    pub(crate) fn acknowledge(&self, lsn: Lsn) {
         self.client.update_applied_lsn(wire(lsn));
     }
 
     /// Send `final_lsn` (waiting at most `wait` for the status update to go out), then end
     /// the stream.
-    pub async fn finish(mut self, final_lsn: Lsn, wait: Duration) {
+    pub(crate) async fn finish(mut self, final_lsn: Lsn, wait: Duration) {
         self.acknowledge(final_lsn);
         let metrics = self.client.metrics();
         let deadline = tokio::time::Instant::now() + wait;

@@ -29,7 +29,11 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 /// A name in the certificate of the server at `host:port`, after checking that a trusted CA
 /// signed it. None if the certificate names nothing walbox can ask for (then
 /// pgwire-replication's own check decides).
-pub async fn name_to_verify(host: &str, port: u16, tls: &PostgresTls) -> Result<Option<String>> {
+pub(crate) async fn name_to_verify(
+    host: &str,
+    port: u16,
+    tls: &PostgresTls,
+) -> Result<Option<String>> {
     let context = "fetching the server's certificate for the replication connection";
     let network = |error: std::io::Error| Error::transient(format!("{context}: {error}"));
     let mut tcp = TcpStream::connect((host, port)).await.map_err(network)?;

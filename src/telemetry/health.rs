@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 /// Where the relay is. Only [`RelayState::Streaming`] is ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum RelayState {
+pub(crate) enum RelayState {
     Starting = 0,
     /// Reading from the slot and connected to the broker.
     Streaming = 1,
@@ -21,7 +21,7 @@ pub enum RelayState {
 }
 
 impl RelayState {
-    pub const ALL: [RelayState; 6] = [
+    pub(crate) const ALL: [RelayState; 6] = [
         RelayState::Starting,
         RelayState::Streaming,
         RelayState::StandingBy,
@@ -30,7 +30,7 @@ impl RelayState {
         RelayState::Stopping,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             RelayState::Starting => "starting",
             RelayState::Streaming => "streaming",
@@ -51,9 +51,9 @@ impl RelayState {
 
 /// How long the loop may go without a heartbeat before /healthz says the process is stuck.
 /// The loops beat at least every second; this leaves room for a slow machine.
-pub const STALL_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(30);
 
-pub struct Health {
+pub(crate) struct Health {
     state: AtomicU8,
     born: Instant,
     /// Milliseconds since `born` of the last heartbeat.
@@ -71,32 +71,32 @@ impl Default for Health {
 }
 
 impl Health {
-    pub fn set_state(&self, state: RelayState) {
+    pub(crate) fn set_state(&self, state: RelayState) {
         self.state.store(state as u8, Ordering::Relaxed);
         self.beat();
     }
 
-    pub fn state(&self) -> RelayState {
+    pub(crate) fn state(&self) -> RelayState {
         RelayState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.state() == RelayState::Streaming
     }
 
     /// The relay's loop is turning.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         let now = self.born.elapsed().as_millis() as u64;
         self.last_beat_ms.store(now, Ordering::Relaxed);
     }
 
     /// Time since the last heartbeat.
-    pub fn since_last_beat(&self) -> Duration {
+    pub(crate) fn since_last_beat(&self) -> Duration {
         let last = Duration::from_millis(self.last_beat_ms.load(Ordering::Relaxed));
         self.born.elapsed().saturating_sub(last)
     }
 
-    pub fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         self.since_last_beat() < STALL_LIMIT
     }
 }

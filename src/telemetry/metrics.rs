@@ -16,13 +16,13 @@ use crate::lsn::Lsn;
 
 /// Which connection a reconnect was for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     Postgres,
     Amqp,
 }
 
 impl Side {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Side::Postgres => "postgres",
             Side::Amqp => "amqp",
@@ -230,7 +230,8 @@ impl Metrics {
     }
 
     /// The metric names `/metrics` exposes, as Prometheus shows them.
-    pub fn exposed_names(&self) -> impl Iterator<Item = &str> {
+    #[cfg(test)]
+    fn exposed_names(&self) -> impl Iterator<Item = &str> {
         self.exposed.iter().map(|(name, _)| name.as_str())
     }
 
@@ -243,7 +244,7 @@ impl Metrics {
         table
     }
 
-    pub fn published(&self) {
+    pub(crate) fn published(&self) {
         self.events_published.inc();
         if self.in_flight.inc() == 0 {
             self.oldest_unconfirmed_since_us
@@ -254,14 +255,14 @@ impl Metrics {
 
     /// The broker answered the oldest message in flight. `next_oldest` is when the message
     /// now oldest was published, if any.
-    pub fn answered(&self, next_oldest: Option<Instant>) {
+    pub(crate) fn answered(&self, next_oldest: Option<Instant>) {
         self.in_flight.dec();
         let since = next_oldest.map_or(0, |at| self.micros_since_born(at));
         self.oldest_unconfirmed_since_us
             .store(since, Ordering::Relaxed);
     }
 
-    pub fn confirmed(&self, published_at: Instant, commit_time_micros: i64) {
+    pub(crate) fn confirmed(&self, published_at: Instant, commit_time_micros: i64) {
         self.events_confirmed.inc();
         self.confirm_latency
             .observe(published_at.elapsed().as_secs_f64());
@@ -273,46 +274,46 @@ impl Metrics {
         self.commit_to_confirm.observe(age_us as f64 / 1e6);
     }
 
-    pub fn nacked(&self) {
+    pub(crate) fn nacked(&self) {
         self.events_nacked.inc();
     }
 
-    pub fn returned(&self) {
+    pub(crate) fn returned(&self) {
         self.events_returned.inc();
     }
 
-    pub fn dead_lettered(&self) {
+    pub(crate) fn dead_lettered(&self) {
         self.events_dead_lettered.inc();
     }
 
-    pub fn poison_refusal(&self) {
+    pub(crate) fn poison_refusal(&self) {
         self.poison_refusals.inc();
     }
 
-    pub fn transaction(&self) {
+    pub(crate) fn transaction(&self) {
         self.transactions.inc();
     }
 
-    pub fn reconnect(&self, side: Side) {
+    pub(crate) fn reconnect(&self, side: Side) {
         self.reconnects
             .get_or_create(&SideLabel { side: side.name() })
             .inc();
     }
 
     /// The session ended: whatever was in flight is gone (it will be sent again).
-    pub fn session_ended(&self) {
+    pub(crate) fn session_ended(&self) {
         self.in_flight.set(0);
     }
 
-    pub fn received(&self, lsn: Lsn) {
+    pub(crate) fn received(&self, lsn: Lsn) {
         self.received_lsn.set(lsn_value(lsn));
     }
 
-    pub fn flushed(&self, lsn: Lsn) {
+    pub(crate) fn flushed(&self, lsn: Lsn) {
         self.confirmed_lsn.set(lsn_value(lsn));
     }
 
-    pub fn slot_position(&self, lag_bytes: i64, retained_bytes: i64) {
+    pub(crate) fn slot_position(&self, lag_bytes: i64, retained_bytes: i64) {
         self.slot_lag_bytes.set(lag_bytes);
         self.retained_wal_bytes.set(retained_bytes);
     }
@@ -327,7 +328,7 @@ impl Metrics {
 
     /// The text exposition of every metric, with the gauges that depend on the time of the
     /// scrape brought up to date first.
-    pub fn render(&self, health: &Health) -> String {
+    pub(crate) fn render(&self, health: &Health) -> String {
         let current = health.state();
         for state in RelayState::ALL {
             self.state

@@ -4,17 +4,18 @@
 //! The data path only records into these (counters, gauges, the current state); nothing here
 //! feeds back into relaying, so a slow scrape can never slow events down.
 
-pub mod health;
-pub mod metrics;
-pub mod server;
-pub mod slot_poller;
+pub(crate) mod health;
+mod metrics;
+pub(crate) mod server;
+pub(crate) mod slot_poller;
 
-pub use health::{Health, RelayState};
-pub use metrics::{Metrics, Side};
+pub(crate) use health::{Health, RelayState};
+pub use metrics::Metrics;
+pub(crate) use metrics::Side;
 
 /// The metrics and the health state, shared by the data path and the HTTP server.
 #[derive(Default)]
-pub struct Telemetry {
-    pub metrics: Metrics,
-    pub health: Health,
+pub(crate) struct Telemetry {
+    pub(crate) metrics: Metrics,
+    pub(crate) health: Health,
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 /// Bind `addr` (failing at once if it is taken) and serve in the background. Returns the
 /// address actually bound, which differs from `addr` when its port is 0.
-pub async fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<SocketAddr> {
+pub(crate) async fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await.map_err(|error| {
         Error::definite(format!(
             "cannot listen on --metrics-addr {addr}: {error}. Choose a free address, or \

@@ -19,12 +19,12 @@ use crate::control::failover::standby_copies;
 use crate::error::Result;
 use crate::lsn::Lsn;
 
-pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// The standbys are asked every this many polls: each asking opens a connection to each.
 const STANDBY_POLLS: u32 = 6;
 
 /// Poll until the task is dropped.
-pub async fn poll(config: Config, telemetry: Arc<Telemetry>) {
+pub(crate) async fn poll(config: Config, telemetry: Arc<Telemetry>) {
     let mut control: Option<Control> = None;
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

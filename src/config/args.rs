@@ -1,0 +1,193 @@
+//! The command line: every subcommand's flags, each with its environment variable. Only
+//! parsing lives here; what the values mean is decided in [`super::validate`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walbox",
+    version,
+    about = "Relays transactional-outbox events from PostgreSQL's WAL to RabbitMQ, at least once, in commit order"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log level or filter (e.g. info, debug, walbox=debug); RUST_LOG also works.
+    #[arg(long, env = "WALBOX_LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// Log format: text for people, json for log collectors; auto picks text on a terminal.
+    #[arg(long, env = "WALBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
+    pub log_format: LogFormat,
+
+    /// TOML file whose keys are these flags' long names (e.g. postgres-url = "..."); flags and
+    /// environment variables override it.
+    #[arg(long, env = "WALBOX_CONFIG", global = true)]
+    pub config: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the server, create the publication and the slot if missing, declare the exchange.
+    Setup(CommonArgs),
+    /// Set up what is missing, then relay events until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Publish again the events committed in an LSN range, from the replay window.
+    Replay(ReplayArgs),
+    /// Show the slot, its lag and the publication's tables.
+    Status(StatusArgs),
+    /// Drop the slot and the publication.
+    Teardown(CommonArgs),
+    /// Work with the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration `walbox run` would use (flags, environment, file) and print
+    /// the effective one, secrets redacted, with where each value came from.
+    Check(RunArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// PostgreSQL connection URL (libpq style), e.g. postgres://walbox:secret@db:5432/app;
+    /// TLS by sslmode (disable, prefer, require, verify-ca, verify-full) and sslrootcert=ca.pem.
+    #[arg(
+        long,
+        env = "WALBOX_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres_url: String,
+
+    /// File holding the PostgreSQL password (one trailing newline is ignored); replaces the
+    /// URL's password.
+    #[arg(long, env = "WALBOX_POSTGRES_PASSWORD_FILE")]
+    pub postgres_password_file: Option<PathBuf>,
+
+    /// RabbitMQ URL (amqp:// or amqps://); for a cluster, one per node, comma-separated or
+    /// the flag repeated: walbox uses the first that answers and moves on when one fails.
+    #[arg(
+        long,
+        env = "WALBOX_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: Vec<String>,
+
+    /// File holding the RabbitMQ password (one trailing newline is ignored); replaces the
+    /// URL's password.
+    #[arg(long, env = "WALBOX_AMQP_PASSWORD_FILE")]
+    pub amqp_password_file: Option<PathBuf>,
+
+    /// PEM file of CA certificates trusted for amqps://, besides the system's.
+    #[arg(long, env = "WALBOX_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+
+    /// Logical replication slot (lowercase letters, digits, underscore).
+    #[arg(long, env = "WALBOX_SLOT", default_value = "walbox")]
+    pub slot: String,
+
+    /// Publication for the outbox table.
+    #[arg(long, env = "WALBOX_PUBLICATION", default_value = "walbox")]
+    pub publication: String,
+
+    /// Outbox table, as schema.name or name (schema public).
+    #[arg(long, env = "WALBOX_TABLE", default_value = "public.outbox")]
+    pub table: String,
+
+    /// Column map: a preset (outbox, debezium) and/or field=column pairs, comma separated.
+    #[arg(long, env = "WALBOX_COLUMNS", default_value = "outbox")]
+    pub columns: String,
+
+    /// Exchange events are published to (unless a row's exchange column says otherwise).
+    #[arg(long, env = "WALBOX_EXCHANGE", default_value = "outbox")]
+    pub exchange: String,
+
+    /// Do not declare the exchange (it must exist).
+    #[arg(long, env = "WALBOX_NO_DECLARE")]
+    pub no_declare: bool,
+
+    /// Routing-key template: {field} or {column} placeholders.
+    #[arg(
+        long,
+        env = "WALBOX_ROUTING_KEY",
+        default_value = "{aggregate_type}.{event_type}"
+    )]
+    pub routing_key: String,
+
+    /// Messages published but not yet confirmed by the broker, at most.
+    #[arg(long, env = "WALBOX_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_in_flight: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Skip ahead: start relaying at this LSN (X/Y); events committed before it are not sent.
+    #[arg(long, env = "WALBOX_START_LSN")]
+    pub start_lsn: Option<String>,
+
+    /// On SIGTERM/SIGINT, how long to wait for outstanding broker confirms (seconds).
+    #[arg(long, env = "WALBOX_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+
+    /// Longest wait between reconnection attempts after a transient failure (milliseconds).
+    #[arg(long, env = "WALBOX_MAX_RETRY_DELAY_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub max_retry_delay_ms: u64,
+
+    /// Address for /metrics, /healthz and /readyz (host:port; port 0 picks one; `none` serves nothing).
+    #[arg(long, env = "WALBOX_METRICS_ADDR", default_value = "127.0.0.1:9820")]
+    pub metrics_addr: String,
+
+    /// Treat an event as poison after the broker refused it (closed the channel with PRECONDITION_FAILED, e.g. too large) this many times in a row.
+    #[arg(long, env = "WALBOX_POISON_AFTER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub poison_after: u32,
+
+    /// Exchange for poison events: a JSON record of each (with confirms) and walbox goes on; without it walbox halts on the event.
+    #[arg(long, env = "WALBOX_DEAD_LETTER_EXCHANGE")]
+    pub dead_letter_exchange: Option<String>,
+    /// Keep this much history replayable with `walbox replay`: a WAL size (e.g. 10GB) or an age (e.g. 24h); off by default.
+    #[arg(long, env = "WALBOX_REPLAY_WINDOW")]
+    pub replay_window: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Replay the events of transactions that committed at or after this LSN (X/Y).
+    #[arg(long, env = "WALBOX_FROM_LSN")]
+    pub from_lsn: String,
+
+    /// …and at or before this LSN (default: the WAL position when the replay starts).
+    #[arg(long, env = "WALBOX_TO_LSN")]
+    pub to_lsn: Option<String>,
+
+    /// Count what would be replayed; publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

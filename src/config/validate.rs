@@ -1,0 +1,309 @@
+//! Parsed flags → the validated settings each subcommand runs with: [`Config`] (every
+//! subcommand), [`RunConfig`] (`walbox run`) and [`ReplayConfig`] (`walbox replay`). Whatever
+//! is wrong here is a usage error, found before anything connects.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::ConfigError;
+use super::amqp_urls::AmqpUrls;
+use super::args::{CommonArgs, ReplayArgs, RunArgs};
+use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
+use super::postgres::{self, PostgresTls};
+use super::replay::{ReplayConfig, ReplayWindow};
+use super::secrets::{CaFile, Secret, SecretUrl, redact_url};
+use crate::lsn::Lsn;
+use crate::outbox::{ColumnMap, Template};
+
+/// Everything a subcommand needs, validated.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) postgres_url: SecretUrl,
+    /// The connection settings, the password file's password included.
+    pub(crate) postgres: tokio_postgres::Config,
+    pub(crate) postgres_tls: PostgresTls,
+    /// The broker nodes, in the order given.
+    pub(crate) amqp_url: AmqpUrls,
+    /// From --amqp-password-file: replaces the URL's password.
+    pub(crate) amqp_password: Option<Secret>,
+    pub(crate) amqp_ca: Option<CaFile>,
+    pub(crate) slot: Identifier,
+    pub(crate) publication: Identifier,
+    pub(crate) table: TableName,
+    pub(crate) columns: ColumnMap,
+    pub(crate) exchange: String,
+    pub(crate) declare_exchange: bool,
+    pub(crate) routing_key: Template,
+    pub(crate) max_in_flight: usize,
+}
+
+/// `walbox run`'s own settings.
+#[derive(Clone, Debug)]
+pub(crate) struct RunConfig {
+    pub(crate) start_lsn: Option<Lsn>,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) max_retry_delay: Duration,
+    /// None: serve no metrics or health endpoints.
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Consecutive refusals of one event after which it is poison.
+    pub(crate) poison_after: u32,
+    /// Where poison events go; None: halt on them.
+    pub(crate) dead_letter_exchange: Option<String>,
+    /// None: keep no replay window.
+    pub(crate) replay_window: Option<ReplayWindow>,
+}
+
+impl Config {
+    pub(crate) fn from_args(args: &CommonArgs) -> Result<Self, ConfigError> {
+        let (mut postgres, postgres_tls) = postgres::parse(&args.postgres_url)?;
+        if let Some(path) = &args.postgres_password_file {
+            let password = Secret::from_file("--postgres-password-file", path)?;
+            postgres.password(password.expose());
+        }
+        if postgres.get_dbname().is_none() {
+            return Err(ConfigError(format!(
+                "--postgres-url `{}` names no database; logical replication needs one",
+                redact_url(&args.postgres_url)
+            )));
+        }
+        let amqp_url = AmqpUrls::parse(&args.amqp_url)?;
+        let amqp_password = args
+            .amqp_password_file
+            .as_deref()
+            .map(|path| Secret::from_file("--amqp-password-file", path))
+            .transpose()?;
+        let amqp_ca = args
+            .amqp_ca_file
+            .as_deref()
+            .map(|path| CaFile::read("--amqp-ca-file", path))
+            .transpose()?;
+        let slot = &args.slot;
+        if slot.is_empty()
+            || slot.len() > 63
+            || !slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(ConfigError(format!(
+                "--slot `{slot}` is not a valid replication slot name: use 1 to 63 lowercase \
+                 letters, digits and underscores"
+            )));
+        }
+        if args.exchange.len() > 255 {
+            return Err(ConfigError("--exchange is longer than 255 bytes".into()));
+        }
+        let columns = ColumnMap::parse(&args.columns).map_err(|e| ConfigError(e.to_string()))?;
+        let routing_key =
+            Template::parse(&args.routing_key).map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Config {
+            postgres_url: SecretUrl::new(args.postgres_url.clone()),
+            postgres,
+            postgres_tls,
+            amqp_url,
+            amqp_password,
+            amqp_ca,
+            slot: Identifier::new("--slot", slot)?,
+            publication: Identifier::new("--publication", &args.publication)?,
+            table: TableName::parse(&args.table)?,
+            columns,
+            exchange: args.exchange.clone(),
+            declare_exchange: !args.no_declare,
+            routing_key,
+            max_in_flight: args.max_in_flight as usize,
+        })
+    }
+}
+
+impl RunConfig {
+    pub(crate) fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        let start_lsn = args
+            .start_lsn
+            .as_deref()
+            .map(|text| {
+                Lsn::from_str(text).map_err(|error| ConfigError(format!("--start-lsn: {error}")))
+            })
+            .transpose()?;
+        let metrics_addr = match args.metrics_addr.trim() {
+            "" | "none" | "off" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|error| {
+                ConfigError(format!(
+                    "--metrics-addr `{text}` is not host:port (e.g. 0.0.0.0:9820) or `none`: \
+                     {error}"
+                ))
+            })?),
+        };
+        let dead_letter_exchange = match args.dead_letter_exchange.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(ConfigError(
+                    "--dead-letter-exchange is empty; name an exchange or leave it out".into(),
+                ));
+            }
+            Some(name) if name.len() > 255 => {
+                return Err(ConfigError(
+                    "--dead-letter-exchange is longer than 255 bytes".into(),
+                ));
+            }
+            Some(name) => Some(name.to_owned()),
+        };
+        let replay_window = args
+            .replay_window
+            .as_deref()
+            .filter(|text| !matches!(text.trim(), "" | "off" | "none"))
+            .map(|text| {
+                text.parse::<ReplayWindow>()
+                    .map_err(|error| ConfigError(format!("--replay-window: {error}")))
+            })
+            .transpose()?;
+        if replay_window.is_some() {
+            check_room_for_replay(&args.common.slot)?;
+        }
+        Ok(RunConfig {
+            replay_window,
+            start_lsn,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            max_retry_delay: Duration::from_millis(args.max_retry_delay_ms),
+            metrics_addr,
+            poison_after: args.poison_after,
+            dead_letter_exchange,
+        })
+    }
+}
+
+impl ReplayConfig {
+    pub(crate) fn from_args(args: &ReplayArgs) -> Result<Self, ConfigError> {
+        let lsn = |flag: &str, text: &str| {
+            Lsn::from_str(text).map_err(|error| ConfigError(format!("{flag}: {error}")))
+        };
+        let from_lsn = lsn("--from-lsn", &args.from_lsn)?;
+        let to_lsn = args
+            .to_lsn
+            .as_deref()
+            .map(|text| lsn("--to-lsn", text))
+            .transpose()?;
+        if let Some(to) = to_lsn
+            && to < from_lsn
+        {
+            return Err(ConfigError(format!(
+                "--to-lsn {to} is before --from-lsn {from_lsn}"
+            )));
+        }
+        check_room_for_replay(&args.common.slot)?;
+        Ok(ReplayConfig {
+            from_lsn,
+            to_lsn,
+            dry_run: args.dry_run,
+        })
+    }
+}
+
+/// The replay window's slots are named after the live one, with a suffix.
+fn check_room_for_replay(slot: &str) -> Result<(), ConfigError> {
+    if slot.len() > MAX_SLOT_WITH_REPLAY {
+        return Err(ConfigError(format!(
+            "--slot `{slot}` is too long for a replay window: its bookmark and replay slots \
+             are named after it, so it may have at most {MAX_SLOT_WITH_REPLAY} characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["walbox", "run"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+    }
+
+    fn common(cli: &Cli) -> &CommonArgs {
+        match &cli.command {
+            Command::Run(run) => &run.common,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let cli = args(&[]).unwrap();
+        let config = Config::from_args(common(&cli)).unwrap();
+        assert_eq!(config.slot.as_str(), "walbox");
+        assert_eq!(config.table.to_string(), "public.outbox");
+        assert_eq!(
+            config.routing_key.to_string(),
+            "{aggregate_type}.{event_type}"
+        );
+        assert!(config.declare_exchange);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for bad in [
+            &["--slot", "Bad-Slot"][..],
+            &["--routing-key", "{oops"],
+            &["--columns", "colour=red"],
+            &["--postgres-url", "postgres://x@h/db?sslmode=sometimes"],
+            &["--amqp-url", "http://broker"],
+            &["--table", "a.b.c.".repeat(30).as_str()],
+        ] {
+            let cli = args(bad).unwrap();
+            assert!(
+                Config::from_args(common(&cli)).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        let cli = args(&["--start-lsn", "nope"]).unwrap();
+        let Command::Run(run) = &cli.command else {
+            unreachable!()
+        };
+        assert!(RunConfig::from_args(run).is_err());
+        assert!(args(&["--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn password_files_lose_one_trailing_newline_and_never_print() {
+        let dir = std::env::temp_dir().join(format!("walbox-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (content, expected) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("s3cret", "s3cret"),
+            (" two words \n\n", " two words \n"),
+        ] {
+            let path = dir.join("password");
+            std::fs::write(&path, content).unwrap();
+            let secret = Secret::from_file("--postgres-password-file", &path).unwrap();
+            assert_eq!(secret.expose(), expected);
+            assert_eq!(format!("{secret:?}"), "***");
+        }
+        std::fs::write(dir.join("empty"), "\n").unwrap();
+        assert!(Secret::from_file("--amqp-password-file", &dir.join("empty")).is_err());
+        assert!(Secret::from_file("--amqp-password-file", &dir.join("missing")).is_err());
+
+        std::fs::write(dir.join("password"), "from-file\n").unwrap();
+        let file = dir.join("password");
+        let cli = args(&[
+            "--postgres-url",
+            "postgres://u:from-url@h/db",
+            "--postgres-password-file",
+            file.to_str().unwrap(),
+            "--amqp-password-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let config = Config::from_args(common(&cli)).unwrap();
+        assert_eq!(config.postgres.get_password(), Some(&b"from-file"[..]));
+        assert_eq!(config.amqp_password.as_ref().unwrap().expose(), "from-file");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("from-file") && !debug.contains("from-url"),
+            "{debug}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
