@@ -30,3 +30,13 @@ if [ -n "$leftover" ]; then
   echo "test.sh: tests left replication slots behind: $leftover" >&2
   exit 1
 fi
+
+# High availability (README "High availability"): a PostgreSQL 17 primary with a standby and a
+# three-node RabbitMQ 4.0 cluster on private ports, from a Debian trixie userland that
+# scripts/trixie-servers.sh builds once and caches under /var/cache/walbox. The four failover
+# scenarios run once each (quick mode); WALBOX_HA_ROUNDS=N repeats each N times (long mode).
+(
+  trap 'bash scripts/trixie-servers.sh stop >/dev/null 2>&1 || true' EXIT
+  bash scripts/trixie-servers.sh start
+  cargo test --locked --test ha -- --ignored --test-threads=1 --nocapture
+)
