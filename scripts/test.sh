@@ -31,6 +31,20 @@ if [ -n "$leftover" ]; then
   exit 1
 fi
 
+# The container path (#15): build docker/Dockerfile with podman and run the compose quick start
+# with docker-compose against local stand-in base images; it installs what it needs and keeps
+# its images and build cache between runs (README "Quick start with Docker"). It never touches
+# the machine's own PostgreSQL and RabbitMQ. WALBOX_CONTAINER_TEST=0 skips it.
+if [ "${WALBOX_CONTAINER_TEST:-1}" != 0 ]; then
+  bash scripts/container-test.sh
+fi
+
+# Framework consumers (#11): the official CloudEvents SDKs (PyPI cloudevents with its RabbitMQ
+# binding, npm cloudevents) installed project-local and cached by scripts/consumers.sh, then the
+# tests that parse every walbox CloudEvents message with them (ignored by a plain cargo test).
+bash scripts/consumers.sh
+cargo test --locked --test frameworks -- --ignored --test-threads=2
+
 # High availability (README "High availability"): a PostgreSQL 17 primary with a standby and a
 # three-node RabbitMQ 4.0 cluster on private ports, from a Debian trixie userland that
 # scripts/trixie-servers.sh builds once and caches under /var/cache/walbox. The four failover

@@ -204,10 +204,8 @@ async fn session(
     drop(control);
 
     let sink = Sink::connect(config).await.map_err(on(Side::Amqp))?;
-    if let Some(dead_letter_exchange) = &run.dead_letter_exchange
-        && config.declare_exchange
-    {
-        sink.declare_dead_letter(dead_letter_exchange)
+    if let Some(dead_letter_exchange) = &run.dead_letter_exchange {
+        sink.declare_dead_letter(dead_letter_exchange, config.mapping.exchange_spec.mode)
             .await
             .map_err(on(Side::Amqp))?;
     }
@@ -218,7 +216,7 @@ async fn session(
     if telemetry.health.state() == RelayState::StandingBy {
         info!(slot = %config.slot, "took over: the other walbox released the slot");
     }
-    info!(slot = %config.slot, from = %start, exchange = %config.exchange, "streaming");
+    info!(slot = %config.slot, from = %start, exchange = %config.mapping.exchange, "streaming");
     // Halted stays halted (not ready) while walbox retries its poison event.
     let streaming = |poison: &Poison| match poison.halted_on() {
         Some(_) => RelayState::Halted,
@@ -367,6 +365,9 @@ pub(crate) struct Stream<'a> {
     /// The outbox table's shape, from its latest Relation message.
     shape: Option<OutboxShape>,
     transaction: Option<Transaction>,
+    /// The next outbox event's index in the open transaction (its id when the table has no
+    /// id column is derived from the commit LSN and this index).
+    index_in_transaction: u32,
     routing_key: String,
     /// A poison event to replace by its dead-letter record when it comes by.
     dead_letter: Option<DeadLetter>,
@@ -391,6 +392,7 @@ impl<'a> Stream<'a> {
             telemetry,
             shape: None,
             transaction: None,
+            index_in_transaction: 0,
             routing_key: String::new(),
             dead_letter: None,
             published_through: Lsn::ZERO,
@@ -404,7 +406,10 @@ impl<'a> Stream<'a> {
         let postgres = on(Side::Postgres);
         tracing::trace!(?change, "change");
         match change {
-            Change::Begin(transaction) => self.transaction = Some(transaction),
+            Change::Begin(transaction) => {
+                self.transaction = Some(transaction);
+                self.index_in_transaction = 0;
+            }
             Change::Commit { end_lsn } => {
                 self.transaction = None;
                 self.telemetry.metrics.transaction();
@@ -429,17 +434,13 @@ impl<'a> Stream<'a> {
                     .as_ref()
                     .is_some_and(|s| s.relation_id() == relation.relation_id);
                 if named || same_table {
-                    let shape = OutboxShape::from_relation(
-                        &relation,
-                        &self.config.columns,
-                        &self.config.routing_key,
-                    )
-                    .map_err(|problem| {
-                        postgres(Error::definite(format!(
-                            "the outbox table changed so that it can no longer be relayed: \
+                    let shape = OutboxShape::from_relation(&relation, &self.config.mapping)
+                        .map_err(|problem| {
+                            postgres(Error::definite(format!(
+                                "the outbox table changed so that it can no longer be relayed: \
                              {problem}. Nothing after this point was acknowledged"
-                        )))
-                    })?;
+                            )))
+                        })?;
                     self.shape = Some(shape);
                 }
             }
@@ -456,8 +457,15 @@ impl<'a> Stream<'a> {
                         "an insert arrived outside a transaction (a walbox bug)",
                     ))
                 })?;
+                let index = self.index_in_transaction;
+                self.index_in_transaction += 1;
                 let mut message = shape
-                    .message(&insert.new_tuple, &transaction, &mut self.routing_key)
+                    .message(
+                        &insert.new_tuple,
+                        &transaction,
+                        index,
+                        &mut self.routing_key,
+                    )
                     .map_err(|problem| {
                         postgres(Error::definite(format!(
                             "an outbox row in the transaction committed at {} cannot become an \
@@ -487,7 +495,11 @@ impl<'a> Stream<'a> {
                         warn!(event_id = %message.id, commit_lsn = %transaction.commit_lsn,
                             exchange = %plan.exchange, "sending the poison event's dead-letter record in its place");
                         (
-                            plan.record(&message, &transaction, &self.config.exchange),
+                            plan.record(
+                                &message,
+                                &transaction,
+                                &self.config.mapping.exchange_text(),
+                            ),
                             true,
                         )
                     }

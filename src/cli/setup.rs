@@ -5,13 +5,14 @@ use crate::config::Config;
 use crate::control::{Control, Ensured};
 use crate::error::Result;
 use crate::sink::Sink;
+use crate::sink::topology::DeclareMode;
 
 pub(crate) async fn setup(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;
     let prepared = control.prepare(config, true).await?;
     println!(
         "wal_level is logical; table {} has every mapped column ({})",
-        config.table, config.columns
+        config.table, config.mapping.columns
     );
     println!(
         "publication {}: {}",
@@ -39,18 +40,35 @@ pub(crate) async fn setup(config: &Config) -> Result<()> {
     super::failover::explain(&control, config, &prepared.slot_info).await?;
     let sink = Sink::connect(config).await?;
     sink.close().await;
-    if config.declare_exchange {
-        println!(
-            "exchange {}: declared (durable topic) at {}",
-            config.exchange,
-            Sink::node(config)
-        );
-    } else {
-        println!(
-            "exchange {}: not declared (--no-declare); broker reachable at {}",
-            config.exchange,
-            Sink::node(config)
-        );
+    let node = Sink::node(config);
+    let mapping = &config.mapping;
+    let spec = mapping.exchange_spec;
+    match (mapping.exchange.as_constant(), spec.mode) {
+        (Some(""), _) => println!(
+            "exchange: the default exchange (routing key = queue name) at {}",
+            node
+        ),
+        (Some(name), DeclareMode::Declare) => {
+            println!("exchange {name}: declared ({spec}) at {}", node)
+        }
+        (Some(name), DeclareMode::Passive) => {
+            println!("exchange {name}: exists (passive check) at {}", node)
+        }
+        (Some(name), DeclareMode::None) => println!(
+            "exchange {name}: not declared (--exchange-declare none); broker reachable at {}",
+            node
+        ),
+        (None, mode) => println!(
+            "exchange per event, {}: each is {} ({spec}) before its first event; broker \
+             reachable at {}",
+            mapping.exchange,
+            match mode {
+                DeclareMode::Declare => "declared",
+                DeclareMode::Passive => "checked to exist",
+                DeclareMode::None => "not declared",
+            },
+            node
+        ),
     }
     Ok(())
 }

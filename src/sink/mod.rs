@@ -6,6 +6,7 @@
 //! watermark; anything but a plain ack ends the session.
 
 pub(crate) mod confirm;
+pub(crate) mod topology;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,11 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::OwnedTLSConfig;
-use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::types::{LongString, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use lapin::{Confirmation, PublisherConfirm};
 
 use tokio::time::timeout;
@@ -27,6 +28,7 @@ use tracing::{info, warn};
 use crate::config::{Config, SecretUrl};
 use crate::error::{Error, Result};
 use crate::outbox::OutboxMessage;
+use topology::{ExchangeSpec, Topology};
 
 type WriteFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
 
@@ -50,7 +52,10 @@ impl Sending {
 pub(crate) struct Sink {
     connection: Connection,
     channel: Channel,
+    /// The fixed exchange, when `--exchange` has no placeholder (declared at connect).
     exchange: ShortString,
+    /// Declares each exchange before the first publish to it on this connection.
+    topology: Topology,
 }
 
 /// How long one broker node of `--amqp-url` may take to accept a connection before walbox
@@ -145,20 +150,35 @@ impl Sink {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| Error::from_amqp("enabling publisher confirms", &e))?;
-        let exchange = ShortString::from(config.exchange.as_str());
-        if config.declare_exchange && !config.exchange.is_empty() {
-            declare(&channel, &config.exchange, "--exchange").await?;
-        }
+        let declares = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::from_amqp("opening a channel for declares", &e))?;
+        let topology = Topology::new(config.mapping.exchange_spec, declares);
+        let exchange = ShortString::from(config.mapping.exchange.as_constant().unwrap_or(""));
+        topology.ensure(&exchange, "--exchange").await?;
         Ok(Sink {
             connection,
             channel,
             exchange,
+            topology,
         })
     }
 
-    /// Declare `name` (the dead-letter exchange) as the events' exchange is declared.
-    pub(crate) async fn declare_dead_letter(&self, name: &str) -> Result<()> {
-        declare(&self.channel, name, "--dead-letter-exchange").await
+    /// Declare `name` (the dead-letter exchange) as a durable topic exchange, or check it
+    /// exists with `--exchange-declare passive`; nothing with `none`.
+    pub(crate) async fn declare_dead_letter(
+        &self,
+        name: &str,
+        mode: topology::DeclareMode,
+    ) -> Result<()> {
+        let spec = ExchangeSpec {
+            mode,
+            ..ExchangeSpec::DURABLE_TOPIC
+        };
+        self.topology
+            .ensure_as(&ShortString::from(name), spec, "--dead-letter-exchange")
+            .await
     }
 
     /// Hand one message to the broker: persistent, mandatory, on the one channel.
@@ -169,7 +189,13 @@ impl Sink {
     /// the confirm tracker, so publishing never waits for a round trip.
     pub(crate) async fn publish(&self, message: OutboxMessage) -> Result<Sending> {
         let channel = self.channel.clone();
-        let exchange = message.exchange.unwrap_or_else(|| self.exchange.clone());
+        let exchange = match message.exchange {
+            Some(exchange) => {
+                self.topology.ensure(&exchange, "--exchange").await?;
+                exchange
+            }
+            None => self.exchange.clone(),
+        };
         let mut writing: WriteFuture = Box::pin(async move {
             channel
                 .basic_publish(
@@ -199,28 +225,8 @@ impl Sink {
     }
 
     pub(crate) async fn close(self) {
+        self.topology.close().await;
         let _ = self.channel.close(200, "walbox stopping".into()).await;
         let _ = self.connection.close(200, "walbox stopping".into()).await;
     }
-}
-
-/// Declare `name` (given by `flag`) as a durable topic exchange; a no-op when it exists so.
-async fn declare(channel: &Channel, name: &str, flag: &str) -> Result<()> {
-    channel
-        .exchange_declare(
-            ShortString::from(name),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            Error::definite(format!(
-                "declaring exchange {name} as a durable topic exchange failed: {e}. If it \
-                 exists with another type, pass --no-declare or choose another {flag}"
-            ))
-        })
 }
