@@ -155,32 +155,37 @@ impl Control {
     ) -> Option<Error> {
         let now = timeline?;
         let before = SLOT_TIMELINE.load(Ordering::Relaxed);
-        let failed_over = before != 0 && now > before;
-        let slot = &config.slot;
-        let error = match found {
-            Some(info) if failed_over && info.temporary => Some(format!(
-                "PostgreSQL failed over (timeline {before} -> {now}) and the new primary holds \
-                 replication slot {slot} only as a temporary copy, which does not carry \
-                 walbox's position. {WHAT_TO_DO}"
-            )),
-            Some(info) if failed_over && info.synced == Some(false) => Some(format!(
-                "PostgreSQL failed over (timeline {before} -> {now}) and replication slot \
-                 {slot} on the new primary was never synchronized from the old one: it was \
-                 made on this server, so its position says nothing about what walbox relayed. \
-                 {WHAT_TO_DO}"
-            )),
-            Some(_) => None,
-            None if failed_over => Some(format!(
-                "PostgreSQL failed over (timeline {before} -> {now}) and the new primary has no \
-                 replication slot {slot}: the standby held no synchronized copy of it. \
-                 {WHAT_TO_DO}"
-            )),
-            None => None,
-        };
+        let error = verdict(&config.slot.to_string(), before, now, found);
         if found.is_some() && error.is_none() {
             SLOT_TIMELINE.store(now, Ordering::Relaxed);
         }
         error.map(Error::definite)
+    }
+}
+
+/// Why walbox must stop, if it must: the slot as found on a server of timeline `now`, when it
+/// was last seen on timeline `before` (0: never, e.g. a fresh walbox process).
+fn verdict(slot: &str, before: u32, now: u32, found: Option<&SlotInfo>) -> Option<String> {
+    let failed_over = before != 0 && now > before;
+    if !failed_over {
+        return None;
+    }
+    match found {
+        Some(info) if info.temporary => Some(format!(
+            "PostgreSQL failed over (timeline {before} -> {now}) and the new primary holds \
+             replication slot {slot} only as a temporary copy, which does not carry walbox's \
+             position. {WHAT_TO_DO}"
+        )),
+        Some(info) if info.synced == Some(false) => Some(format!(
+            "PostgreSQL failed over (timeline {before} -> {now}) and replication slot {slot} \
+             on the new primary was never synchronized from the old one: it was made on this \
+             server, so its position says nothing about what walbox relayed. {WHAT_TO_DO}"
+        )),
+        Some(_) => None,
+        None => Some(format!(
+            "PostgreSQL failed over (timeline {before} -> {now}) and the new primary has no \
+             replication slot {slot}: the standby held no synchronized copy of it. {WHAT_TO_DO}"
+        )),
     }
 }
 
@@ -254,4 +259,62 @@ async fn copy_on(control: &Control, config: &Config) -> Result<Option<StandbyCop
         temporary: slot.as_ref().is_some_and(|s| s.temporary),
         confirmed_flush_lsn: slot.and_then(|s| s.confirmed_flush_lsn),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(temporary: bool, synced: Option<bool>) -> SlotInfo {
+        SlotInfo {
+            slot_name: "s".into(),
+            plugin: Some("pgoutput".into()),
+            slot_type: "logical".into(),
+            database: Some("app".into()),
+            active: false,
+            active_pid: None,
+            confirmed_flush_lsn: Some("0/16B3748".into()),
+            restart_lsn: Some("0/16B3710".into()),
+            wal_status: Some("reserved".into()),
+            temporary,
+            failover: Some(true),
+            synced,
+        }
+    }
+
+    #[test]
+    fn only_a_failover_that_lost_the_slot_stops_walbox() {
+        let synced = slot(false, Some(true));
+        let temporary = slot(true, Some(true));
+        let local = slot(false, Some(false));
+        let pre17 = slot(false, None);
+        // (last seen on, now on, found, stops with a message containing)
+        let cases: [(u32, u32, Option<&SlotInfo>, Option<&str>); 9] = [
+            (1, 2, Some(&synced), None),
+            (1, 2, Some(&pre17), None),
+            (1, 2, None, Some("has no replication slot s")),
+            (1, 2, Some(&temporary), Some("only as a temporary copy")),
+            (1, 2, Some(&local), Some("never synchronized")),
+            // No failover seen: a fresh process, or the same timeline.
+            (0, 2, None, None),
+            (0, 5, Some(&local), None),
+            (2, 2, None, None),
+            (2, 2, Some(&temporary), None),
+        ];
+        for (before, now, found, expected) in cases {
+            let got = verdict("s", before, now, found);
+            match expected {
+                None => assert!(got.is_none(), "{before}->{now}: {got:?}"),
+                Some(text) => {
+                    let got = got.expect("stops");
+                    assert!(got.contains(text), "{got}");
+                    assert!(
+                        got.contains(&format!("timeline {before} -> {now}")),
+                        "{got}"
+                    );
+                    assert!(got.contains("walbox setup"), "{got}");
+                }
+            }
+        }
+    }
 }
