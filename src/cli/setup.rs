@@ -4,7 +4,8 @@
 use crate::config::Config;
 use crate::control::{Control, Ensured};
 use crate::error::Result;
-use crate::sink::Sink;
+use crate::sink::Publisher;
+use crate::sink::amqp::AmqpPublisher;
 
 pub(crate) async fn setup(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;
@@ -36,8 +37,8 @@ pub(crate) async fn setup(config: &Config) -> Result<()> {
             config.slot
         ),
     }
-    let sink = Sink::connect(config).await?;
-    sink.close().await;
+    let publisher = AmqpPublisher::connect(config).await?;
+    publisher.close().await;
     if config.declare_exchange {
         println!(
             "exchange {}: declared (durable topic) at {}",

@@ -1,161 +1,69 @@
-//! AMQP publishing with publisher confirms.
+//! The publisher seam: hand a message over (dispatch), later learn whether the broker took it
+//! (durable) — two steps, so publishing never waits for a round trip.
 //!
-//! [`Sink`] owns one connection and one confirm-mode channel: every message goes out on that
-//! channel, in the order it was handed over, so every queue sees commit order. The
-//! [`confirm`] tracker turns the broker's answers into confirmed sequence numbers for the
-//! watermark; anything but a plain ack ends the session.
+//! [`Publisher::publish`] returns once the message's place in the order is fixed; the
+//! [`Publisher::Confirm`] it returns resolves to an [`Outcome`]: `Confirmed` only when the
+//! broker positively confirmed it. A nack, a mandatory return, a closed channel and a lost
+//! connection are all `Refused`, and a confirm dropped unresolved is `Refused` too, so a lost
+//! completion can never look like success. The [`confirm`] tracker feeds the outcomes, in
+//! order, to the watermark; nothing else moves the flush LSN.
+//!
+//! Implementations: [`amqp::AmqpPublisher`] (RabbitMQ over AMQP 0-9-1), [`counting`] (the
+//! dry run: counts and confirms at once) and, for tests, [`memory`] (answers as told).
 
+pub(crate) mod amqp;
 pub(crate) mod confirm;
+pub(crate) mod counting;
+#[cfg(test)]
+pub(crate) mod memory;
 
 use std::future::Future;
-use std::pin::Pin;
-use std::str::FromStr;
-use std::task::Poll;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::tcp::OwnedTLSConfig;
-use lapin::types::{FieldTable, LongString, ShortString};
-use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ExchangeKind};
-use lapin::{Confirmation, PublisherConfirm};
-
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::outbox::OutboxMessage;
 
-type WriteFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+/// Where the engine sends messages.
+pub(crate) trait Publisher: Send + Sync {
+    /// Resolves to the broker's verdict on one published message.
+    type Confirm: Future<Output = Outcome> + Send + 'static;
 
-/// A message whose frames are queued on the channel: being written, or written and awaiting
-/// the broker's answer.
-pub(crate) enum Sending {
-    Writing(WriteFuture),
-    Written(PublisherConfirm),
+    /// Dispatch `message`: when this returns, its place in the order is fixed. An error means
+    /// the publisher can take nothing more (the session ends).
+    fn publish(&self, message: OutboxMessage)
+    -> impl Future<Output = Result<Self::Confirm>> + Send;
+
+    /// The connection is still up (checked by the engine's heartbeat, so an idle relay
+    /// notices a dead link too).
+    fn is_connected(&self) -> bool;
+
+    /// Close the connection politely.
+    fn close(self) -> impl Future<Output = ()> + Send;
 }
 
-impl Sending {
-    /// The broker's answer.
-    pub(crate) async fn answer(self) -> lapin::Result<Confirmation> {
-        match self {
-            Sending::Writing(writing) => writing.await?.await,
-            Sending::Written(confirm) => confirm.await,
-        }
-    }
+/// The broker's verdict on one message.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Positively confirmed: the only outcome that lets the flush LSN pass the message.
+    Confirmed,
+    Refused(Refused),
 }
 
-pub(crate) struct Sink {
-    connection: Connection,
-    channel: Channel,
-    exchange: ShortString,
-}
-
-impl Sink {
-    /// Connect, open a confirm-mode channel and declare the exchange unless told not to.
-    pub(crate) async fn connect(config: &Config) -> Result<Self> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(LongString::from(format!("walbox/{}", config.slot)));
-        let connecting = format!("connecting to {}", config.amqp_url);
-        let mut uri = AMQPUri::from_str(config.amqp_url.expose())
-            .map_err(|e| Error::definite(format!("{connecting}: {e}")))?;
-        if let Some(password) = &config.amqp_password {
-            uri.authority.userinfo.password = password.expose().to_owned();
-        }
-        // With amqps://, the CA file's certificates are trusted in addition to the system's.
-        let tls = OwnedTLSConfig {
-            identity: None,
-            cert_chain: config.amqp_ca.as_ref().map(|ca| ca.pem.clone()),
-        };
-        let connection = DefaultConnectionBuilder::new()
-            .map_err(|e| Error::from_amqp(&connecting, &e))?
-            .with_uri(uri)
-            .with_properties(properties)
-            .with_tls_config(tls)
-            .connect()
-            .await
-            .map_err(|e| Error::from_amqp(&connecting, &e))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| Error::from_amqp("opening a channel", &e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| Error::from_amqp("enabling publisher confirms", &e))?;
-        let exchange = ShortString::from(config.exchange.as_str());
-        if config.declare_exchange && !config.exchange.is_empty() {
-            declare(&channel, &config.exchange, "--exchange").await?;
-        }
-        Ok(Sink {
-            connection,
-            channel,
-            exchange,
-        })
-    }
-
-    /// Declare `name` (the dead-letter exchange) as the events' exchange is declared.
-    pub(crate) async fn declare_dead_letter(&self, name: &str) -> Result<()> {
-        declare(&self.channel, name, "--dead-letter-exchange").await
-    }
-
-    /// Hand one message to the broker: persistent, mandatory, on the one channel.
-    ///
-    /// lapin queues a publish's frames on the connection during the future's first poll and
-    /// then waits for the I/O loop to write them. Polling once here fixes the message's place
-    /// in the channel's order at once; the write and the broker's answer are awaited later by
-    /// the confirm tracker, so publishing never waits for a round trip.
-    pub(crate) async fn publish(&self, message: OutboxMessage) -> Result<Sending> {
-        let channel = self.channel.clone();
-        let exchange = message.exchange.unwrap_or_else(|| self.exchange.clone());
-        let mut writing: WriteFuture = Box::pin(async move {
-            channel
-                .basic_publish(
-                    exchange,
-                    message.routing_key,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.body,
-                    message.properties,
-                )
-                .await
-        });
-        match futures_util::poll!(writing.as_mut()) {
-            Poll::Ready(written) => Ok(Sending::Written(
-                written.map_err(|e| Error::from_amqp("publishing", &e))?,
-            )),
-            Poll::Pending => Ok(Sending::Writing(writing)),
-        }
-    }
-
-    /// Both the connection and the channel are open. lapin notices a dead link on its own
-    /// (socket error, missed heartbeats); this lets an idle relay notice it too.
-    pub(crate) fn is_connected(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
-    }
-
-    pub(crate) async fn close(self) {
-        let _ = self.channel.close(200, "walbox stopping".into()).await;
-        let _ = self.connection.close(200, "walbox stopping".into()).await;
-    }
-}
-
-/// Declare `name` (given by `flag`) as a durable topic exchange; a no-op when it exists so.
-async fn declare(channel: &Channel, name: &str, flag: &str) -> Result<()> {
-    channel
-        .exchange_declare(
-            ShortString::from(name),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            Error::definite(format!(
-                "declaring exchange {name} as a durable topic exchange failed: {e}. If it \
-                 exists with another type, pass --no-declare or choose another {flag}"
-            ))
-        })
+/// Why a message was not confirmed.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The broker nacked it (e.g. a queue's overflow policy rejected it).
+    Nacked,
+    /// Unroutable with mandatory set: no queue is bound for its exchange and routing key.
+    Returned {
+        reply_code: u16,
+        reply_text: String,
+        exchange: String,
+        routing_key: String,
+    },
+    /// The broker closed the channel with this AMQP reply code in answer to the message (406
+    /// PRECONDITION_FAILED: too large, a header it rejects).
+    ChannelClosed { reply_code: u16, reply_text: String },
+    /// The link failed before an answer came (connection lost, channel gone, the confirm
+    /// dropped unresolved); the error is classified where it was born.
+    Lost(Error),
 }

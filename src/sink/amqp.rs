@@ -1,0 +1,214 @@
+//! The RabbitMQ publisher: one connection, one confirm-mode channel. Every message goes out on
+//! that channel in the order it was handed over, so every queue sees commit order; the
+//! broker's answer to each comes back as its [`LapinConfirm`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::Poll;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
+
+use super::{Outcome, Publisher, Refused};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::outbox::OutboxMessage;
+
+type WriteFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+/// The broker's answer to one message whose frames are queued on the channel: being written,
+/// or written and awaiting the answer.
+pub(crate) struct LapinConfirm {
+    state: State,
+}
+
+enum State {
+    Writing(WriteFuture),
+    Written(PublisherConfirm),
+    Answered,
+}
+
+impl Future for LapinConfirm {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+        loop {
+            match &mut self.state {
+                State::Writing(writing) => match writing.as_mut().poll(cx) {
+                    Poll::Ready(Ok(written)) => self.state = State::Written(written),
+                    Poll::Ready(Err(error)) => {
+                        self.state = State::Answered;
+                        return Poll::Ready(outcome(Err(error)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                State::Written(confirm) => {
+                    let answer = std::task::ready!(Pin::new(confirm).poll(cx));
+                    self.state = State::Answered;
+                    return Poll::Ready(outcome(answer));
+                }
+                State::Answered => {
+                    return Poll::Ready(Outcome::Refused(Refused::Lost(Error::definite(
+                        "a confirm was polled after it resolved (a walbox bug)",
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// lapin's answer → the seam's outcome. Only a plain ack confirms: an ack carrying a returned
+/// message means unroutable.
+fn outcome(answer: lapin::Result<Confirmation>) -> Outcome {
+    match answer {
+        Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
+        Ok(Confirmation::Ack(Some(returned))) => Outcome::Refused(Refused::Returned {
+            reply_code: returned.reply_code,
+            reply_text: returned.reply_text.to_string(),
+            exchange: returned.delivery.exchange.to_string(),
+            routing_key: returned.delivery.routing_key.to_string(),
+        }),
+        Ok(Confirmation::Nack(_)) => Outcome::Refused(Refused::Nacked),
+        Ok(Confirmation::NotRequested) => Outcome::Refused(Refused::Lost(Error::definite(
+            "publisher confirms are not enabled on the channel (a walbox bug)",
+        ))),
+        Err(error) => match error.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => Outcome::Refused(Refused::ChannelClosed {
+                reply_code: amqp.get_id(),
+                reply_text: amqp.get_message().to_string(),
+            }),
+            _ => Outcome::Refused(Refused::Lost(Error::from_amqp(
+                "waiting for the broker's confirm",
+                &error,
+            ))),
+        },
+    }
+}
+
+pub(crate) struct AmqpPublisher {
+    connection: Connection,
+    channel: Channel,
+    exchange: ShortString,
+}
+
+impl AmqpPublisher {
+    /// Connect, open a confirm-mode channel and declare the exchange unless told not to.
+    pub(crate) async fn connect(config: &Config) -> Result<Self> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from(format!("walbox/{}", config.slot)));
+        let connecting = format!("connecting to {}", config.amqp_url);
+        let mut uri = AMQPUri::from_str(config.amqp_url.expose())
+            .map_err(|e| Error::definite(format!("{connecting}: {e}")))?;
+        if let Some(password) = &config.amqp_password {
+            uri.authority.userinfo.password = password.expose().to_owned();
+        }
+        // With amqps://, the CA file's certificates are trusted in addition to the system's.
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: config.amqp_ca.as_ref().map(|ca| ca.pem.clone()),
+        };
+        let connection = DefaultConnectionBuilder::new()
+            .map_err(|e| Error::from_amqp(&connecting, &e))?
+            .with_uri(uri)
+            .with_properties(properties)
+            .with_tls_config(tls)
+            .connect()
+            .await
+            .map_err(|e| Error::from_amqp(&connecting, &e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::from_amqp("opening a channel", &e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| Error::from_amqp("enabling publisher confirms", &e))?;
+        let exchange = ShortString::from(config.exchange.as_str());
+        if config.declare_exchange && !config.exchange.is_empty() {
+            declare(&channel, &config.exchange, "--exchange").await?;
+        }
+        Ok(AmqpPublisher {
+            connection,
+            channel,
+            exchange,
+        })
+    }
+
+    /// Declare `name` (the dead-letter exchange) as the events' exchange is declared.
+    pub(crate) async fn declare_dead_letter(&self, name: &str) -> Result<()> {
+        declare(&self.channel, name, "--dead-letter-exchange").await
+    }
+}
+
+impl Publisher for AmqpPublisher {
+    type Confirm = LapinConfirm;
+
+    /// Hand one message to the broker: persistent, mandatory, on the one channel.
+    ///
+    /// lapin queues a publish's frames on the connection during the future's first poll and
+    /// then waits for the I/O loop to write them. Polling once here fixes the message's place
+    /// in the channel's order at once; the write and the broker's answer are awaited later by
+    /// the confirm tracker, so publishing never waits for a round trip.
+    async fn publish(&self, message: OutboxMessage) -> Result<LapinConfirm> {
+        let channel = self.channel.clone();
+        let exchange = message.exchange.unwrap_or_else(|| self.exchange.clone());
+        let mut writing: WriteFuture = Box::pin(async move {
+            channel
+                .basic_publish(
+                    exchange,
+                    message.routing_key,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.body,
+                    message.properties,
+                )
+                .await
+        });
+        let state = match futures_util::poll!(writing.as_mut()) {
+            Poll::Ready(written) => {
+                State::Written(written.map_err(|e| Error::from_amqp("publishing", &e))?)
+            }
+            Poll::Pending => State::Writing(writing),
+        };
+        Ok(LapinConfirm { state })
+    }
+
+    /// Both the connection and the channel are open. lapin notices a dead link on its own
+    /// (socket error, missed heartbeats); this lets an idle relay notice it too.
+    fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    async fn close(self) {
+        let _ = self.channel.close(200, "walbox stopping".into()).await;
+        let _ = self.connection.close(200, "walbox stopping".into()).await;
+    }
+}
+
+/// Declare `name` (given by `flag`) as a durable topic exchange; a no-op when it exists so.
+async fn declare(channel: &Channel, name: &str, flag: &str) -> Result<()> {
+    channel
+        .exchange_declare(
+            ShortString::from(name),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            Error::definite(format!(
+                "declaring exchange {name} as a durable topic exchange failed: {e}. If it \
+                 exists with another type, pass --no-declare or choose another {flag}"
+            ))
+        })
+}
