@@ -59,7 +59,7 @@ impl Control {
     pub(crate) async fn connect(config: &Config) -> Result<Self> {
         let tls = crate::tls::postgres_connector(&config.postgres_tls)?;
         let (client, connection) = config.postgres.connect(tls).await.map_err(|e| {
-            Error::from_postgres(&format!("connecting to {}", config.postgres_url), &e)
+            Error::from_postgres(&format!("connecting to {}", config.postgres_url), e)
         })?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -70,7 +70,7 @@ impl Control {
     }
 
     fn sql_error(context: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-        move |error| Error::from_postgres(context, &error)
+        move |error| Error::from_postgres(context, error)
     }
 
     /// wal_level must be logical for a logical slot to exist or stream.
@@ -137,7 +137,7 @@ impl Control {
         match OutboxShape::from_relation(&relation, &config.columns, &config.routing_key) {
             Ok(_) => Ok(()),
             Err(problem @ ShapeError::Template(TemplateError::UnknownPlaceholder { .. })) => Err(
-                Error::Usage(format!("--routing-key: {problem} {}", config.table)),
+                Error::usage(format!("--routing-key: {problem} {}", config.table)),
             ),
             Err(problem) => Err(Error::definite(problem)),
         }
@@ -199,7 +199,7 @@ impl Control {
                         "creating the publication, which needs ownership of {table}: have the \
                          table's owner run `{ddl}` beforehand (sql/roles.sql does)"
                     ),
-                    &error,
+                    error,
                 )
             })?;
             return Ok(Ensured::Created);

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, RunConfig};
 use crate::control::{Control, Ensured};
-use crate::error::{Error, Result};
+use crate::error::{Disposition, Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::Publisher;
 use crate::sink::amqp::AmqpPublisher;
@@ -64,18 +64,12 @@ pub(crate) async fn run(
         )
         .await;
         telemetry.metrics.session_ended();
-        let delay = match outcome {
-            Ok(()) => return Ok(()),
-            Err(Failure {
-                error: error @ (Error::Definite(_) | Error::OutOfRange(_) | Error::Usage(_)),
-                ..
-            }) => {
-                return Err(error);
-            }
-            Err(Failure {
-                error: Error::SlotInUse(reason),
-                ..
-            }) => {
+        let Err(Failure { side, error }) = outcome else {
+            return Ok(());
+        };
+        let delay = match (error.disposition(), error) {
+            (Disposition::Stop | Disposition::Usage, error) => return Err(error),
+            (Disposition::StandBy, reason) => {
                 if !standing_by {
                     info!(%reason, "standing by: another walbox holds the slot; taking over when it is released");
                     standing_by = true;
@@ -83,10 +77,17 @@ pub(crate) async fn run(
                 telemetry.health.set_state(RelayState::StandingBy);
                 STANDBY_POLL
             }
-            Err(Failure {
-                side,
-                error: Error::Transient(reason),
-            }) => {
+            (Disposition::Poison, Error::Refused(refusal)) => {
+                standing_by = false;
+                telemetry.metrics.reconnect(side);
+                telemetry.metrics.poison_refusal();
+                let delay = backoff.next_delay();
+                telemetry
+                    .health
+                    .set_state(poison.handle_refusal(refusal, delay));
+                delay
+            }
+            (Disposition::Retry | Disposition::Poison, reason) => {
                 standing_by = false;
                 telemetry.health.set_state(match poison.halted_on() {
                     Some(_) => RelayState::Halted,
@@ -95,19 +96,6 @@ pub(crate) async fn run(
                 telemetry.metrics.reconnect(side);
                 let delay = backoff.next_delay();
                 warn!(%reason, side = side.name(), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
-                delay
-            }
-            Err(Failure {
-                side,
-                error: Error::Refused(refusal),
-            }) => {
-                standing_by = false;
-                telemetry.metrics.reconnect(side);
-                telemetry.metrics.poison_refusal();
-                let delay = backoff.next_delay();
-                telemetry
-                    .health
-                    .set_state(poison.handle_refusal(refusal, delay));
                 delay
             }
         };

@@ -84,14 +84,14 @@ pub(crate) async fn replay(
         .await?
         .and_then(|info| info.confirmed_flush())
         .ok_or_else(|| {
-            Error::OutOfRange(format!(
+            Error::usage(format!(
                 "no replay window is kept for slot {}: start `walbox run --replay-window <size \
                  or duration>` (e.g. 24h or 10GB); events committed from then on can be replayed",
                 config.slot
             ))
         })?;
     let too_old = |oldest: Lsn| {
-        Error::OutOfRange(format!(
+        Error::usage(format!(
             "--from-lsn {from} is older than the retained replay window: the oldest replayable \
              LSN is {oldest} (events that committed at or after it). Ask for a later LSN, or \
              keep a longer --replay-window"

@@ -84,7 +84,7 @@ fn outcome(answer: lapin::Result<Confirmation>) -> Outcome {
             }),
             _ => Outcome::Refused(Refused::Lost(Error::from_amqp(
                 "waiting for the broker's confirm",
-                &error,
+                error,
             ))),
         },
     }
@@ -113,21 +113,21 @@ impl AmqpPublisher {
             cert_chain: config.amqp_ca.as_ref().map(|ca| ca.pem.clone()),
         };
         let connection = DefaultConnectionBuilder::new()
-            .map_err(|e| Error::from_amqp(&connecting, &e))?
+            .map_err(|e| Error::from_amqp(&connecting, e))?
             .with_uri(uri)
             .with_properties(properties)
             .with_tls_config(tls)
             .connect()
             .await
-            .map_err(|e| Error::from_amqp(&connecting, &e))?;
+            .map_err(|e| Error::from_amqp(&connecting, e))?;
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| Error::from_amqp("opening a channel", &e))?;
+            .map_err(|e| Error::from_amqp("opening a channel", e))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| Error::from_amqp("enabling publisher confirms", &e))?;
+            .map_err(|e| Error::from_amqp("enabling publisher confirms", e))?;
         let exchange = ShortString::from(config.exchange.as_str());
         if config.declare_exchange && !config.exchange.is_empty() {
             declare(&channel, &config.exchange, "--exchange").await?;
@@ -173,7 +173,7 @@ impl Publisher for AmqpPublisher {
         });
         let state = match futures_util::poll!(writing.as_mut()) {
             Poll::Ready(written) => {
-                State::Written(written.map_err(|e| Error::from_amqp("publishing", &e))?)
+                State::Written(written.map_err(|e| Error::from_amqp("publishing", e))?)
             }
             Poll::Pending => State::Writing(writing),
         };
@@ -211,4 +211,58 @@ async fn declare(channel: &Channel, name: &str, flag: &str) -> Result<()> {
                  exists with another type, pass --no-declare or choose another {flag}"
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPSoftError};
+
+    fn closed_with(kind: AMQPSoftError, text: &str) -> lapin::Result<Confirmation> {
+        Err(
+            lapin::ErrorKind::ProtocolError(AMQPError::new(AMQPErrorKind::Soft(kind), text.into()))
+                .into(),
+        )
+    }
+
+    #[test]
+    fn only_a_plain_ack_is_confirmed() {
+        assert!(matches!(
+            outcome(Ok(Confirmation::Ack(None))),
+            Outcome::Confirmed
+        ));
+        assert!(matches!(
+            outcome(Ok(Confirmation::Nack(None))),
+            Outcome::Refused(Refused::Nacked)
+        ));
+        assert!(matches!(
+            outcome(Ok(Confirmation::NotRequested)),
+            Outcome::Refused(Refused::Lost(_))
+        ));
+        let io: lapin::Result<Confirmation> = Err(lapin::ErrorKind::IOError(std::sync::Arc::new(
+            std::io::Error::other("reset"),
+        ))
+        .into());
+        assert!(
+            matches!(outcome(io), Outcome::Refused(Refused::Lost(error)) if error.is_transient())
+        );
+    }
+
+    #[test]
+    fn a_closed_channel_keeps_its_reply_code() {
+        let answer = closed_with(
+            AMQPSoftError::PRECONDITIONFAILED,
+            "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536",
+        );
+        match outcome(answer) {
+            Outcome::Refused(Refused::ChannelClosed {
+                reply_code,
+                reply_text,
+            }) => {
+                assert_eq!(reply_code, 406);
+                assert!(reply_text.contains("larger than configured max size"));
+            }
+            other => panic!("expected a closed channel, got {other:?}"),
+        }
+    }
 }

@@ -151,11 +151,11 @@ impl Source {
         let replication = connection_settings(config, start).await?;
         let mut client = ReplicationClient::connect(replication)
             .await
-            .map_err(|e| Error::from_replication(&e))?;
+            .map_err(Error::from_replication)?;
         client
             .wait_started()
             .await
-            .map_err(|e| Error::from_replication(&e))?;
+            .map_err(Error::from_replication)?;
         Ok(Source { client })
     }
 
@@ -174,10 +174,10 @@ impl Source {
         let replication = connection_settings(&copy_config, start).await?;
         let mut client = ReplicationClient::connect_gated(replication)
             .await
-            .map_err(|e| Error::from_replication(&e))?;
+            .map_err(Error::from_replication)?;
         // Slot names are validated (lowercase letters, digits, underscores), so they are safe
         // as string literals; the replication protocol's simple queries take no parameters.
-        let replication_error = |e: pgwire_replication::PgWireError| Error::from_replication(&e);
+        let replication_error = Error::from_replication;
         client
             .simple_query(&format!(
                 "SELECT 1 FROM pg_copy_logical_replication_slot('{original}', '{copy}', true)"
@@ -200,25 +200,18 @@ impl Source {
                     "the copy {copy} of replication slot {original} has no position (a walbox bug)"
                 ))
             })?;
-        client
-            .start()
-            .await
-            .map_err(|e| Error::from_replication(&e))?;
+        client.start().await.map_err(Error::from_replication)?;
         client
             .wait_started()
             .await
-            .map_err(|e| Error::from_replication(&e))?;
+            .map_err(Error::from_replication)?;
         Ok((Source { client }, copied_from))
     }
 
     /// The next change, or `None` when the stream ended cleanly.
     pub(crate) async fn next(&mut self) -> Result<Option<Change>> {
         loop {
-            let event = self
-                .client
-                .recv()
-                .await
-                .map_err(|e| Error::from_replication(&e))?;
+            let event = self.client.recv().await.map_err(Error::from_replication)?;
             let change = match event {
                 None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
                 Some(ReplicationEvent::Begin {
