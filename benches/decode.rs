@@ -1,5 +1,6 @@
 //! Micro-benchmarks of walbox's per-event CPU work, without any I/O: decoding a pgoutput Insert
-//! of an outbox row, and turning the decoded row into the AMQP message walbox publishes.
+//! of an outbox row, and turning the decoded row into the AMQP message walbox publishes, in
+//! each body encoding (`per_encoding`).
 //!
 //! `cargo bench --bench decode`. Without `--bench` (`cargo test --all-targets`, which may pass
 //! libtest flags such as `--test-threads` that criterion would refuse) it only checks that the
@@ -13,8 +14,10 @@ use std::hint::black_box;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput};
+use walbox::config::{Mapping, MappingArgs};
+use walbox::encode::Encoding;
 use walbox::lsn::Lsn;
-use walbox::outbox::{ColumnMap, OutboxShape, Template, Transaction};
+use walbox::outbox::{OutboxShape, Transaction};
 use walbox::pgoutput::{self, Message, Relation, RelationColumn};
 
 const RELATION_ID: u32 = 16_385;
@@ -98,13 +101,29 @@ const TRANSACTION: Transaction = Transaction {
 };
 
 fn outbox_shape() -> OutboxShape {
-    OutboxShape::from_relation(
-        &outbox_relation(),
-        &ColumnMap::outbox(),
-        &Template::parse("{aggregate_type}.{event_type}").expect("template"),
-    )
-    .expect("outbox shape")
+    shape_for(Encoding::Raw)
 }
+
+/// The sql/outbox.sql table with the default mapping but for the body encoding.
+fn shape_for(body: Encoding) -> OutboxShape {
+    let args = MappingArgs {
+        body: Some(body),
+        body_template: (body == Encoding::Template).then(|| {
+            r#"{"Id": {id|json}, "Type": {event_type|json}, "Content": {payload|json}}"#.to_owned()
+        }),
+        ..MappingArgs::default()
+    };
+    let mapping = Mapping::from_args(&args).expect("mapping");
+    OutboxShape::from_relation(&outbox_relation(), &mapping).expect("outbox shape")
+}
+
+const ENCODINGS: [Encoding; 5] = [
+    Encoding::Raw,
+    Encoding::CloudEvents,
+    Encoding::CloudEventsBinary,
+    Encoding::MassTransit,
+    Encoding::Template,
+];
 
 fn benchmarks(c: &mut Criterion) {
     let shape = outbox_shape();
@@ -117,7 +136,7 @@ fn benchmarks(c: &mut Criterion) {
             panic!("the Insert built here does not decode");
         };
         shape
-            .message(&insert.new_tuple, &TRANSACTION, &mut String::new())
+            .message(&insert.new_tuple, &TRANSACTION, 0, &mut String::new())
             .expect("the row maps to a message");
 
         group.bench_with_input(
@@ -130,7 +149,7 @@ fn benchmarks(c: &mut Criterion) {
             &insert.new_tuple,
             |b, row| {
                 let mut routing_key = String::new();
-                b.iter(|| shape.message(black_box(row), &TRANSACTION, &mut routing_key))
+                b.iter(|| shape.message(black_box(row), &TRANSACTION, 0, &mut routing_key))
             },
         );
         group.bench_with_input(
@@ -140,12 +159,32 @@ fn benchmarks(c: &mut Criterion) {
                 let mut routing_key = String::new();
                 b.iter(|| match pgoutput::decode(black_box(bytes)) {
                     Ok(Message::Insert(insert)) => shape
-                        .message(&insert.new_tuple, &TRANSACTION, &mut routing_key)
+                        .message(&insert.new_tuple, &TRANSACTION, 0, &mut routing_key)
                         .ok(),
                     _ => None,
                 })
             },
         );
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("per_encoding");
+    group.throughput(Throughput::Elements(1));
+    for size in [200, 10_000] {
+        let Ok(Message::Insert(insert)) = pgoutput::decode(&insert_message(size)) else {
+            panic!("the Insert built here does not decode");
+        };
+        for encoding in ENCODINGS {
+            let shape = shape_for(encoding);
+            group.bench_with_input(
+                BenchmarkId::new(format!("build_message_{}", encoding.name()), size),
+                &insert.new_tuple,
+                |b, row| {
+                    let mut routing_key = String::new();
+                    b.iter(|| shape.message(black_box(row), &TRANSACTION, 0, &mut routing_key))
+                },
+            );
+        }
     }
     group.finish();
 }
@@ -158,11 +197,20 @@ fn smoke_test() {
             panic!("the Insert built here does not decode");
         };
         let message = shape
-            .message(&insert.new_tuple, &TRANSACTION, &mut String::new())
+            .message(&insert.new_tuple, &TRANSACTION, 0, &mut String::new())
             .expect("the row maps to a message");
         assert_eq!(message.routing_key.as_str(), "order.created");
         assert_eq!(message.body.len(), size);
         assert_eq!(message.id, "0b5c7a52-4f0e-4d8e-9a43-3c7d2f1e9b01");
+        for encoding in ENCODINGS {
+            let message = shape_for(encoding)
+                .message(&insert.new_tuple, &TRANSACTION, 0, &mut String::new())
+                .expect("every encoding maps the row");
+            if encoding != Encoding::Raw && encoding != Encoding::CloudEventsBinary {
+                serde_json::from_slice::<serde_json::Value>(&message.body)
+                    .expect("the body is JSON");
+            }
+        }
     }
 }
 

@@ -30,3 +30,11 @@ if [ -n "$leftover" ]; then
   echo "test.sh: tests left replication slots behind: $leftover" >&2
   exit 1
 fi
+
+# The container path (#15): build docker/Dockerfile with podman and run the compose quick start
+# with docker-compose against local stand-in base images; it installs what it needs and keeps
+# its images and build cache between runs (README "Quick start with Docker"). It never touches
+# the machine's own PostgreSQL and RabbitMQ. WALBOX_CONTAINER_TEST=0 skips it.
+if [ "${WALBOX_CONTAINER_TEST:-1}" != 0 ]; then
+  bash scripts/container-test.sh
+fi

@@ -17,7 +17,7 @@ use tracing::debug;
 use crate::config::{Config, Identifier, TableName};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::outbox::routing::TemplateError;
+use crate::outbox::template::TemplateError;
 use crate::outbox::{OutboxShape, ShapeError};
 use crate::pgoutput::{Relation, RelationColumn};
 
@@ -130,15 +130,18 @@ impl Control {
         })
     }
 
-    /// Check that the table has every mapped column with a usable type and that the routing
-    /// key's placeholders exist.
+    /// Check that the table has every mapped column with a usable type and that the
+    /// templates' placeholders exist.
     pub(crate) async fn check_table(&self, config: &Config) -> Result<()> {
         let relation = self.describe_table(&config.table).await?;
-        match OutboxShape::from_relation(&relation, &config.columns, &config.routing_key) {
+        match OutboxShape::from_relation(&relation, &config.mapping) {
             Ok(_) => Ok(()),
-            Err(problem @ ShapeError::Template(TemplateError::UnknownPlaceholder { .. })) => Err(
-                Error::usage(format!("--routing-key: {problem} {}", config.table)),
-            ),
+            Err(
+                problem @ ShapeError::Template {
+                    error: TemplateError::UnknownPlaceholder { .. },
+                    ..
+                },
+            ) => Err(Error::usage(format!("{problem} {}", config.table))),
             Err(problem) => Err(Error::definite(problem)),
         }
     }

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod config;
 mod control;
+pub mod encode;
 mod error;
 pub mod lsn;
 pub mod outbox;

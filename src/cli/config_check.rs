@@ -6,6 +6,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory};
 
 use crate::config::file::{Parsed, value_source};
+use crate::config::mapping::{self, Mapping, MappingArgs};
 use crate::config::{Cli, Config, ConfigError, RunArgs, RunConfig, redact_url};
 
 /// Validate, then print. A configuration that does not validate is an error naming the
@@ -14,7 +15,23 @@ pub(crate) fn check(parsed: &Parsed, run: &RunArgs) -> Result<(), ConfigError> {
     Config::from_args(&run.common)?;
     RunConfig::from_args(run)?;
     print!("{}", effective(parsed));
+    print!("{}", implied_mapping(&run.common.mapping));
     Ok(())
+}
+
+/// The mapping settings nobody gave (flag, environment, file): what the preset or the
+/// built-in default makes them, so a preset's expansion is visible.
+fn implied_mapping(args: &MappingArgs) -> String {
+    Mapping::implied(args)
+        .into_iter()
+        .map(|(flag, value, source)| {
+            let source = match source {
+                mapping::Source::Preset(preset) => format!("preset {}", preset.name()),
+                mapping::Source::Default | mapping::Source::Given => "default".to_owned(),
+            };
+            format!("{flag} = {}  # {source}\n", toml_value(&value))
+        })
+        .collect()
 }
 
 /// The effective configuration as TOML lines with a comment naming each value's source.

@@ -32,7 +32,7 @@ pub(crate) async fn replay(config: &Config, replay: &ReplayConfig) -> Result<()>
         slot = %config.slot,
         from = %replay.from_lsn,
         to = %replay.to_lsn.map_or("now".to_owned(), |to| to.to_string()),
-        exchange = %config.exchange,
+        exchange = %config.mapping.exchange,
         dry_run = replay.dry_run,
         "replay starting"
     );

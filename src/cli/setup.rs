@@ -6,13 +6,14 @@ use crate::control::{Control, Ensured};
 use crate::error::Result;
 use crate::sink::Publisher;
 use crate::sink::amqp::AmqpPublisher;
+use crate::sink::topology::DeclareMode;
 
 pub(crate) async fn setup(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;
     let prepared = control.prepare(config, true).await?;
     println!(
         "wal_level is logical; table {} has every mapped column ({})",
-        config.table, config.columns
+        config.table, config.mapping.columns
     );
     println!(
         "publication {}: {}",
@@ -39,16 +40,37 @@ pub(crate) async fn setup(config: &Config) -> Result<()> {
     }
     let publisher = AmqpPublisher::connect(config).await?;
     publisher.close().await;
-    if config.declare_exchange {
-        println!(
-            "exchange {}: declared (durable topic) at {}",
-            config.exchange, config.amqp_url
-        );
-    } else {
-        println!(
-            "exchange {}: not declared (--no-declare); broker reachable at {}",
-            config.exchange, config.amqp_url
-        );
+    let mapping = &config.mapping;
+    let spec = mapping.exchange_spec;
+    match (mapping.exchange.as_constant(), spec.mode) {
+        (Some(""), _) => println!(
+            "exchange: the default exchange (routing key = queue name) at {}",
+            config.amqp_url
+        ),
+        (Some(name), DeclareMode::Declare) => {
+            println!("exchange {name}: declared ({spec}) at {}", config.amqp_url)
+        }
+        (Some(name), DeclareMode::Passive) => {
+            println!(
+                "exchange {name}: exists (passive check) at {}",
+                config.amqp_url
+            )
+        }
+        (Some(name), DeclareMode::None) => println!(
+            "exchange {name}: not declared (--exchange-declare none); broker reachable at {}",
+            config.amqp_url
+        ),
+        (None, mode) => println!(
+            "exchange per event, {}: each is {} ({spec}) before its first event; broker \
+             reachable at {}",
+            mapping.exchange,
+            match mode {
+                DeclareMode::Declare => "declared",
+                DeclareMode::Passive => "checked to exist",
+                DeclareMode::None => "not declared",
+            },
+            config.amqp_url
+        ),
     }
     Ok(())
 }

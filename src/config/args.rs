@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use super::mapping::MappingArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "walbox",
@@ -105,25 +107,9 @@ pub struct CommonArgs {
     #[arg(long, env = "WALBOX_TABLE", default_value = "public.outbox")]
     pub table: String,
 
-    /// Column map: a preset (outbox, debezium) and/or field=column pairs, comma separated.
-    #[arg(long, env = "WALBOX_COLUMNS", default_value = "outbox")]
-    pub columns: String,
-
-    /// Exchange events are published to (unless a row's exchange column says otherwise).
-    #[arg(long, env = "WALBOX_EXCHANGE", default_value = "outbox")]
-    pub exchange: String,
-
-    /// Do not declare the exchange (it must exist).
-    #[arg(long, env = "WALBOX_NO_DECLARE")]
-    pub no_declare: bool,
-
-    /// Routing-key template: {field} or {column} placeholders.
-    #[arg(
-        long,
-        env = "WALBOX_ROUTING_KEY",
-        default_value = "{aggregate_type}.{event_type}"
-    )]
-    pub routing_key: String,
+    /// What rows become on the wire: preset, columns, exchange, routing key, body, headers.
+    #[command(flatten)]
+    pub mapping: MappingArgs,
 
     /// Messages published but not yet confirmed by the broker, at most.
     #[arg(long, env = "WALBOX_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_535))]

@@ -9,12 +9,15 @@
 //! One job per file: [`args`] the flags, [`file`] the TOML file, [`names`] identifiers and
 //! derived slot names, [`secrets`] passwords and CA files, [`postgres`] the PostgreSQL URL
 //! and its TLS settings, [`replay`] the replay settings, [`validate`] flags → settings, and
-//! [`reference`] the README's options table.
+//! [`reference`] the README's options table; [`mapping`] and [`preset`] what rows become on
+//! the wire (#11's flags).
 
 mod args;
 pub mod file;
+pub mod mapping;
 mod names;
 pub(crate) mod postgres;
+pub mod preset;
 pub mod reference;
 mod replay;
 mod secrets;
@@ -23,6 +26,7 @@ mod validate;
 pub use args::{
     Cli, Command, CommonArgs, ConfigCommand, LogFormat, ReplayArgs, RunArgs, StatusArgs,
 };
+pub use mapping::{Mapping, MappingArgs};
 pub(crate) use names::{Identifier, TableName, bookmark_name, copy_name};
 pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};
 pub(crate) use replay::{ReplayConfig, ReplayWindow};

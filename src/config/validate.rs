@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::args::{CommonArgs, ReplayArgs, RunArgs};
+use super::mapping::Mapping;
 use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
 use super::postgres::{self, PostgresTls};
 use super::replay::{ReplayConfig, ReplayWindow};
 use super::secrets::{CaFile, Secret, SecretUrl, redact_url};
 use crate::lsn::Lsn;
-use crate::outbox::{ColumnMap, Template};
 
 /// Everything a subcommand needs, validated.
 #[derive(Clone, Debug)]
@@ -29,10 +29,8 @@ pub(crate) struct Config {
     pub(crate) slot: Identifier,
     pub(crate) publication: Identifier,
     pub(crate) table: TableName,
-    pub(crate) columns: ColumnMap,
-    pub(crate) exchange: String,
-    pub(crate) declare_exchange: bool,
-    pub(crate) routing_key: Template,
+    /// What rows become on the wire (#11's flags).
+    pub(crate) mapping: Mapping,
     pub(crate) max_in_flight: usize,
 }
 
@@ -101,12 +99,7 @@ impl Config {
                  letters, digits and underscores"
             )));
         }
-        if args.exchange.len() > 255 {
-            return Err(ConfigError("--exchange is longer than 255 bytes".into()));
-        }
-        let columns = ColumnMap::parse(&args.columns).map_err(|e| ConfigError(e.to_string()))?;
-        let routing_key =
-            Template::parse(&args.routing_key).map_err(|e| ConfigError(e.to_string()))?;
+        let mapping = Mapping::from_args(&args.mapping)?;
         Ok(Config {
             postgres_url: SecretUrl::new(args.postgres_url.clone()),
             postgres,
@@ -117,10 +110,7 @@ impl Config {
             slot: Identifier::new("--slot", slot)?,
             publication: Identifier::new("--publication", &args.publication)?,
             table: TableName::parse(&args.table)?,
-            columns,
-            exchange: args.exchange.clone(),
-            declare_exchange: !args.no_declare,
-            routing_key,
+            mapping,
             max_in_flight: args.max_in_flight as usize,
         })
     }
@@ -246,10 +236,13 @@ mod tests {
         assert_eq!(config.slot.as_str(), "walbox");
         assert_eq!(config.table.to_string(), "public.outbox");
         assert_eq!(
-            config.routing_key.to_string(),
+            config.mapping.routing_key.to_string(),
             "{aggregate_type}.{event_type}"
         );
-        assert!(config.declare_exchange);
+        assert_eq!(
+            config.mapping.exchange_spec.mode,
+            crate::sink::topology::DeclareMode::Declare
+        );
     }
 
     #[test]

@@ -137,8 +137,8 @@ impl Error {
     }
 
     /// Classify an error from the AMQP connection.
-    pub(crate) fn from_amqp(context: &str, error: lapin::Error) -> Self {
-        Error::Amqp(AmqpError::new(context, error))
+    pub(crate) fn from_amqp(context: &str, error: &lapin::Error) -> Self {
+        Error::Amqp(AmqpError::new(context, error.clone()))
     }
 }
 

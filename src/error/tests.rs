@@ -172,7 +172,7 @@ fn control_errors_are_classified_by_sqlstate() {
 }
 
 fn amqp(error: lapin::Error) -> Error {
-    Error::from_amqp("connecting to amqp://guest:***@127.0.0.1:5672/%2f", error)
+    Error::from_amqp("connecting to amqp://guest:***@127.0.0.1:5672/%2f", &error)
 }
 
 fn closed(kind: AMQPErrorKind, text: &str) -> lapin::Error {

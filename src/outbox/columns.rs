@@ -1,11 +1,14 @@
 //! The column map: which column of the user's table plays which part of an outbox event.
 //!
-//! walbox speaks of *fields* (logical names such as `aggregate_type`); a user's table may call
-//! them anything. The map starts from a preset (`outbox`, the table in sql/outbox.sql, or
-//! `debezium`, the shape Debezium's Outbox Event Router expects) and takes overrides such as
-//! `id=event_id,aggregate_type=kind`.
+//! walbox speaks of *fields* (logical names such as `event_type`); a user's table may call
+//! them anything, and may lack all of them but the payload. The map starts from a table preset
+//! (`outbox`, the table in sql/outbox.sql; `debezium`; or a framework's table such as `eshop`)
+//! and takes overrides such as `id=event_id,aggregate_type=kind`. A column may carry a JSON
+//! path (`headers=Content->Headers`) for frameworks that store a whole message in one column.
 
 use std::fmt;
+
+use super::path::ColumnRef;
 
 /// One part of an outbox event, by its logical name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,16 +52,11 @@ impl Field {
         Field::ALL.into_iter().find(|field| field.name() == name)
     }
 
-    /// Whether every event needs this field; the others are used when the table has them.
+    /// Whether every event needs this field. Only the payload: without an id column the
+    /// message id comes from the event's WAL position, and the other fields are used when
+    /// the table has them.
     pub fn is_required(self) -> bool {
-        matches!(
-            self,
-            Field::Id
-                | Field::AggregateType
-                | Field::AggregateId
-                | Field::EventType
-                | Field::Payload
-        )
+        self == Field::Payload
     }
 
     fn index(self) -> usize {
@@ -72,24 +70,118 @@ impl fmt::Display for Field {
     }
 }
 
-/// Where a field's column name came from; an explicit mapping must exist in the table, a
-/// preset's optional column is used only when present.
+/// Where a field's column name came from. An explicit mapping and a preset's column must
+/// exist in the table (a column that disappears stops walbox rather than silently dropping a
+/// header), except a preset's optional column, which is used only when present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
     Preset,
+    PresetOptional,
     Explicit,
+}
+
+/// A table preset: a name and the columns of its fields.
+struct TablePreset {
+    name: &'static str,
+    columns: &'static [(Field, &'static str)],
+    /// Fields used only when the table has their column.
+    optional: &'static [Field],
+}
+
+/// The tables walbox knows by name. Column names are as the framework's ORM creates them on
+/// PostgreSQL (EF Core on Npgsql keeps PascalCase names, quoted).
+const TABLE_PRESETS: &[TablePreset] = &[
+    TablePreset {
+        name: "outbox",
+        columns: &[
+            (Field::Id, "id"),
+            (Field::AggregateType, "aggregate_type"),
+            (Field::AggregateId, "aggregate_id"),
+            (Field::EventType, "event_type"),
+            (Field::Payload, "payload"),
+            (Field::Headers, "headers"),
+            (Field::CreatedAt, "created_at"),
+            (Field::Exchange, "exchange"),
+        ],
+        optional: &[Field::Headers, Field::CreatedAt, Field::Exchange],
+    },
+    // Debezium's Outbox Event Router table.
+    TablePreset {
+        name: "debezium",
+        columns: &[
+            (Field::Id, "id"),
+            (Field::AggregateType, "aggregatetype"),
+            (Field::AggregateId, "aggregateid"),
+            (Field::EventType, "type"),
+            (Field::Payload, "payload"),
+        ],
+        optional: &[],
+    },
+    // The EF Core interceptor outbox: "OutBoxMessages"("Id", "OccurredOnUtc", "Type",
+    // "Content", "ProcessedOnUtc").
+    TablePreset {
+        name: "outbox-messages",
+        columns: &[
+            (Field::Id, "Id"),
+            (Field::EventType, "Type"),
+            (Field::Payload, "Content"),
+            (Field::CreatedAt, "OccurredOnUtc"),
+        ],
+        optional: &[],
+    },
+    // eShop's IntegrationEventLog: "EventId", "EventTypeName", "Content", "CreationTime".
+    TablePreset {
+        name: "eshop",
+        columns: &[
+            (Field::Id, "EventId"),
+            (Field::EventType, "EventTypeName"),
+            (Field::Payload, "Content"),
+            (Field::CreatedAt, "CreationTime"),
+        ],
+        optional: &[],
+    },
+    // MASA Framework's IntegrationEventLog: primary key "Id" is per row; the event's own id is
+    // "EventId".
+    TablePreset {
+        name: "masa",
+        columns: &[
+            (Field::Id, "EventId"),
+            (Field::EventType, "EventTypeName"),
+            (Field::Payload, "Content"),
+            (Field::CreatedAt, "CreationTime"),
+        ],
+        optional: &[],
+    },
+    // CAP's published table: "Content" holds the whole message, {"Headers": {..}, "Value": ..}.
+    TablePreset {
+        name: "cap",
+        columns: &[
+            (Field::Id, "Id"),
+            (Field::EventType, "Name"),
+            (Field::Payload, "Content->Value"),
+            (Field::Headers, "Content->Headers"),
+            (Field::CreatedAt, "Added"),
+        ],
+        optional: &[],
+    },
+];
+
+/// The names `--columns` accepts as a table preset.
+pub fn table_preset_names() -> impl Iterator<Item = &'static str> {
+    TABLE_PRESETS.iter().map(|preset| preset.name)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColumnMap {
-    columns: [Option<(String, Origin)>; 8],
+    columns: [Option<(ColumnRef, Origin)>; 8],
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ColumnMapError {
     #[error(
         "unknown field `{0}` in --columns; known fields: id, aggregate_type, aggregate_id, \
-         event_type, payload, headers, created_at, exchange (or a preset: outbox, debezium)"
+         event_type, payload, headers, created_at, exchange (or a table preset first: outbox, \
+         debezium, outbox-messages, eshop, masa, cap)"
     )]
     UnknownField(String),
     #[error("`{0}` in --columns is not of the form field=column")]
@@ -98,61 +190,57 @@ pub enum ColumnMapError {
     RequiredUnmapped(Field),
     #[error("field `{0}` appears twice in --columns")]
     Duplicate(Field),
+    #[error("`{0}` in --columns: {1}")]
+    BadColumn(String, String),
 }
 
 impl ColumnMap {
+    fn preset(name: &str) -> Option<Self> {
+        let preset = TABLE_PRESETS.iter().find(|preset| preset.name == name)?;
+        let mut map = ColumnMap {
+            columns: Default::default(),
+        };
+        for (field, column) in preset.columns {
+            let column = ColumnRef::parse(column).expect("table presets are well formed");
+            let origin = if preset.optional.contains(field) {
+                Origin::PresetOptional
+            } else {
+                Origin::Preset
+            };
+            map.columns[field.index()] = Some((column, origin));
+        }
+        Some(map)
+    }
+
     /// The table of sql/outbox.sql: every field under its own name, exchange only if present.
     pub fn outbox() -> Self {
-        let mut map = ColumnMap {
-            columns: Default::default(),
-        };
-        for field in Field::ALL {
-            map.columns[field.index()] = Some((field.name().to_owned(), Origin::Preset));
-        }
-        map
+        Self::preset("outbox").expect("the outbox preset exists")
     }
 
-    /// Debezium's Outbox Event Router table: id, aggregatetype, aggregateid, type, payload.
-    pub fn debezium() -> Self {
-        let mut map = ColumnMap {
-            columns: Default::default(),
-        };
-        for (field, column) in [
-            (Field::Id, "id"),
-            (Field::AggregateType, "aggregatetype"),
-            (Field::AggregateId, "aggregateid"),
-            (Field::EventType, "type"),
-            (Field::Payload, "payload"),
-        ] {
-            map.columns[field.index()] = Some((column.to_owned(), Origin::Preset));
-        }
-        map
-    }
-
-    /// Parse `--columns`: an optional leading preset, then `field=column` overrides; an empty
-    /// column (`headers=`) unmaps an optional field.
+    /// Parse `--columns`: an optional leading table preset, then `field=column` overrides; an
+    /// empty column (`headers=`) unmaps an optional field.
     pub fn parse(text: &str) -> Result<Self, ColumnMapError> {
         let mut items = text
             .split(',')
             .map(str::trim)
             .filter(|item| !item.is_empty())
             .peekable();
-        let mut map = match items.peek() {
-            Some(&"debezium") => {
+        let mut map = match items.peek().and_then(|first| Self::preset(first)) {
+            Some(map) => {
                 items.next();
-                ColumnMap::debezium()
+                map
             }
-            Some(&"outbox") => {
-                items.next();
-                ColumnMap::outbox()
-            }
-            _ => ColumnMap::outbox(),
+            None => ColumnMap::outbox(),
         };
         let mut seen = Vec::new();
         for item in items {
-            let (name, column) = item
-                .split_once('=')
-                .ok_or_else(|| ColumnMapError::NotAPair(item.to_owned()))?;
+            let (name, column) = item.split_once('=').ok_or_else(|| {
+                if Field::from_name(item).is_none() && !item.contains("->") {
+                    ColumnMapError::UnknownField(item.to_owned())
+                } else {
+                    ColumnMapError::NotAPair(item.to_owned())
+                }
+            })?;
             let field = Field::from_name(name.trim())
                 .ok_or_else(|| ColumnMapError::UnknownField(name.trim().to_owned()))?;
             if seen.contains(&field) {
@@ -166,17 +254,19 @@ impl ColumnMap {
                 }
                 map.columns[field.index()] = None;
             } else {
-                map.columns[field.index()] = Some((column.to_owned(), Origin::Explicit));
+                let column = ColumnRef::parse(column)
+                    .map_err(|problem| ColumnMapError::BadColumn(item.to_owned(), problem))?;
+                map.columns[field.index()] = Some((column, Origin::Explicit));
             }
         }
         Ok(map)
     }
 
-    /// The column mapped to `field`, if any.
-    pub fn column(&self, field: Field) -> Option<&str> {
+    /// The column (and JSON path into it) mapped to `field`, if any.
+    pub fn column(&self, field: Field) -> Option<&ColumnRef> {
         self.columns[field.index()]
             .as_ref()
-            .map(|(column, _)| column.as_str())
+            .map(|(column, _)| column)
     }
 
     pub fn origin(&self, field: Field) -> Option<Origin> {
@@ -193,7 +283,10 @@ impl fmt::Display for ColumnMap {
             if position > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{field}={}", self.column(field).unwrap_or(""))?;
+            write!(f, "{field}=")?;
+            if let Some(column) = self.column(field) {
+                write!(f, "{column}")?;
+            }
         }
         Ok(())
     }
@@ -203,36 +296,78 @@ impl fmt::Display for ColumnMap {
 mod tests {
     use super::*;
 
+    fn column(map: &ColumnMap, field: Field) -> Option<String> {
+        map.column(field).map(ToString::to_string)
+    }
+
     #[test]
     fn outbox_preset_maps_every_field_to_its_own_name() {
         let map = ColumnMap::outbox();
         for field in Field::ALL {
-            assert_eq!(map.column(field), Some(field.name()));
-            assert_eq!(map.origin(field), Some(Origin::Preset));
+            assert_eq!(column(&map, field).as_deref(), Some(field.name()));
         }
+        assert_eq!(map.origin(Field::AggregateId), Some(Origin::Preset));
+        assert_eq!(map.origin(Field::Headers), Some(Origin::PresetOptional));
     }
 
     #[test]
     fn debezium_preset_matches_the_event_router_table() {
         let map = ColumnMap::parse("debezium").unwrap();
-        assert_eq!(map.column(Field::AggregateType), Some("aggregatetype"));
-        assert_eq!(map.column(Field::AggregateId), Some("aggregateid"));
-        assert_eq!(map.column(Field::EventType), Some("type"));
+        assert_eq!(
+            column(&map, Field::AggregateType).as_deref(),
+            Some("aggregatetype")
+        );
+        assert_eq!(
+            column(&map, Field::AggregateId).as_deref(),
+            Some("aggregateid")
+        );
+        assert_eq!(column(&map, Field::EventType).as_deref(), Some("type"));
         assert_eq!(map.column(Field::Headers), None);
         assert_eq!(map.column(Field::CreatedAt), None);
     }
 
     #[test]
+    fn framework_presets_map_only_what_their_tables_have() {
+        let map = ColumnMap::parse("outbox-messages").unwrap();
+        assert_eq!(column(&map, Field::Id).as_deref(), Some("Id"));
+        assert_eq!(column(&map, Field::Payload).as_deref(), Some("Content"));
+        assert_eq!(map.column(Field::AggregateType), None);
+        let map = ColumnMap::parse("eshop").unwrap();
+        assert_eq!(
+            column(&map, Field::EventType).as_deref(),
+            Some("EventTypeName")
+        );
+        let map = ColumnMap::parse("cap").unwrap();
+        let payload = map.column(Field::Payload).unwrap();
+        assert_eq!(payload.column(), "Content");
+        assert_eq!(payload.path(), ["Value".to_owned()]);
+        assert_eq!(
+            column(&map, Field::Headers).as_deref(),
+            Some("Content->Headers")
+        );
+        for name in table_preset_names() {
+            assert!(ColumnMap::parse(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
     fn overrides_apply_on_top_of_the_preset() {
         let map = ColumnMap::parse("id=event_id, aggregate_type=kind,headers=").unwrap();
-        assert_eq!(map.column(Field::Id), Some("event_id"));
+        assert_eq!(column(&map, Field::Id).as_deref(), Some("event_id"));
         assert_eq!(map.origin(Field::Id), Some(Origin::Explicit));
-        assert_eq!(map.column(Field::AggregateType), Some("kind"));
+        assert_eq!(column(&map, Field::AggregateType).as_deref(), Some("kind"));
         assert_eq!(map.column(Field::Headers), None);
-        assert_eq!(map.column(Field::Payload), Some("payload"));
+        assert_eq!(column(&map, Field::Payload).as_deref(), Some("payload"));
         let map = ColumnMap::parse("debezium,payload=body").unwrap();
-        assert_eq!(map.column(Field::Payload), Some("body"));
-        assert_eq!(map.column(Field::EventType), Some("type"));
+        assert_eq!(column(&map, Field::Payload).as_deref(), Some("body"));
+        assert_eq!(column(&map, Field::EventType).as_deref(), Some("type"));
+        // Every field but the payload may be unmapped.
+        let map = ColumnMap::parse("id=,aggregate_type=,aggregate_id=,event_type=").unwrap();
+        let mapped = Field::ALL
+            .into_iter()
+            .filter(|field| map.column(*field).is_some())
+            .count();
+        assert_eq!(mapped, 4);
     }
 
     #[test]
@@ -253,14 +388,20 @@ mod tests {
             ColumnMap::parse("id=a,id=b"),
             Err(ColumnMapError::Duplicate(Field::Id))
         );
+        assert!(matches!(
+            ColumnMap::parse("headers=Content->"),
+            Err(ColumnMapError::BadColumn(..))
+        ));
     }
 
     #[test]
     fn display_round_trips_through_parse() {
-        let map = ColumnMap::parse("id=event_id,exchange=").unwrap();
-        let again = ColumnMap::parse(&map.to_string()).unwrap();
-        for field in Field::ALL {
-            assert_eq!(map.column(field), again.column(field));
+        for text in ["id=event_id,exchange=", "cap", "eshop,created_at="] {
+            let map = ColumnMap::parse(text).unwrap();
+            let again = ColumnMap::parse(&map.to_string()).unwrap();
+            for field in Field::ALL {
+                assert_eq!(map.column(field), again.column(field));
+            }
         }
     }
 }

@@ -1,59 +1,32 @@
-//! One inserted outbox row → one AMQP message, following the message contract.
+//! One inserted row → one AMQP message, following the message contract and the mapping
+//! (`--columns`, templates, `--body`, `--header`).
 //!
 //! An [`OutboxShape`] is built from the table's Relation message (column positions and types,
-//! resolved once); [`OutboxShape::message`] then turns each Insert into an [`OutboxMessage`]
-//! without looking anything up by name.
+//! templates resolved, once); [`OutboxShape::message`] then turns each Insert into an
+//! [`OutboxMessage`] without looking anything up by name: it reads the row's fields, renders
+//! the templates, hands an [`encode::Event`] to the body encoder, and assembles the
+//! properties and headers.
+
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use super::columns::{ColumnMap, Field, Origin};
-use super::headers::add_json_headers;
-use super::routing::{ResolvedTemplate, Template, TemplateError};
-use super::timestamp::{parse_unix_seconds, postgres_micros_to_unix_seconds};
+use super::columns::{Field, Origin};
+use super::headers::{add_json_headers, add_object_headers};
+use super::message_id;
+use super::row::{NotJson, Row, Source, Value};
+use super::template::{ResolvedTemplate, TemplateError, resolve_source};
+use super::timestamp::{parse_unix_micros, postgres_micros_to_unix_micros};
+use crate::config::mapping::Mapping;
+use crate::encode::{self, CloudEventAttributes, EncodeError, Encoder, PayloadKind};
 use crate::lsn::Lsn;
-use crate::pgoutput::{ColumnValue, Relation, TupleData};
-
-/// Type OIDs walbox understands (pg_type.oid, stable across PostgreSQL versions).
-mod oid {
-    pub(super) const BYTEA: u32 = 17;
-    pub(super) const TEXT: u32 = 25;
-    pub(super) const JSON: u32 = 114;
-    pub(super) const BPCHAR: u32 = 1042;
-    pub(super) const VARCHAR: u32 = 1043;
-    pub(super) const JSONB: u32 = 3802;
-}
+use crate::pgoutput::{Relation, TupleData};
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
-
-/// What the payload column holds, which decides the body bytes and the content type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PayloadKind {
-    Json,
-    Text,
-    Bytes,
-}
-
-impl PayloadKind {
-    pub fn from_type_oid(type_oid: u32) -> Option<Self> {
-        match type_oid {
-            oid::JSON | oid::JSONB => Some(PayloadKind::Json),
-            oid::TEXT | oid::VARCHAR | oid::BPCHAR => Some(PayloadKind::Text),
-            oid::BYTEA => Some(PayloadKind::Bytes),
-            _ => None,
-        }
-    }
-
-    fn content_type(self) -> &'static str {
-        match self {
-            PayloadKind::Json => "application/json",
-            PayloadKind::Text => "text/plain; charset=utf-8",
-            PayloadKind::Bytes => "application/octet-stream",
-        }
-    }
-}
 
 /// The transaction an event belongs to, from its Begin message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,35 +58,58 @@ pub enum ShapeError {
         column: String,
         type_oid: u32,
     },
-    #[error("{0}")]
-    Template(#[from] TemplateError),
+    #[error("{flag}: {error}")]
+    Template {
+        flag: &'static str,
+        error: TemplateError,
+    },
 }
 
-/// Column positions of one version of the outbox table.
+/// Where the payload comes from.
+#[derive(Clone, Debug)]
+struct PayloadSource {
+    source: Source,
+    kind: PayloadKind,
+}
+
+/// Column positions and resolved templates of one version of the outbox table.
 #[derive(Clone, Debug)]
 pub struct OutboxShape {
     relation_id: u32,
-    id: usize,
-    aggregate_type: usize,
-    aggregate_id: usize,
-    event_type: usize,
-    payload: usize,
-    payload_kind: PayloadKind,
-    headers: Option<usize>,
-    created_at: Option<usize>,
-    exchange: Option<usize>,
+    columns: usize,
+    id: Option<Source>,
+    aggregate_type: Option<Source>,
+    aggregate_id: Option<Source>,
+    event_type: Option<Source>,
+    payload: PayloadSource,
+    headers: Option<Source>,
+    created_at: Option<Source>,
+    exchange_column: Option<usize>,
+    /// None when the exchange is one fixed name (the sink's default).
+    exchange: Option<ResolvedTemplate>,
     routing_key: ResolvedTemplate,
+    /// None: the event type field, if mapped.
+    message_type: Option<ResolvedTemplate>,
+    extra_headers: Vec<(ShortString, ResolvedTemplate)>,
+    ce: Option<(ResolvedTemplate, ResolvedTemplate)>,
+    body_template: Option<ResolvedTemplate>,
+    encoder: Arc<dyn Encoder>,
+    /// The encoder wants the headers column as a JSON object (MassTransit's envelope).
+    encoder_reads_headers: bool,
+    walbox_headers: bool,
+    /// Columns read through a JSON path, parsed once per row.
+    json_columns: Vec<(usize, String)>,
 }
 
 /// A message ready to publish.
 #[derive(Debug)]
 pub struct OutboxMessage {
-    /// The row's exchange column, when set; otherwise the configured exchange.
+    /// The rendered exchange (or the row's exchange column); None: the configured fixed one.
     pub exchange: Option<ShortString>,
     pub routing_key: ShortString,
     pub body: Bytes,
     pub properties: BasicProperties,
-    /// The event id, for log lines about this event.
+    /// The event id (the message id), for log lines about this event.
     pub id: String,
     /// Set when the headers column could not be used (the event still goes out).
     pub headers_warning: Option<String>,
@@ -138,181 +134,361 @@ pub enum EventError {
     TooLong { what: &'static str, len: usize },
     #[error("bytea payload is not in PostgreSQL's hex format")]
     BadBytea,
+    #[error("{0}")]
+    NotJson(#[from] NotJson),
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
 }
 
 impl OutboxShape {
-    /// Resolve the column map and the routing-key template against a Relation message.
-    pub fn from_relation(
-        relation: &Relation,
-        map: &ColumnMap,
-        template: &Template,
-    ) -> Result<Self, ShapeError> {
+    /// Resolve the column map and the templates against a Relation message.
+    pub fn from_relation(relation: &Relation, mapping: &Mapping) -> Result<Self, ShapeError> {
         let table = format!("{}.{}", relation.namespace, relation.name);
-        let position = |field: Field| -> Result<Option<usize>, ShapeError> {
-            let Some(column) = map.column(field) else {
+        let map = &mapping.columns;
+        let missing = |field: Field| -> ShapeError {
+            ShapeError::MissingColumn {
+                table: table.clone(),
+                field,
+                column: map
+                    .column(field)
+                    .map_or_else(|| field.name().to_owned(), |c| c.column().to_owned()),
+            }
+        };
+        let field = |field: Field| -> Result<Option<Source>, ShapeError> {
+            if map.column(field).is_none() {
                 return Ok(None);
-            };
-            match relation.columns.iter().position(|c| c.name == column) {
-                Some(index) => Ok(Some(index)),
-                None if field.is_required() || map.origin(field) == Some(Origin::Explicit) => {
-                    Err(ShapeError::MissingColumn {
-                        table: table.clone(),
-                        field,
-                        column: column.to_owned(),
-                    })
+            }
+            let name = super::path::ColumnRef::parse(field.name()).expect("field names parse");
+            match resolve_source(map, relation, &name) {
+                Some(source) => Ok(Some(source)),
+                None if field.is_required()
+                    || map.origin(field) != Some(Origin::PresetOptional) =>
+                {
+                    Err(missing(field))
                 }
                 None => Ok(None),
             }
         };
-        let required = |field: Field| -> Result<usize, ShapeError> {
-            position(field)?.ok_or_else(|| ShapeError::MissingColumn {
+        let payload = field(Field::Payload)?.ok_or_else(|| missing(Field::Payload))?;
+        let kind = if payload.path.is_empty() {
+            let type_oid = relation.columns[payload.index].type_oid;
+            PayloadKind::from_type_oid(type_oid).ok_or_else(|| ShapeError::UnsupportedPayload {
                 table: table.clone(),
-                field,
-                column: field.name().to_owned(),
-            })
+                column: relation.columns[payload.index].name.clone(),
+                type_oid,
+            })?
+        } else {
+            PayloadKind::Json
         };
-        let payload = required(Field::Payload)?;
-        let payload_type = relation.columns[payload].type_oid;
-        let payload_kind = PayloadKind::from_type_oid(payload_type).ok_or_else(|| {
-            ShapeError::UnsupportedPayload {
-                table: table.clone(),
-                column: relation.columns[payload].name.clone(),
-                type_oid: payload_type,
+        let exchange_column = field(Field::Exchange)?.map(|source| source.index);
+        let resolve_as = |flag: &'static str| {
+            move |template: &super::Template| {
+                template
+                    .resolve(map, relation)
+                    .map_err(|error| ShapeError::Template { flag, error })
             }
-        })?;
-        let routing_key = template.resolve(
-            map,
-            relation.columns.iter().map(|column| column.name.as_str()),
-        )?;
-        Ok(OutboxShape {
+        };
+        let exchange = match mapping.exchange.as_constant() {
+            Some(_) => None,
+            None => Some(resolve_as("--exchange")(&mapping.exchange)?),
+        };
+        let extra_headers = mapping
+            .headers
+            .iter()
+            .map(|(name, template)| Ok((name.clone(), resolve_as("--header")(template)?)))
+            .collect::<Result<Vec<_>, ShapeError>>()?;
+        let ce = if mapping.body.is_cloudevents() {
+            Some((
+                resolve_as("--ce-source")(&mapping.ce_source)?,
+                resolve_as("--ce-type")(&mapping.ce_type)?,
+            ))
+        } else {
+            None
+        };
+        let body_template = mapping
+            .body_template
+            .as_ref()
+            .map(resolve_as("--body-template"))
+            .transpose()?;
+        let mut shape = OutboxShape {
             relation_id: relation.relation_id,
-            id: required(Field::Id)?,
-            aggregate_type: required(Field::AggregateType)?,
-            aggregate_id: required(Field::AggregateId)?,
-            event_type: required(Field::EventType)?,
-            payload,
-            payload_kind,
-            headers: position(Field::Headers)?,
-            created_at: position(Field::CreatedAt)?,
-            exchange: position(Field::Exchange)?,
-            routing_key,
-        })
+            columns: relation.columns.len(),
+            id: field(Field::Id)?,
+            aggregate_type: field(Field::AggregateType)?,
+            aggregate_id: field(Field::AggregateId)?,
+            event_type: field(Field::EventType)?,
+            payload: PayloadSource {
+                source: payload,
+                kind,
+            },
+            headers: field(Field::Headers)?,
+            created_at: field(Field::CreatedAt)?,
+            exchange_column,
+            exchange,
+            routing_key: resolve_as("--routing-key")(&mapping.routing_key)?,
+            message_type: mapping
+                .message_type
+                .as_ref()
+                .map(resolve_as("--message-type"))
+                .transpose()?,
+            extra_headers,
+            ce,
+            body_template,
+            encoder: Arc::from(mapping.body.encoder()),
+            encoder_reads_headers: mapping.body == encode::Encoding::MassTransit,
+            walbox_headers: mapping.walbox_headers,
+            json_columns: Vec::new(),
+        };
+        shape.json_columns = shape.columns_read_through_paths(relation);
+        Ok(shape)
+    }
+
+    fn columns_read_through_paths(&self, relation: &Relation) -> Vec<(usize, String)> {
+        let fields = [
+            &self.id,
+            &self.aggregate_type,
+            &self.aggregate_id,
+            &self.event_type,
+            &self.headers,
+            &self.created_at,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(&self.payload.source))
+        .filter(|source| !source.path.is_empty())
+        .map(|source| source.index);
+        let templates = self
+            .templates()
+            .flat_map(ResolvedTemplate::sources)
+            .filter(|(_, path)| *path)
+            .map(|(index, _)| index);
+        let mut indexes: Vec<usize> = fields.chain(templates).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        indexes
+            .into_iter()
+            .map(|index| (index, relation.columns[index].name.clone()))
+            .collect()
+    }
+
+    fn templates(&self) -> impl Iterator<Item = &ResolvedTemplate> {
+        self.exchange
+            .iter()
+            .chain(std::iter::once(&self.routing_key))
+            .chain(self.message_type.iter())
+            .chain(self.extra_headers.iter().map(|(_, template)| template))
+            .chain(self.ce.iter().flat_map(|(source, kind)| [source, kind]))
+            .chain(self.body_template.iter())
     }
 
     pub fn relation_id(&self) -> u32 {
         self.relation_id
     }
 
-    /// Build the message for one inserted row. `routing_key` is scratch space reused per event.
+    /// Build the message for the `index`-th outbox row (from 0) of `transaction`.
+    /// `routing_key` is scratch space reused per event.
     pub fn message(
         &self,
-        row: &TupleData,
+        tuple: &TupleData,
         transaction: &Transaction,
+        index: u32,
         routing_key: &mut String,
     ) -> Result<OutboxMessage, EventError> {
-        let columns = &row.columns;
-        let expected = self.routing_key_max_column().max(self.max_column()) + 1;
-        if columns.len() < expected {
+        if tuple.columns.len() < self.columns {
             return Err(EventError::ColumnCount {
-                expected,
-                found: columns.len(),
+                expected: self.columns,
+                found: tuple.columns.len(),
             });
         }
-        let text = |index: usize| -> Option<&[u8]> {
-            match columns.get(index)? {
-                ColumnValue::Text(bytes) | ColumnValue::Binary(bytes) => Some(bytes.as_ref()),
-                ColumnValue::Null | ColumnValue::UnchangedToast => None,
-            }
-        };
-        let text_lossy = |index: usize| text(index).map(String::from_utf8_lossy);
+        let row = Row::new(&tuple.columns, &self.json_columns);
 
-        self.routing_key.render(routing_key, text);
+        self.routing_key.render(routing_key, &row)?;
         let routing_key = short_string("routing key", routing_key.as_str())?;
 
-        let id = text_lossy(self.id).unwrap_or_default().into_owned();
-        let event_type = text_lossy(self.event_type).unwrap_or_default();
-        let aggregate_type = text_lossy(self.aggregate_type).unwrap_or_default();
-        let aggregate_id = text_lossy(self.aggregate_id).unwrap_or_default();
-
-        let body = match (columns.get(self.payload), self.payload_kind) {
-            (Some(ColumnValue::Text(bytes)), PayloadKind::Bytes) => decode_bytea_hex(bytes)?,
-            (Some(ColumnValue::Text(bytes) | ColumnValue::Binary(bytes)), _) => bytes.clone(),
-            _ => Bytes::new(),
+        let id = match self.text(&row, self.id.as_ref())? {
+            Some(id) if !id.is_empty() => id.into_owned(),
+            _ => message_id::from_position(transaction.commit_lsn, index),
         };
+        let event_type = self
+            .text(&row, self.event_type.as_ref())?
+            .unwrap_or_default();
+
+        let payload = self.payload(&row)?;
+
+        let time_micros = self
+            .text(&row, self.created_at.as_ref())?
+            .and_then(|created_at| parse_unix_micros(&created_at))
+            .and_then(|micros| i64::try_from(micros).ok())
+            .unwrap_or_else(|| postgres_micros_to_unix_micros(transaction.commit_time_micros));
 
         let mut headers = FieldTable::default();
         let mut headers_warning = None;
-        if let Some(json) = self.headers.and_then(text)
-            && let Err(problem) = add_json_headers(&mut headers, json)
-        {
-            headers_warning = Some(format!("headers column is {problem}; headers ignored"));
+        let mut headers_object = None;
+        if let Some(source) = &self.headers {
+            match row.value(source)? {
+                Value::Text { bytes, .. } => {
+                    match add_json_headers(&mut headers, bytes, self.encoder_reads_headers) {
+                        Ok(object) => headers_object = object,
+                        Err(problem) => {
+                            headers_warning =
+                                Some(format!("headers column is {problem}; headers ignored"));
+                        }
+                    }
+                }
+                Value::Json(serde_json::Value::Object(object)) => {
+                    add_object_headers(&mut headers, object);
+                    if self.encoder_reads_headers {
+                        headers_object = Some(object.clone());
+                    }
+                }
+                Value::Json(serde_json::Value::Null) | Value::Null => {}
+                Value::Json(other) => {
+                    headers_warning = Some(format!(
+                        "headers value is {} rather than a JSON object; headers ignored",
+                        other
+                    ));
+                }
+            }
+        }
+        let mut scratch = String::new();
+        for (name, template) in &self.extra_headers {
+            if template.all_null(&row) && template.sources().next().is_some() {
+                continue;
+            }
+            template.render(&mut scratch, &row)?;
+            headers.insert(
+                name.clone(),
+                AMQPValue::LongString(LongString::from(scratch.as_bytes())),
+            );
         }
 
-        headers.insert(
-            "x-aggregate-type".into(),
-            AMQPValue::LongString(LongString::from(aggregate_type.as_bytes())),
-        );
-        headers.insert(
-            "x-aggregate-id".into(),
-            AMQPValue::LongString(LongString::from(aggregate_id.as_bytes())),
-        );
-        headers.insert(
-            "x-commit-lsn".into(),
-            AMQPValue::LongString(LongString::from(transaction.commit_lsn.to_string())),
-        );
-        headers.insert(
-            "x-xid".into(),
-            AMQPValue::LongLongInt(i64::from(transaction.xid)),
-        );
+        let (mut ce_source, mut ce_type) = (String::new(), String::new());
+        if let Some((source, kind)) = &self.ce {
+            source.render(&mut ce_source, &row)?;
+            kind.render(&mut ce_type, &row)?;
+        }
+        let aggregate_id = self.text(&row, self.aggregate_id.as_ref())?;
+        let mut rendered_body = String::new();
+        if let Some(template) = &self.body_template {
+            template.render(&mut rendered_body, &row)?;
+        }
+        let encoded = self.encoder.encode(&encode::Event {
+            id: &id,
+            event_type: &event_type,
+            payload: &payload,
+            payload_kind: self.payload.kind,
+            time_micros,
+            headers: headers_object.as_ref(),
+            ce: self.ce.as_ref().map(|_| CloudEventAttributes {
+                source: &ce_source,
+                kind: &ce_type,
+                subject: aggregate_id.as_deref(),
+            }),
+            rendered_body: self.body_template.as_ref().map(|_| rendered_body.as_str()),
+        })?;
+        for (name, value) in encoded.headers {
+            headers.insert(name, value);
+        }
 
-        let timestamp = self
-            .created_at
-            .and_then(text_lossy)
-            .and_then(|created_at| parse_unix_seconds(&created_at))
-            .unwrap_or_else(|| postgres_micros_to_unix_seconds(transaction.commit_time_micros));
+        if self.walbox_headers {
+            if self.aggregate_type.is_some() {
+                let aggregate_type = self.text(&row, self.aggregate_type.as_ref())?;
+                headers.insert(
+                    "x-aggregate-type".into(),
+                    AMQPValue::LongString(LongString::from(
+                        aggregate_type.unwrap_or_default().as_bytes(),
+                    )),
+                );
+            }
+            if self.aggregate_id.is_some() {
+                headers.insert(
+                    "x-aggregate-id".into(),
+                    AMQPValue::LongString(LongString::from(
+                        aggregate_id.as_deref().unwrap_or_default().as_bytes(),
+                    )),
+                );
+            }
+            headers.insert(
+                "x-commit-lsn".into(),
+                AMQPValue::LongString(LongString::from(transaction.commit_lsn.to_string())),
+            );
+            headers.insert(
+                "x-xid".into(),
+                AMQPValue::LongLongInt(i64::from(transaction.xid)),
+            );
+        }
 
-        let properties = BasicProperties::default()
+        let timestamp = u64::try_from(time_micros.div_euclid(1_000_000)).unwrap_or(0);
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_message_id(short_string("event id", &id)?)
-            .with_type(short_string("event type", &event_type)?)
-            .with_content_type(self.payload_kind.content_type().into())
+            .with_content_type(short_string("content type", &encoded.content_type)?)
             .with_timestamp(timestamp)
             .with_app_id("walbox".into())
             .with_headers(headers);
+        let message_type = match &self.message_type {
+            None => Cow::Borrowed(event_type.as_ref()),
+            Some(template) => {
+                template.render(&mut scratch, &row)?;
+                Cow::Owned(std::mem::take(&mut scratch))
+            }
+        };
+        if !message_type.is_empty() {
+            properties = properties.with_type(short_string("message type", &message_type)?);
+        }
 
-        let exchange = match self.exchange.and_then(text_lossy) {
-            Some(name) if !name.is_empty() => Some(short_string("exchange", &name)?),
-            _ => None,
+        let exchange = match self.exchange_column.and_then(|index| row.text(index)) {
+            Some(name) if !name.is_empty() => {
+                Some(short_string("exchange", &String::from_utf8_lossy(name))?)
+            }
+            _ => match &self.exchange {
+                Some(template) => {
+                    template.render(&mut scratch, &row)?;
+                    Some(short_string("exchange", &scratch)?)
+                }
+                None => None,
+            },
         };
 
         Ok(OutboxMessage {
             exchange,
             routing_key,
-            body,
+            body: encoded.body,
             properties,
             id,
             headers_warning,
         })
     }
 
-    fn max_column(&self) -> usize {
-        [
-            self.id,
-            self.aggregate_type,
-            self.aggregate_id,
-            self.event_type,
-            self.payload,
-        ]
-        .into_iter()
-        .chain(self.headers)
-        .chain(self.created_at)
-        .chain(self.exchange)
-        .max()
-        .unwrap_or(0)
+    /// A field's text (a JSON string's content, other JSON as text); None for NULL.
+    fn text<'r>(
+        &self,
+        row: &'r Row<'_>,
+        source: Option<&Source>,
+    ) -> Result<Option<Cow<'r, str>>, NotJson> {
+        let Some(source) = source else {
+            return Ok(None);
+        };
+        Ok(match row.value(source)? {
+            Value::Null | Value::Json(serde_json::Value::Null) => None,
+            value => Some(super::filter::plain(value)),
+        })
     }
 
-    fn routing_key_max_column(&self) -> usize {
-        self.routing_key.max_column().unwrap_or(0)
+    /// The payload bytes: the column's (bytea decoded), or the JSON text of a path's value.
+    fn payload(&self, row: &Row<'_>) -> Result<Bytes, EventError> {
+        let source = &self.payload.source;
+        if !source.path.is_empty() {
+            return Ok(match row.value(source)? {
+                Value::Json(json) if !json.is_null() => Bytes::from(json.to_string()),
+                _ => Bytes::new(),
+            });
+        }
+        Ok(match (row.bytes(source.index), self.payload.kind) {
+            (Some(bytes), PayloadKind::Bytes) => decode_bytea_hex(bytes)?,
+            (Some(bytes), _) => bytes.clone(),
+            (None, _) => Bytes::new(),
+        })
     }
 }
 
@@ -346,7 +522,16 @@ fn decode_bytea_hex(text: &[u8]) -> Result<Bytes, EventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pgoutput::RelationColumn;
+    use crate::config::mapping::MappingArgs;
+    use crate::pgoutput::{ColumnValue, RelationColumn};
+
+    /// Type OIDs used by the test tables.
+    mod oid {
+        pub(super) const BYTEA: u32 = 17;
+        pub(super) const TEXT: u32 = 25;
+        pub(super) const JSONB: u32 = 3802;
+        pub(super) const VARCHAR: u32 = 1043;
+    }
 
     fn relation(columns: &[(&str, u32)]) -> Relation {
         Relation {
@@ -397,11 +582,24 @@ mod tests {
     };
 
     fn shape(relation: &Relation, map: &str, template: &str) -> Result<OutboxShape, ShapeError> {
-        OutboxShape::from_relation(
-            relation,
-            &ColumnMap::parse(map).unwrap(),
-            &Template::parse(template).unwrap(),
-        )
+        let args = MappingArgs {
+            columns: Some(map.to_owned()),
+            routing_key: Some(template.to_owned()),
+            ..MappingArgs::default()
+        };
+        OutboxShape::from_relation(relation, &Mapping::from_args(&args).unwrap())
+    }
+
+    fn shape_with(relation: &Relation, args: MappingArgs) -> OutboxShape {
+        OutboxShape::from_relation(relation, &Mapping::from_args(&args).unwrap()).unwrap()
+    }
+
+    fn header<'m>(message: &'m OutboxMessage, name: &str) -> Option<&'m AMQPValue> {
+        message.properties.headers().as_ref()?.inner().get(name)
+    }
+
+    fn text(value: &str) -> Option<AMQPValue> {
+        Some(AMQPValue::LongString(value.into()))
     }
 
     #[test]
@@ -419,6 +617,7 @@ mod tests {
                     Some("2026-11-22 14:59:17.5+00"),
                 ]),
                 &TRANSACTION,
+                0,
                 &mut String::new(),
             )
             .unwrap();
@@ -480,6 +679,7 @@ mod tests {
                     None,
                 ]),
                 &TRANSACTION,
+                0,
                 &mut String::new(),
             )
             .unwrap();
@@ -512,6 +712,7 @@ mod tests {
                     Some("\\x00ff41"),
                 ]),
                 &TRANSACTION,
+                0,
                 &mut String::new(),
             )
             .unwrap();
@@ -550,7 +751,7 @@ mod tests {
         let mut with = values.to_vec();
         with.push(Some("billing"));
         let message = shape
-            .message(&row(&with), &TRANSACTION, &mut String::new())
+            .message(&row(&with), &TRANSACTION, 0, &mut String::new())
             .unwrap();
         assert_eq!(
             message.exchange.as_ref().map(ShortString::as_str),
@@ -559,18 +760,28 @@ mod tests {
         let mut without = values.to_vec();
         without.push(None);
         let message = shape
-            .message(&row(&without), &TRANSACTION, &mut String::new())
+            .message(&row(&without), &TRANSACTION, 0, &mut String::new())
             .unwrap();
         assert_eq!(message.exchange, None);
     }
 
     #[test]
     fn shape_errors_name_the_problem() {
-        let table = relation(&[("id", 2950), ("payload", oid::JSONB)]);
+        let table = relation(&[("id", 2950), ("body", oid::JSONB)]);
         assert!(matches!(
             shape(&table, "", "k"),
             Err(ShapeError::MissingColumn {
-                field: Field::AggregateType,
+                field: Field::Payload,
+                ..
+            })
+        ));
+        // Only the payload is required: every other field may be unmapped.
+        let table = relation(&[("payload", oid::JSONB)]);
+        assert!(shape(&table, "id=,aggregate_type=,aggregate_id=,event_type=", "k").is_ok());
+        assert!(matches!(
+            shape(&table, "", "k"),
+            Err(ShapeError::MissingColumn {
+                field: Field::Id,
                 ..
             })
         ));
@@ -603,7 +814,7 @@ mod tests {
         ));
         assert!(matches!(
             shape(&table, "", "{tenant}"),
-            Err(ShapeError::Template(_))
+            Err(ShapeError::Template { .. })
         ));
     }
 
@@ -627,6 +838,7 @@ mod tests {
                     Some("{}"),
                 ]),
                 &TRANSACTION,
+                0,
                 &mut String::new(),
             )
             .unwrap();
@@ -637,8 +849,272 @@ mod tests {
     fn short_rows_are_an_error_not_a_panic() {
         let shape = shape(&outbox_relation(), "", "k").unwrap();
         assert!(matches!(
-            shape.message(&row(&[Some("1")]), &TRANSACTION, &mut String::new()),
+            shape.message(&row(&[Some("1")]), &TRANSACTION, 0, &mut String::new()),
             Err(EventError::ColumnCount { .. })
         ));
+    }
+
+    const ORDER_CREATED: &str = "Shop.Orders.OrderCreated";
+
+    fn ef_core_relation() -> Relation {
+        relation(&[
+            ("Id", 2950),
+            ("OccurredOnUtc", 1184),
+            ("Type", oid::TEXT),
+            ("Content", oid::TEXT),
+            ("ProcessedOnUtc", 1184),
+        ])
+    }
+
+    #[test]
+    fn an_id_less_table_gets_an_id_from_the_wal_position() {
+        let table = relation(&[("payload", oid::JSONB)]);
+        let shape = shape(
+            &table,
+            "id=,aggregate_type=,aggregate_id=,event_type=",
+            "fixed",
+        )
+        .unwrap();
+        let message = |index| {
+            shape
+                .message(&row(&[Some("{}")]), &TRANSACTION, index, &mut String::new())
+                .unwrap()
+        };
+        let first = message(0);
+        assert_eq!(
+            first.id,
+            message_id::from_position(TRANSACTION.commit_lsn, 0)
+        );
+        assert_eq!(
+            first.id,
+            message(0).id,
+            "the same position gives the same id"
+        );
+        assert_ne!(first.id, message(1).id);
+        assert_eq!(
+            first
+                .properties
+                .message_id()
+                .as_ref()
+                .map(ShortString::as_str),
+            Some(first.id.as_str())
+        );
+        // No event type column: no `type` property; no aggregate columns: no x-aggregate-*.
+        assert_eq!(first.properties.kind(), &None);
+        assert_eq!(header(&first, "x-aggregate-type"), None);
+        assert_eq!(header(&first, "x-commit-lsn"), text("0/16B3748").as_ref());
+    }
+
+    #[test]
+    fn the_ef_core_outbox_gets_its_envelope_from_a_body_template() {
+        let shape = shape_with(
+            &ef_core_relation(),
+            MappingArgs {
+                columns: Some("outbox-messages".into()),
+                routing_key: Some("outbox".into()),
+                body: Some(encode::Encoding::Template),
+                body_template: Some(r#"{"Id": {id|json}, "Content": {payload|json}}"#.into()),
+                no_walbox_headers: true,
+                ..MappingArgs::default()
+            },
+        );
+        let content = r#"{"orderId": 7, "note": "say \"hi\""}"#;
+        let message = shape
+            .message(
+                &row(&[
+                    Some("6f1c0d3e-0000-4000-8000-000000000001"),
+                    Some("2026-11-22 14:59:17.5+00"),
+                    Some(ORDER_CREATED),
+                    Some(content),
+                    None,
+                ]),
+                &TRANSACTION,
+                0,
+                &mut String::new(),
+            )
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&message.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"Id": "6f1c0d3e-0000-4000-8000-000000000001", "Content": content})
+        );
+        assert_eq!(
+            message
+                .properties
+                .content_type()
+                .as_ref()
+                .map(ShortString::as_str),
+            Some("application/json")
+        );
+        assert_eq!(message.properties.timestamp(), &Some(1_795_359_557));
+        assert_eq!(
+            message
+                .properties
+                .headers()
+                .as_ref()
+                .map(|h| h.inner().len()),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn cap_takes_body_and_headers_from_inside_the_content_column() {
+        let table = relation(&[
+            ("Id", 20),
+            ("Version", oid::VARCHAR),
+            ("Name", oid::VARCHAR),
+            ("Content", oid::TEXT),
+            ("Retries", 23),
+            ("Added", 1114),
+            ("ExpiresAt", 1114),
+            ("StatusName", oid::VARCHAR),
+        ]);
+        let shape = shape_with(
+            &table,
+            MappingArgs {
+                preset: Some(crate::config::preset::Preset::Cap),
+                ..MappingArgs::default()
+            },
+        );
+        let content = r#"{"Headers":{"cap-msg-id":"1783","cap-msg-name":"orders.created","cap-msg-type":"Shop.Orders.OrderCreated","cap-senttime":"2026-11-22 14:59:17 +00:00"},"Value":{"orderId":7}}"#;
+        let message = shape
+            .message(
+                &row(&[
+                    Some("1783"),
+                    Some("v1"),
+                    Some("orders.created"),
+                    Some(content),
+                    Some("0"),
+                    Some("2026-11-22 14:59:17"),
+                    None,
+                    Some("Scheduled"),
+                ]),
+                &TRANSACTION,
+                0,
+                &mut String::new(),
+            )
+            .unwrap();
+        assert_eq!(&message.body[..], br#"{"orderId":7}"#);
+        assert_eq!(message.routing_key.as_str(), "orders.created");
+        assert_eq!(message.exchange, None, "the fixed exchange is the sink's");
+        assert_eq!(header(&message, "cap-msg-id"), text("1783").as_ref());
+        assert_eq!(
+            header(&message, "cap-msg-name"),
+            text("orders.created").as_ref()
+        );
+        assert_eq!(message.id, "1783");
+        // Content that is not JSON cannot be read through a path: a per-event error.
+        let broken = shape.message(
+            &row(&[
+                Some("1"),
+                None,
+                Some("n"),
+                Some("oops"),
+                None,
+                None,
+                None,
+                None,
+            ]),
+            &TRANSACTION,
+            0,
+            &mut String::new(),
+        );
+        assert!(matches!(broken, Err(EventError::NotJson(_))));
+    }
+
+    #[test]
+    fn per_type_exchanges_and_framework_headers_render_per_row() {
+        let table = relation(&[
+            ("id", 2950),
+            ("event_type", oid::TEXT),
+            ("payload", oid::JSONB),
+        ]);
+        let shape = shape_with(
+            &table,
+            MappingArgs {
+                preset: Some(crate::config::preset::Preset::NServiceBus),
+                columns: Some("aggregate_type=,aggregate_id=".into()),
+                ..MappingArgs::default()
+            },
+        );
+        let message = shape
+            .message(
+                &row(&[Some("9"), Some(ORDER_CREATED), Some("{}")]),
+                &TRANSACTION,
+                0,
+                &mut String::new(),
+            )
+            .unwrap();
+        assert_eq!(
+            message.exchange.as_ref().map(ShortString::as_str),
+            Some("Shop.Orders:OrderCreated")
+        );
+        assert_eq!(message.routing_key.as_str(), "");
+        assert_eq!(
+            header(&message, "NServiceBus.EnclosedMessageTypes"),
+            text(ORDER_CREATED).as_ref()
+        );
+        assert_eq!(
+            header(&message, "NServiceBus.MessageId"),
+            text("9").as_ref()
+        );
+        assert_eq!(
+            message.properties.kind().as_ref().map(ShortString::as_str),
+            Some(ORDER_CREATED)
+        );
+    }
+
+    #[test]
+    fn encodings_set_body_and_content_type() {
+        for (body, content_type) in [
+            (
+                encode::Encoding::CloudEvents,
+                "application/cloudevents+json",
+            ),
+            (
+                encode::Encoding::MassTransit,
+                "application/vnd.masstransit+json",
+            ),
+            (encode::Encoding::CloudEventsBinary, "application/json"),
+        ] {
+            let shape = shape_with(
+                &outbox_relation(),
+                MappingArgs {
+                    body: Some(body),
+                    ..MappingArgs::default()
+                },
+            );
+            let message = shape
+                .message(
+                    &row(&[
+                        Some("1"),
+                        Some("order"),
+                        Some("o-1"),
+                        Some(ORDER_CREATED),
+                        Some(r#"{"n": 1}"#),
+                        Some(r#"{"trace": "t"}"#),
+                        None,
+                    ]),
+                    &TRANSACTION,
+                    0,
+                    &mut String::new(),
+                )
+                .unwrap();
+            assert_eq!(
+                message
+                    .properties
+                    .content_type()
+                    .as_ref()
+                    .map(ShortString::as_str),
+                Some(content_type)
+            );
+            if body == encode::Encoding::CloudEventsBinary {
+                assert_eq!(header(&message, "ce-id"), text("1").as_ref());
+                assert_eq!(&message.body[..], br#"{"n": 1}"#);
+            } else {
+                let parsed: serde_json::Value = serde_json::from_slice(&message.body).unwrap();
+                assert!(parsed.is_object());
+            }
+        }
     }
 }

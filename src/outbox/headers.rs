@@ -4,23 +4,33 @@
 //! them naturally; nested objects and arrays travel as their JSON text.
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-/// Add every key of a JSON object to `table`. Returns an error text when the value is not a JSON
-/// object (the event is still delivered, without those headers).
-pub fn add_json_headers(table: &mut FieldTable, json: &[u8]) -> Result<(), String> {
+/// Add every key of a JSON object to `table`, and give the object back when `keep` asks for it
+/// (MassTransit's envelope carries the headers too). Returns an error text when the value is
+/// not a JSON object (the event is still delivered, without those headers).
+pub fn add_json_headers(
+    table: &mut FieldTable,
+    json: &[u8],
+    keep: bool,
+) -> Result<Option<Map<String, Value>>, String> {
     let value: Value =
         serde_json::from_slice(json).map_err(|error| format!("not valid JSON: {error}"))?;
     let Value::Object(object) = value else {
         return Err(format!("a JSON {} rather than an object", kind(&value)));
     };
+    add_object_headers(table, &object);
+    Ok(keep.then_some(object))
+}
+
+/// Add every key of `object` to `table`.
+pub fn add_object_headers(table: &mut FieldTable, object: &Map<String, Value>) {
     for (key, value) in object {
-        let Ok(key) = ShortString::try_new(key) else {
+        let Ok(key) = ShortString::try_new(key.clone()) else {
             continue; // AMQP header names stop at 255 bytes; such a key cannot be sent.
         };
-        table.insert(key, amqp_value(value));
+        table.insert(key, amqp_value(value.clone()));
     }
-    Ok(())
 }
 
 fn amqp_value(value: Value) -> AMQPValue {
@@ -59,6 +69,7 @@ mod tests {
         add_json_headers(
             &mut table,
             br#"{"trace":"abc","n":3,"f":1.5,"ok":true,"none":null,"nested":{"a":[1,2]}}"#,
+            false,
         )
         .unwrap();
         let inner = table.inner();
@@ -80,10 +91,10 @@ mod tests {
     fn non_objects_are_reported() {
         let mut table = FieldTable::default();
         assert_eq!(
-            add_json_headers(&mut table, b"[1,2]"),
+            add_json_headers(&mut table, b"[1,2]", false),
             Err("a JSON array rather than an object".into())
         );
-        assert!(add_json_headers(&mut table, b"{oops").is_err());
+        assert!(add_json_headers(&mut table, b"{oops", false).is_err());
         assert!(table.inner().is_empty());
     }
 }

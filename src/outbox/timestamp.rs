@@ -10,6 +10,11 @@ pub const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
 /// Parse an ISO timestamp; `None` for anything it does not understand (infinity, BC dates,
 /// instants before 1970), which then falls back to the commit time.
 pub fn parse_unix_seconds(text: &str) -> Option<u64> {
+    parse_unix_micros(text).map(|micros| micros / 1_000_000)
+}
+
+/// As [`parse_unix_seconds`], to the microsecond (PostgreSQL's own resolution).
+pub fn parse_unix_micros(text: &str) -> Option<u64> {
     let (date, rest) = text.split_once(' ')?;
     let mut date_parts = date.splitn(3, '-');
     let year: i64 = date_parts.next()?.parse().ok()?;
@@ -21,14 +26,26 @@ pub fn parse_unix_seconds(text: &str) -> Option<u64> {
     let mut time_parts = time.splitn(3, ':');
     let hour: i64 = time_parts.next()?.parse().ok()?;
     let minute: i64 = time_parts.next()?.parse().ok()?;
-    let second: i64 = time_parts.next()?.split('.').next()?.parse().ok()?;
+    let mut second_parts = time_parts.next()?.splitn(2, '.');
+    let second: i64 = second_parts.next()?.parse().ok()?;
+    let micros = match second_parts.next() {
+        None => 0,
+        Some(fraction) => {
+            let digits: String = fraction
+                .chars()
+                .chain(std::iter::repeat('0'))
+                .take(6)
+                .collect();
+            digits.parse::<i64>().ok()?
+        }
+    };
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 24 || minute > 59 {
         return None;
     }
     let offset_seconds = parse_offset(offset)?;
     let days = days_from_civil(year, month, day);
     let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_seconds;
-    u64::try_from(seconds).ok()
+    u64::try_from(seconds.checked_mul(1_000_000)?.checked_add(micros)?).ok()
 }
 
 /// `+00`, `-03`, `+05:30`, `+05:30:15`, or empty (UTC).
@@ -54,6 +71,11 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
         (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
+}
+
+/// Microseconds since the PostgreSQL epoch (as in Begin and Commit messages) → Unix µs.
+pub fn postgres_micros_to_unix_micros(micros: i64) -> i64 {
+    micros.saturating_add(POSTGRES_EPOCH_UNIX_SECONDS * 1_000_000)
 }
 
 /// Microseconds since the PostgreSQL epoch (as in Begin and Commit messages) → Unix seconds.
@@ -86,6 +108,19 @@ mod tests {
             parse_unix_seconds("2024-02-29 12:00:00+00"),
             Some(1_709_208_000)
         );
+    }
+
+    #[test]
+    fn keeps_microseconds() {
+        assert_eq!(
+            parse_unix_micros("2026-11-22 14:59:17.123456+00"),
+            Some(1_795_359_557_123_456)
+        );
+        assert_eq!(
+            parse_unix_micros("2026-11-22 14:59:17.5+00"),
+            Some(1_795_359_557_500_000)
+        );
+        assert_eq!(parse_unix_micros("1970-01-01 00:00:01"), Some(1_000_000));
     }
 
     #[test]

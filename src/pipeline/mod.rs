@@ -237,11 +237,9 @@ async fn session(
     drop(control);
 
     let publisher = AmqpPublisher::connect(config).await.map_err(amqp)?;
-    if let Some(dead_letter_exchange) = &run.dead_letter_exchange
-        && config.declare_exchange
-    {
+    if let Some(dead_letter_exchange) = &run.dead_letter_exchange {
         publisher
-            .declare_dead_letter(dead_letter_exchange)
+            .declare_dead_letter(dead_letter_exchange, config.mapping.exchange_spec.mode)
             .await
             .map_err(amqp)?;
     }
@@ -252,7 +250,7 @@ async fn session(
     if telemetry.health.state() == RelayState::StandingBy {
         info!(slot = %config.slot, "took over: the other walbox released the slot");
     }
-    info!(slot = %config.slot, from = %start, exchange = %config.exchange, "streaming");
+    info!(slot = %config.slot, from = %start, exchange = %config.mapping.exchange, "streaming");
     telemetry.metrics.flushed(start);
 
     // While isolating a refused message, one in flight at a time; the full window once the

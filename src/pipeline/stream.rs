@@ -31,6 +31,9 @@ pub(crate) struct Stream<'a, P: Publisher> {
     /// The outbox table's shape, from its latest Relation message.
     shape: Option<OutboxShape>,
     transaction: Option<Transaction>,
+    /// The next outbox event's index in the open transaction (its id when the table has no
+    /// id column is derived from the commit LSN and this index).
+    index_in_transaction: u32,
     routing_key: String,
     /// A poison event to replace by its dead-letter record when it comes by.
     pub(crate) dead_letter: Option<DeadLetter>,
@@ -59,6 +62,7 @@ impl<'a, P: Publisher> Stream<'a, P> {
             telemetry,
             shape: None,
             transaction: None,
+            index_in_transaction: 0,
             routing_key: String::new(),
             dead_letter: None,
             published_through: Lsn::ZERO,
@@ -82,7 +86,10 @@ impl<'a, P: Publisher> Stream<'a, P> {
         let postgres = |error| Failure::new(Side::Postgres, error);
         tracing::trace!(?change, "change");
         match change {
-            Change::Begin(transaction) => self.transaction = Some(transaction),
+            Change::Begin(transaction) => {
+                self.transaction = Some(transaction);
+                self.index_in_transaction = 0;
+            }
             Change::Commit { end_lsn } => {
                 self.transaction = None;
                 self.telemetry.metrics.transaction();
@@ -107,17 +114,13 @@ impl<'a, P: Publisher> Stream<'a, P> {
                     .as_ref()
                     .is_some_and(|s| s.relation_id() == relation.relation_id);
                 if named || same_table {
-                    let shape = OutboxShape::from_relation(
-                        &relation,
-                        &self.config.columns,
-                        &self.config.routing_key,
-                    )
-                    .map_err(|problem| {
-                        postgres(Error::definite(format!(
-                            "the outbox table changed so that it can no longer be relayed: \
+                    let shape = OutboxShape::from_relation(&relation, &self.config.mapping)
+                        .map_err(|problem| {
+                            postgres(Error::definite(format!(
+                                "the outbox table changed so that it can no longer be relayed: \
                              {problem}. Nothing after this point was acknowledged"
-                        )))
-                    })?;
+                            )))
+                        })?;
                     self.shape = Some(shape);
                 }
             }
@@ -134,8 +137,15 @@ impl<'a, P: Publisher> Stream<'a, P> {
                         "an insert arrived outside a transaction (a walbox bug)",
                     ))
                 })?;
+                let index = self.index_in_transaction;
+                self.index_in_transaction += 1;
                 let mut message = shape
-                    .message(&insert.new_tuple, &transaction, &mut self.routing_key)
+                    .message(
+                        &insert.new_tuple,
+                        &transaction,
+                        index,
+                        &mut self.routing_key,
+                    )
                     .map_err(|problem| {
                         postgres(Error::definite(format!(
                             "an outbox row in the transaction committed at {} cannot become an \
@@ -157,7 +167,11 @@ impl<'a, P: Publisher> Stream<'a, P> {
                         warn!(event_id = %message.id, commit_lsn = %transaction.commit_lsn,
                             exchange = %plan.exchange, "sending the poison event's dead-letter record in its place");
                         (
-                            plan.record(&message, &transaction, &self.config.exchange),
+                            plan.record(
+                                &message,
+                                &transaction,
+                                &self.config.mapping.exchange_text(),
+                            ),
                             true,
                         )
                     }

@@ -7,13 +7,14 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::task::Poll;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::OwnedTLSConfig;
-use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::types::{LongString, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use lapin::{Confirmation, PublisherConfirm};
 
+use super::topology::{self, ExchangeSpec, Topology};
 use super::{Outcome, Publisher, Refused};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -84,7 +85,7 @@ fn outcome(answer: lapin::Result<Confirmation>) -> Outcome {
             }),
             _ => Outcome::Refused(Refused::Lost(Error::from_amqp(
                 "waiting for the broker's confirm",
-                error,
+                &error,
             ))),
         },
     }
@@ -93,7 +94,10 @@ fn outcome(answer: lapin::Result<Confirmation>) -> Outcome {
 pub(crate) struct AmqpPublisher {
     connection: Connection,
     channel: Channel,
+    /// The fixed exchange, when `--exchange` has no placeholder (declared at connect).
     exchange: ShortString,
+    /// Declares each exchange before the first publish to it on this connection.
+    topology: Topology,
 }
 
 impl AmqpPublisher {
@@ -113,35 +117,50 @@ impl AmqpPublisher {
             cert_chain: config.amqp_ca.as_ref().map(|ca| ca.pem.clone()),
         };
         let connection = DefaultConnectionBuilder::new()
-            .map_err(|e| Error::from_amqp(&connecting, e))?
+            .map_err(|e| Error::from_amqp(&connecting, &e))?
             .with_uri(uri)
             .with_properties(properties)
             .with_tls_config(tls)
             .connect()
             .await
-            .map_err(|e| Error::from_amqp(&connecting, e))?;
+            .map_err(|e| Error::from_amqp(&connecting, &e))?;
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| Error::from_amqp("opening a channel", e))?;
+            .map_err(|e| Error::from_amqp("opening a channel", &e))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| Error::from_amqp("enabling publisher confirms", e))?;
-        let exchange = ShortString::from(config.exchange.as_str());
-        if config.declare_exchange && !config.exchange.is_empty() {
-            declare(&channel, &config.exchange, "--exchange").await?;
-        }
+            .map_err(|e| Error::from_amqp("enabling publisher confirms", &e))?;
+        let declares = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::from_amqp("opening a channel for declares", &e))?;
+        let topology = Topology::new(config.mapping.exchange_spec, declares);
+        let exchange = ShortString::from(config.mapping.exchange.as_constant().unwrap_or(""));
+        topology.ensure(&exchange, "--exchange").await?;
         Ok(AmqpPublisher {
             connection,
             channel,
             exchange,
+            topology,
         })
     }
 
-    /// Declare `name` (the dead-letter exchange) as the events' exchange is declared.
-    pub(crate) async fn declare_dead_letter(&self, name: &str) -> Result<()> {
-        declare(&self.channel, name, "--dead-letter-exchange").await
+    /// Declare `name` (the dead-letter exchange) as a durable topic exchange, or check it
+    /// exists with `--exchange-declare passive`; nothing with `none`.
+    pub(crate) async fn declare_dead_letter(
+        &self,
+        name: &str,
+        mode: topology::DeclareMode,
+    ) -> Result<()> {
+        let spec = ExchangeSpec {
+            mode,
+            ..ExchangeSpec::DURABLE_TOPIC
+        };
+        self.topology
+            .ensure_as(&ShortString::from(name), spec, "--dead-letter-exchange")
+            .await
     }
 }
 
@@ -156,7 +175,13 @@ impl Publisher for AmqpPublisher {
     /// the confirm tracker, so publishing never waits for a round trip.
     async fn publish(&self, message: OutboxMessage) -> Result<LapinConfirm> {
         let channel = self.channel.clone();
-        let exchange = message.exchange.unwrap_or_else(|| self.exchange.clone());
+        let exchange = match message.exchange {
+            Some(exchange) => {
+                self.topology.ensure(&exchange, "--exchange").await?;
+                exchange
+            }
+            None => self.exchange.clone(),
+        };
         let mut writing: WriteFuture = Box::pin(async move {
             channel
                 .basic_publish(
@@ -173,7 +198,7 @@ impl Publisher for AmqpPublisher {
         });
         let state = match futures_util::poll!(writing.as_mut()) {
             Poll::Ready(written) => {
-                State::Written(written.map_err(|e| Error::from_amqp("publishing", e))?)
+                State::Written(written.map_err(|e| Error::from_amqp("publishing", &e))?)
             }
             Poll::Pending => State::Writing(writing),
         };
@@ -187,30 +212,10 @@ impl Publisher for AmqpPublisher {
     }
 
     async fn close(self) {
+        self.topology.close().await;
         let _ = self.channel.close(200, "walbox stopping".into()).await;
         let _ = self.connection.close(200, "walbox stopping".into()).await;
     }
-}
-
-/// Declare `name` (given by `flag`) as a durable topic exchange; a no-op when it exists so.
-async fn declare(channel: &Channel, name: &str, flag: &str) -> Result<()> {
-    channel
-        .exchange_declare(
-            ShortString::from(name),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            Error::definite(format!(
-                "declaring exchange {name} as a durable topic exchange failed: {e}. If it \
-                 exists with another type, pass --no-declare or choose another {flag}"
-            ))
-        })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub(crate) mod confirm;
 pub(crate) mod counting;
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod topology;
 
 use std::future::Future;
 

@@ -310,6 +310,11 @@ impl TestEnv {
         (exchange, consumer)
     }
 
+    /// Delete exchange `name` at cleanup (one walbox declared, or this test declared itself).
+    pub fn delete_exchange_at_cleanup(&mut self, name: &str) {
+        self.exchanges.push(name.to_owned());
+    }
+
     /// Insert one outbox event in its own transaction; returns its id.
     pub async fn insert(&self, aggregate_type: &str, event_type: &str, payload: &str) -> String {
         let row = self

@@ -1,0 +1,471 @@
+//! The flags that decide what a row becomes on the wire (#11): preset, column map, exchange
+//! and its topology, routing key, message type, headers, body encoding, CloudEvents
+//! attributes. [`MappingArgs`] is flattened into the common arguments; [`Mapping::from_args`]
+//! validates them into one [`Mapping`].
+//!
+//! Each setting is resolved in this order: flag > environment > file (all three by clap) >
+//! `--preset` > built-in default. [`Mapping::sources`] says which one gave each value, for
+//! `walbox config check`.
+
+use clap::Args;
+use lapin::types::ShortString;
+
+use super::ConfigError;
+use super::preset::Preset;
+use crate::encode::Encoding;
+use crate::outbox::{ColumnMap, Template};
+pub use crate::sink::topology::{DeclareMode, ExchangeSpec, Kind};
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct MappingArgs {
+    /// A framework's conventions (cap, masstransit, nservicebus, eshop, dapr, cloudevents); any other mapping flag overrides what it sets.
+    #[arg(long, env = "WALBOX_PRESET", value_enum)]
+    pub preset: Option<Preset>,
+
+    /// Column map: a table preset (outbox, debezium, outbox-messages, eshop, masa, cap) and/or field=column pairs, comma separated; column->key reads a JSON key inside a column. Default: outbox.
+    #[arg(long, env = "WALBOX_COLUMNS")]
+    pub columns: Option<String>,
+
+    /// Exchange events are published to, a template (e.g. {event_type|short}); a row's exchange column wins. Default: outbox.
+    #[arg(long, env = "WALBOX_EXCHANGE")]
+    pub exchange: Option<String>,
+
+    /// Exchange type walbox declares: topic, direct, fanout, headers. Default: topic.
+    #[arg(long, env = "WALBOX_EXCHANGE_KIND", value_enum)]
+    pub exchange_kind: Option<Kind>,
+
+    /// Declare the exchange durable (true/false). Default: true.
+    #[arg(long, env = "WALBOX_EXCHANGE_DURABLE")]
+    pub exchange_durable: Option<bool>,
+
+    /// Declare the exchange auto-delete (true/false). Default: false.
+    #[arg(long, env = "WALBOX_EXCHANGE_AUTO_DELETE")]
+    pub exchange_auto_delete: Option<bool>,
+
+    /// declare (create it, or check an existing one matches), passive (it must exist), none (do nothing). Default: declare.
+    #[arg(long, env = "WALBOX_EXCHANGE_DECLARE", value_enum)]
+    pub exchange_declare: Option<DeclareMode>,
+
+    /// Do not declare the exchange (it must exist): the same as --exchange-declare none.
+    #[arg(long, env = "WALBOX_NO_DECLARE")]
+    pub no_declare: bool,
+
+    /// Routing-key template: {field} or {column} placeholders, filters such as {event_type|short}. Default: {aggregate_type}.{event_type}.
+    #[arg(long, env = "WALBOX_ROUTING_KEY")]
+    pub routing_key: Option<String>,
+
+    /// AMQP `type` property template (left out when it renders empty). Default: {event_type}.
+    #[arg(long, env = "WALBOX_MESSAGE_TYPE")]
+    pub message_type: Option<String>,
+
+    /// An extra header, NAME=TEMPLATE (repeatable); replaces a preset's header of that name.
+    #[arg(long = "header", env = "WALBOX_HEADER")]
+    pub header: Vec<String>,
+
+    /// Body encoding: raw, cloudevents, cloudevents-binary, masstransit, template. Default: raw.
+    #[arg(long, env = "WALBOX_BODY", value_enum)]
+    pub body: Option<Encoding>,
+
+    /// JSON body template for --body template, e.g. {"Id": {id|json}, "Content": {payload|json}}.
+    #[arg(long, env = "WALBOX_BODY_TEMPLATE")]
+    pub body_template: Option<String>,
+
+    /// CloudEvents `source` template. Default: walbox.
+    #[arg(long, env = "WALBOX_CE_SOURCE")]
+    pub ce_source: Option<String>,
+
+    /// CloudEvents `type` template. Default: {event_type}.
+    #[arg(long, env = "WALBOX_CE_TYPE")]
+    pub ce_type: Option<String>,
+
+    /// Leave out walbox's own headers (x-aggregate-type, x-aggregate-id, x-commit-lsn, x-xid).
+    #[arg(long, env = "WALBOX_NO_WALBOX_HEADERS")]
+    pub no_walbox_headers: bool,
+}
+
+/// Built-in defaults of the settings a preset may set.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("columns", "outbox"),
+    ("exchange", "outbox"),
+    ("exchange-kind", "topic"),
+    ("exchange-durable", "true"),
+    ("exchange-auto-delete", "false"),
+    ("exchange-declare", "declare"),
+    ("routing-key", "{aggregate_type}.{event_type}"),
+    ("message-type", "{event_type}"),
+    ("body", "raw"),
+    ("ce-source", "walbox"),
+    ("ce-type", "{event_type}"),
+];
+
+/// Where a setting's value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A flag, an environment variable or the file (clap knows which).
+    Given,
+    Preset(Preset),
+    Default,
+}
+
+/// What rows become on the wire, validated.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub preset: Option<Preset>,
+    pub columns: ColumnMap,
+    pub exchange: Template,
+    pub exchange_spec: ExchangeSpec,
+    pub routing_key: Template,
+    /// None: the event type, when the table has an event type column (the default).
+    pub message_type: Option<Template>,
+    /// Header name and value template, in order.
+    pub headers: Vec<(ShortString, Template)>,
+    pub body: Encoding,
+    /// Set exactly when `body` is Template.
+    pub body_template: Option<Template>,
+    pub ce_source: Template,
+    pub ce_type: Template,
+    pub walbox_headers: bool,
+}
+
+impl MappingArgs {
+    /// The value given for `flag` by flag, environment or file.
+    fn given(&self, flag: &str) -> Option<String> {
+        let text = |value: &Option<String>| value.clone();
+        match flag {
+            "columns" => text(&self.columns),
+            "exchange" => text(&self.exchange),
+            "exchange-kind" => self.exchange_kind.map(|kind| kind.name().to_owned()),
+            "exchange-durable" => self.exchange_durable.map(|flag| flag.to_string()),
+            "exchange-auto-delete" => self.exchange_auto_delete.map(|flag| flag.to_string()),
+            "exchange-declare" => self
+                .exchange_declare
+                .or(self.no_declare.then_some(DeclareMode::None))
+                .map(|mode| mode.name().to_owned()),
+            "routing-key" => text(&self.routing_key),
+            "message-type" => text(&self.message_type),
+            "body" => self.body.map(|body| body.name().to_owned()),
+            "ce-source" => text(&self.ce_source),
+            "ce-type" => text(&self.ce_type),
+            _ => None,
+        }
+    }
+
+    /// A setting's effective value and where it came from.
+    fn resolve(&self, flag: &str) -> (String, Source) {
+        if let Some(value) = self.given(flag) {
+            return (value, Source::Given);
+        }
+        if let Some(preset) = self.preset
+            && let Some((_, value)) = preset.values().iter().find(|(name, _)| *name == flag)
+        {
+            return ((*value).to_owned(), Source::Preset(preset));
+        }
+        let default = DEFAULTS
+            .iter()
+            .find(|(name, _)| *name == flag)
+            .map(|(_, value)| *value)
+            .unwrap_or_default();
+        (default.to_owned(), Source::Default)
+    }
+}
+
+impl Mapping {
+    pub fn from_args(args: &MappingArgs) -> Result<Self, ConfigError> {
+        if args.no_declare
+            && let Some(mode) = args.exchange_declare
+            && mode != DeclareMode::None
+        {
+            return Err(ConfigError(format!(
+                "--no-declare and --exchange-declare {} contradict each other; give one",
+                mode.name()
+            )));
+        }
+        let value = |flag: &str| args.resolve(flag).0;
+        let template = |flag: &str| {
+            Template::parse(&value(flag)).map_err(|error| ConfigError(format!("--{flag}: {error}")))
+        };
+        let columns =
+            ColumnMap::parse(&value("columns")).map_err(|error| ConfigError(error.to_string()))?;
+        let exchange = template("exchange")?;
+        if exchange.as_constant().is_some_and(|name| name.len() > 255) {
+            return Err(ConfigError("--exchange is longer than 255 bytes".into()));
+        }
+        let exchange_spec = ExchangeSpec {
+            kind: parse_enum("exchange-kind", &value("exchange-kind"))?,
+            durable: parse_bool("exchange-durable", &value("exchange-durable"))?,
+            auto_delete: parse_bool("exchange-auto-delete", &value("exchange-auto-delete"))?,
+            mode: parse_enum("exchange-declare", &value("exchange-declare"))?,
+        };
+        let body: Encoding = parse_enum("body", &value("body"))?;
+        let body_template = match (body, &args.body_template) {
+            (Encoding::Template, Some(text)) => Some(
+                Template::parse_json(text)
+                    .map_err(|error| ConfigError(format!("--body-template: {error}")))?,
+            ),
+            (Encoding::Template, None) => {
+                return Err(ConfigError(
+                    "--body template needs --body-template, e.g. '{\"Id\": {id|json}, \
+                     \"Content\": {payload|json}}'"
+                        .into(),
+                ));
+            }
+            (other, Some(_)) => {
+                return Err(ConfigError(format!(
+                    "--body-template is only used with --body template, not --body {}",
+                    other.name()
+                )));
+            }
+            (_, None) => None,
+        };
+        Ok(Mapping {
+            preset: args.preset,
+            columns,
+            exchange,
+            exchange_spec,
+            routing_key: template("routing-key")?,
+            message_type: match args.resolve("message-type") {
+                (_, Source::Default) => None,
+                _ => Some(template("message-type")?),
+            },
+            headers: headers(args)?,
+            body,
+            body_template,
+            ce_source: template("ce-source")?,
+            ce_type: template("ce-type")?,
+            walbox_headers: !args.no_walbox_headers,
+        })
+    }
+
+    /// Every setting a preset or a default decided, with its value, for `walbox config
+    /// check` (the ones given by flag, environment or file it prints itself).
+    pub fn implied(args: &MappingArgs) -> Vec<(String, String, Source)> {
+        let mut implied: Vec<(String, String, Source)> = DEFAULTS
+            .iter()
+            .map(|(flag, _)| (*flag, args.resolve(flag)))
+            .filter(|(_, (_, source))| *source != Source::Given)
+            .map(|(flag, (value, source))| (flag.to_owned(), value, source))
+            .collect();
+        if let Some(preset) = args.preset {
+            for (name, template) in preset_headers(preset) {
+                if !args
+                    .header
+                    .iter()
+                    .any(|given| header_name(given) == Some(name))
+                {
+                    implied.push((
+                        "header".to_owned(),
+                        format!("{name}={template}"),
+                        Source::Preset(preset),
+                    ));
+                }
+            }
+        }
+        implied
+    }
+
+    /// The exchange's template text (a fixed name, or a per-row template), for log lines.
+    pub fn exchange_text(&self) -> String {
+        self.exchange.to_string()
+    }
+}
+
+fn parse_enum<T: clap::ValueEnum>(flag: &str, text: &str) -> Result<T, ConfigError> {
+    T::from_str(text, false).map_err(|_| {
+        let known: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|variant| variant.to_possible_value())
+            .map(|value| value.get_name().to_owned())
+            .collect();
+        ConfigError(format!(
+            "--{flag} `{text}` is not one of: {}",
+            known.join(", ")
+        ))
+    })
+}
+
+fn parse_bool(flag: &str, text: &str) -> Result<bool, ConfigError> {
+    text.parse()
+        .map_err(|_| ConfigError(format!("--{flag} `{text}` is not true or false")))
+}
+
+fn header_name(pair: &str) -> Option<&str> {
+    pair.split_once('=').map(|(name, _)| name.trim())
+}
+
+fn preset_headers(preset: Preset) -> impl Iterator<Item = (&'static str, &'static str)> {
+    preset
+        .values()
+        .iter()
+        .filter(|(flag, _)| *flag == "header")
+        .filter_map(|(_, pair)| pair.split_once('='))
+}
+
+/// The preset's headers, then the given ones (a given header replaces a preset's of the same
+/// name).
+fn headers(args: &MappingArgs) -> Result<Vec<(ShortString, Template)>, ConfigError> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Some(preset) = args.preset {
+        pairs.extend(preset_headers(preset).map(|(n, t)| (n.to_owned(), t.to_owned())));
+    }
+    for given in &args.header {
+        let (name, template) = given.split_once('=').ok_or_else(|| {
+            ConfigError(format!(
+                "--header `{given}` is not of the form NAME=TEMPLATE"
+            ))
+        })?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(ConfigError(format!("--header `{given}` has an empty name")));
+        }
+        pairs.retain(|(existing, _)| existing != name);
+        pairs.push((name.to_owned(), template.to_owned()));
+    }
+    pairs
+        .into_iter()
+        .map(|(name, template)| {
+            let parsed = Template::parse(&template)
+                .map_err(|error| ConfigError(format!("--header {name}: {error}")))?;
+            let name = ShortString::try_new(name.clone()).map_err(|_| {
+                ConfigError(format!("--header name `{name}` is longer than 255 bytes"))
+            })?;
+            Ok((name, parsed))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Field;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Test {
+        #[command(flatten)]
+        mapping: MappingArgs,
+    }
+
+    fn mapping(argv: &[&str]) -> Result<Mapping, ConfigError> {
+        let mut all = vec!["test"];
+        all.extend_from_slice(argv);
+        let test = Test::try_parse_from(all).map_err(|error| ConfigError(error.to_string()))?;
+        Mapping::from_args(&test.mapping)
+    }
+
+    #[test]
+    fn defaults_are_walboxs_own_contract() {
+        let mapping = mapping(&[]).unwrap();
+        assert_eq!(mapping.exchange.as_constant(), Some("outbox"));
+        assert_eq!(mapping.exchange_spec, ExchangeSpec::DURABLE_TOPIC);
+        assert_eq!(
+            mapping.routing_key.to_string(),
+            "{aggregate_type}.{event_type}"
+        );
+        assert_eq!(mapping.body, Encoding::Raw);
+        assert!(mapping.walbox_headers);
+        assert!(mapping.headers.is_empty());
+    }
+
+    #[test]
+    fn a_preset_sets_values_and_given_flags_override_them() {
+        let eshop = mapping(&["--preset", "eshop"]).unwrap();
+        assert_eq!(eshop.exchange.as_constant(), Some("eshop_event_bus"));
+        assert_eq!(eshop.exchange_spec.kind, Kind::Direct);
+        assert!(!eshop.exchange_spec.durable);
+        assert_eq!(eshop.routing_key.to_string(), "{event_type|short}");
+        assert_eq!(
+            eshop.columns.column(Field::Id).map(ToString::to_string),
+            Some("EventId".into())
+        );
+        let overridden = mapping(&[
+            "--exchange",
+            "mine",
+            "--preset",
+            "eshop",
+            "--exchange-durable",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(overridden.exchange.as_constant(), Some("mine"));
+        assert!(overridden.exchange_spec.durable);
+        assert_eq!(overridden.exchange_spec.kind, Kind::Direct);
+    }
+
+    #[test]
+    fn preset_headers_merge_with_given_ones() {
+        let nsb = mapping(&[
+            "--preset",
+            "nservicebus",
+            "--header",
+            "NServiceBus.ContentType=text/json",
+            "--header",
+            "tenant={tenant}",
+        ])
+        .unwrap();
+        let names: Vec<&str> = nsb.headers.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "NServiceBus.EnclosedMessageTypes",
+                "NServiceBus.MessageId",
+                "NServiceBus.MessageIntent",
+                "NServiceBus.ContentType",
+                "tenant"
+            ]
+        );
+        assert_eq!(nsb.headers[3].1.to_string(), "text/json");
+    }
+
+    #[test]
+    fn every_preset_validates() {
+        for preset in [
+            "cap",
+            "masstransit",
+            "nservicebus",
+            "eshop",
+            "dapr",
+            "cloudevents",
+        ] {
+            mapping(&["--preset", preset]).unwrap_or_else(|error| panic!("{preset}: {error}"));
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_usage_errors() {
+        for bad in [
+            &["--body", "template"][..],
+            &["--body-template", "{}"],
+            &["--body", "template", "--body-template", "{\"a\": {id"],
+            &["--header", "no-equals"],
+            &["--exchange", "{oops"],
+            &["--no-declare", "--exchange-declare", "passive"],
+            &["--columns", "payload="],
+        ] {
+            assert!(mapping(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(mapping(&["--exchange-kind", "x-delayed"]).is_err());
+        assert_eq!(
+            mapping(&["--no-declare"]).unwrap().exchange_spec.mode,
+            DeclareMode::None
+        );
+    }
+
+    #[test]
+    fn implied_names_the_preset() {
+        let test =
+            Test::try_parse_from(["test", "--preset", "nservicebus", "--exchange", "x"]).unwrap();
+        let implied = Mapping::implied(&test.mapping);
+        assert!(!implied.iter().any(|(flag, _, _)| flag == "exchange"));
+        assert!(implied.contains(&(
+            "exchange-kind".into(),
+            "fanout".into(),
+            Source::Preset(Preset::NServiceBus)
+        )));
+        assert!(implied.contains(&(
+            "header".into(),
+            "NServiceBus.MessageId={id}".into(),
+            Source::Preset(Preset::NServiceBus)
+        )));
+        assert!(implied.contains(&("ce-source".into(), "walbox".into(), Source::Default)));
+    }
+}

@@ -1,0 +1,269 @@
+//! The exchanges walbox publishes to: how each is declared (kind, durable, auto-delete; a full
+//! declare, a passive check, or nothing), and which are already declared on this connection.
+//!
+//! With a per-row exchange (`--exchange '{event_type|short}'`) the exchange is declared before
+//! the first publish to it on each connection, never per event. Declares go on a channel of
+//! their own: a refused declare closes that channel, not the publishing one, so it can never be
+//! mistaken for the broker refusing an in-flight event.
+//!
+//! A declare that does not match an existing exchange is a definite error that names what was
+//! asked and what exists (from the broker's reply), and how to reconcile them.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Mutex;
+
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::error::{Error, Result};
+
+/// The exchange types walbox can declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Topic,
+    Direct,
+    Fanout,
+    Headers,
+}
+
+impl Kind {
+    fn amqp(self) -> ExchangeKind {
+        match self {
+            Kind::Topic => ExchangeKind::Topic,
+            Kind::Direct => ExchangeKind::Direct,
+            Kind::Fanout => ExchangeKind::Fanout,
+            Kind::Headers => ExchangeKind::Headers,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Topic => "topic",
+            Kind::Direct => "direct",
+            Kind::Fanout => "fanout",
+            Kind::Headers => "headers",
+        }
+    }
+}
+
+/// What walbox does about an exchange before publishing to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeclareMode {
+    /// Declare it as specified: created if missing, an error if it exists otherwise.
+    Declare,
+    /// Check that it exists (any settings); an error if it does not.
+    Passive,
+    /// Nothing: a missing exchange shows up as the broker closing the channel on publish.
+    None,
+}
+
+impl DeclareMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeclareMode::Declare => "declare",
+            DeclareMode::Passive => "passive",
+            DeclareMode::None => "none",
+        }
+    }
+}
+
+/// How the events' exchanges are declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    pub kind: Kind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub mode: DeclareMode,
+}
+
+impl ExchangeSpec {
+    /// walbox's own default, and how the dead-letter exchange is always declared.
+    pub const DURABLE_TOPIC: ExchangeSpec = ExchangeSpec {
+        kind: Kind::Topic,
+        durable: true,
+        auto_delete: false,
+        mode: DeclareMode::Declare,
+    };
+}
+
+impl fmt::Display for ExchangeSpec {
+    /// `fanout, durable, auto-delete` / `topic, durable` / `direct, transient`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let durable = if self.durable { "durable" } else { "transient" };
+        write!(f, "{}, {durable}", self.kind.name())?;
+        if self.auto_delete {
+            f.write_str(", auto-delete")?;
+        }
+        Ok(())
+    }
+}
+
+/// The declares of one connection.
+pub(crate) struct Topology {
+    spec: ExchangeSpec,
+    channel: Channel,
+    declared: Mutex<HashSet<ShortString>>,
+}
+
+/// AMQP reply codes of a declare the broker refused.
+const NOT_FOUND: u16 = 404;
+const PRECONDITION_FAILED: u16 = 406;
+
+impl Topology {
+    /// `channel` is used for declares only.
+    pub(crate) fn new(spec: ExchangeSpec, channel: Channel) -> Self {
+        Topology {
+            spec,
+            channel,
+            declared: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Make sure `name` is declared as specified, once per connection. The default exchange
+    /// (`""`) is never declared. `flag` names the setting that chose the exchange, for errors.
+    pub(crate) async fn ensure(&self, name: &ShortString, flag: &str) -> Result<()> {
+        self.ensure_as(name, self.spec, flag).await
+    }
+
+    /// As [`Topology::ensure`], with another spec (the dead-letter exchange).
+    pub(crate) async fn ensure_as(
+        &self,
+        name: &ShortString,
+        spec: ExchangeSpec,
+        flag: &str,
+    ) -> Result<()> {
+        if name.as_str().is_empty() || spec.mode == DeclareMode::None || self.is_declared(name) {
+            return Ok(());
+        }
+        let options = ExchangeDeclareOptions {
+            passive: spec.mode == DeclareMode::Passive,
+            durable: spec.durable,
+            auto_delete: spec.auto_delete,
+            ..ExchangeDeclareOptions::default()
+        };
+        self.channel
+            .exchange_declare(
+                name.clone(),
+                spec.kind.amqp(),
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|error| declare_error(name.as_str(), spec, flag, &error))?;
+        tracing::debug!(exchange = %name, %spec, mode = spec.mode.name(), "exchange declared");
+        self.declared
+            .lock()
+            .expect("the declared set is never left poisoned")
+            .insert(name.clone());
+        Ok(())
+    }
+
+    fn is_declared(&self, name: &ShortString) -> bool {
+        self.declared
+            .lock()
+            .expect("the declared set is never left poisoned")
+            .contains(name)
+    }
+
+    pub(crate) async fn close(self) {
+        let _ = self.channel.close(200, "walbox stopping".into()).await;
+    }
+}
+
+/// A refused declare is definite (the broker will refuse it again until someone changes the
+/// exchange or walbox's flags); anything else, such as a lost connection, is transient.
+fn declare_error(name: &str, spec: ExchangeSpec, flag: &str, error: &lapin::Error) -> Error {
+    let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return Error::from_amqp(&format!("declaring exchange {name}"), error);
+    };
+    let said = amqp.get_message().to_string();
+    match amqp.get_id() {
+        PRECONDITION_FAILED if spec.mode == DeclareMode::Declare => Error::definite(format!(
+            "exchange {name} exists with other settings than walbox was asked to declare: asked \
+             for {spec}; it exists with {} (the broker: {said}). Make --exchange-kind, \
+             --exchange-durable and --exchange-auto-delete match it, or pass \
+             --exchange-declare passive to use it as it is, or choose another {flag}",
+            existing(&said, spec)
+        )),
+        NOT_FOUND if spec.mode == DeclareMode::Passive => Error::definite(format!(
+            "exchange {name} does not exist and --exchange-declare is passive: create it, or \
+             pass --exchange-declare declare (the broker: {said})"
+        )),
+        _ => Error::definite(format!(
+            "declaring exchange {name} ({spec}) was refused: {said}; check {flag} and the \
+             user's permissions"
+        )),
+    }
+}
+
+/// What exists, as far as the broker's reply tells. RabbitMQ names the first setting that
+/// differs: `inequivalent arg 'type' for exchange 'x' in vhost '/': received 'fanout' but
+/// current is 'topic'` (or `'durable'`, `'auto_delete'` with true/false).
+fn existing(said: &str, asked: ExchangeSpec) -> String {
+    let arg = said
+        .split("inequivalent arg '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next());
+    let current = said
+        .rsplit("current is '")
+        .next()
+        .filter(|_| said.contains("current is '"))
+        .and_then(|rest| rest.split('\'').next());
+    let (Some(arg), Some(current)) = (arg, current) else {
+        return "different settings".to_owned();
+    };
+    let flip = |flag: bool| current.parse::<bool>().map_or(!flag, |value| value);
+    match arg {
+        "type" => format!("type {current}"),
+        "durable" => {
+            let durable = flip(asked.durable);
+            format!("durable={durable} (not {})", asked.durable)
+        }
+        "auto_delete" => {
+            let auto_delete = flip(asked.auto_delete);
+            format!("auto-delete={auto_delete} (not {})", asked.auto_delete)
+        }
+        other => format!("{other} = {current}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_read_as_words() {
+        assert_eq!(ExchangeSpec::DURABLE_TOPIC.to_string(), "topic, durable");
+        let dapr = ExchangeSpec {
+            kind: Kind::Fanout,
+            durable: true,
+            auto_delete: true,
+            mode: DeclareMode::Declare,
+        };
+        assert_eq!(dapr.to_string(), "fanout, durable, auto-delete");
+    }
+
+    #[test]
+    fn the_broker_reply_names_what_exists() {
+        let asked = ExchangeSpec::DURABLE_TOPIC;
+        assert_eq!(
+            existing(
+                "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' in vhost '/': \
+                 received 'topic' but current is 'fanout'",
+                asked
+            ),
+            "type fanout"
+        );
+        assert_eq!(
+            existing(
+                "PRECONDITION_FAILED - inequivalent arg 'durable' for exchange 'x' in vhost \
+                 '/': received 'true' but current is 'false'",
+                asked
+            ),
+            "durable=false (not true)"
+        );
+        assert_eq!(existing("something else", asked), "different settings");
+    }
+}
