@@ -2,25 +2,27 @@
 # The container path, built and run for real: build docker/Dockerfile as it is committed, check
 # the image, then run the docker/compose.yml quick start with docker-compose and check that
 # events reach queue `walbox-demo`, that walbox's /healthz, /readyz and /metrics answer from
-# the container, and that walbox stops cleanly on SIGTERM. README "Docker" says what this proves
-# and what it does not.
+# the container, and that walbox stops cleanly on SIGTERM. README "How the container path is
+# tested" says what this proves and what it does not.
 #
 #   bash scripts/container-test.sh          # the whole test (installs what it needs)
 #   bash scripts/container-test.sh clean    # remove everything it keeps between runs
+#   WALBOX_CONTAINER_STATE=DIR bash scripts/container-test.sh   # stand-ins made anew in DIR
 #
 # The machine has no Docker engine and reaches no container registry. podman stands in for the
 # engine (`podman system service` speaks the Docker API that docker-compose 1.29 uses), and the
 # base images are local stand-ins built from Debian's packages (docker/standins/).
 #
 # Kept between runs (the cache): the debootstrap tarball, the stand-in images and the walbox
-# image in podman storage of this script's own under /var/lib/walbox-container, and buildah's
+# image in podman storage of this script's own (/var/lib/walbox-container), and buildah's
 # cache mounts (crate registry, cargo target) under /var/tmp. Nothing else of the machine's:
 # its own PostgreSQL (5432) and RabbitMQ (5672) are not touched, because the compose stack runs
-# in a network namespace of its own (see compose_up).
+# in a network namespace of its own (see start_engine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-state=/var/lib/walbox-container   # podman storage + the cached root file system (kept)
+# podman storage and the debootstrap tarball (kept); another folder starts from nothing.
+state=${WALBOX_CONTAINER_STATE:-/var/lib/walbox-container}
 run=/run/walbox-container         # configs, podman's run root and API socket (removed)
 project=walboxct                  # compose project name: labels every container it makes
 netns=walbox-ct
@@ -135,7 +137,7 @@ EOF
     mv "$tarball.tmp" "$tarball"
     rm -rf "$root"
   fi
-  podman import --change 'CMD ["bash"]' "$tarball" "$debian_image" >/dev/null
+  podman import -q --change 'CMD ["bash"]' "$tarball" "$debian_image" >/dev/null
   podman tag "$debian_image" docker.io/library/debian:bookworm
 }
 
@@ -261,6 +263,8 @@ start_engine() {
 # podman runs health checks from systemd timers, and this machine has no systemd: run each
 # container's check at its own interval, as the engine would, for as long as the test runs.
 run_healthchecks() {
+  # On TERM, bash runs this after the check under way has finished: no orphaned podman.
+  trap 'exit 0' TERM
   declare -A last=()
   while true; do
     local now id interval

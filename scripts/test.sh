@@ -38,3 +38,19 @@ fi
 if [ "${WALBOX_CONTAINER_TEST:-1}" != 0 ]; then
   bash scripts/container-test.sh
 fi
+
+# Framework consumers (#11): the official CloudEvents SDKs (PyPI cloudevents with its RabbitMQ
+# binding, npm cloudevents) installed project-local and cached by scripts/consumers.sh, then the
+# tests that parse every walbox CloudEvents message with them (ignored by a plain cargo test).
+bash scripts/consumers.sh
+cargo test --locked --test frameworks -- --ignored --test-threads=2
+
+# High availability (README "High availability"): a PostgreSQL 17 primary with a standby and a
+# three-node RabbitMQ 4.0 cluster on private ports, from a Debian trixie userland that
+# scripts/trixie-servers.sh builds once and caches under /var/cache/walbox. The four failover
+# scenarios run once each (quick mode); WALBOX_HA_ROUNDS=N repeats each N times (long mode).
+(
+  trap 'bash scripts/trixie-servers.sh stop >/dev/null 2>&1 || true' EXIT
+  bash scripts/trixie-servers.sh start
+  cargo test --locked --test ha -- --ignored --test-threads=1 --nocapture
+)

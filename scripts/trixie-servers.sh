@@ -63,8 +63,10 @@ cached_tarball() {
 }
 
 build_tarball() {
-  command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
-  command -v zstd >/dev/null || apt-get install -y -qq zstd >/dev/null
+  if ! command -v debootstrap >/dev/null || ! command -v zstd >/dev/null; then
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq debootstrap zstd >/dev/null
+  fi
   local build="$TOP/build"
   unmount_all "$build"
   rm -rf --one-file-system "$build"

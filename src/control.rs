@@ -9,10 +9,12 @@
 //! outbox table. Creating the publication needs ownership of the table, so with that role
 //! the table's owner creates it beforehand; [`Control::prepare`] then only checks it.
 
+pub(crate) mod failover;
+
 use std::str::FromStr;
 
 use tokio_postgres::Client;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::{Config, Identifier, TableName};
 use crate::error::{Error, Result};
@@ -38,6 +40,11 @@ pub(crate) struct SlotInfo {
     pub(crate) confirmed_flush_lsn: Option<String>,
     pub(crate) restart_lsn: Option<String>,
     pub(crate) wal_status: Option<String>,
+    pub(crate) temporary: bool,
+    /// Created to survive a failover (PostgreSQL 17; None before).
+    pub(crate) failover: Option<bool>,
+    /// On a standby (or a promoted one): a copy synchronized from the primary (PostgreSQL 17).
+    pub(crate) synced: Option<bool>,
 }
 
 impl SlotInfo {
@@ -236,9 +243,12 @@ impl Control {
         let row = self
             .client
             .query_opt(
+                // failover and synced exist from PostgreSQL 17 on: read through to_jsonb so
+                // one statement serves every version.
                 "SELECT slot_name::text, plugin::text, slot_type, database::text, active, \
-                 active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status \
-                 FROM pg_replication_slots WHERE slot_name = $1",
+                 active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status, \
+                 temporary, (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool \
+                 FROM pg_replication_slots s WHERE slot_name = $1",
                 &[&slot.as_str()],
             )
             .await
@@ -253,6 +263,9 @@ impl Control {
             confirmed_flush_lsn: row.get(6),
             restart_lsn: row.get(7),
             wal_status: row.get(8),
+            temporary: row.get(9),
+            failover: row.get(10),
+            synced: row.get(11),
         }))
     }
 
@@ -288,17 +301,10 @@ impl Control {
         Ok(())
     }
 
-    /// Create the logical slot; returns the LSN from which it captures.
+    /// Create the logical slot (from PostgreSQL 17 on with failover, so a standby can keep
+    /// a synchronized copy: see [`failover`]); returns the LSN from which it captures.
     pub(crate) async fn create_slot(&self, slot: &Identifier) -> Result<Lsn> {
-        let row = self
-            .client
-            .query_one(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&slot.as_str()],
-            )
-            .await
-            .map_err(Self::sql_error("creating the replication slot"))?;
-        let lsn: String = row.get(0);
+        let (lsn, _failover) = self.create_failover_slot(slot).await?;
         Lsn::from_str(&lsn).map_err(Error::definite)
     }
 
@@ -383,9 +389,21 @@ impl Control {
         let publication = self
             .ensure_publication(&config.publication, &config.table)
             .await?;
-        let (slot, slot_info) = match self.slot(&config.slot).await? {
+        let timeline = self.timeline().await?;
+        let found = self.slot(&config.slot).await?;
+        if let Some(error) = Self::check_after_failover(config, found.as_ref(), timeline) {
+            return Err(error);
+        }
+        let (slot, slot_info) = match found {
             Some(info) => {
                 self.check_slot(&info).await?;
+                if info.failover == Some(false) {
+                    warn!(
+                        slot = %config.slot,
+                        "the replication slot was created without failover: a PostgreSQL \
+                         failover loses it. `walbox setup` turns failover on"
+                    );
+                }
                 (Ensured::Existed, info)
             }
             None if create_slot => {

@@ -328,3 +328,74 @@ fn config_check_prints_what_a_preset_expands_to() {
         assert!(stdout.contains(line), "`{line}` not in:\n{stdout}");
     }
 }
+
+#[tokio::test]
+async fn a_row_that_cannot_become_a_body_is_dead_lettered_or_stops_walbox() {
+    let mut env = TestEnv::new("unencodable").await;
+    let mut consumer = env.queue("all", "#").await;
+    let (dlx, mut dead_letters) = env.extra_exchange("dlx").await;
+    // `{payload->n}` inserts the value as it is: a number gives JSON, a string does not.
+    let body = [
+        "--body",
+        "template",
+        "--body-template",
+        r#"{"n": {payload->n}}"#,
+    ];
+    let mut with_dlx = body.to_vec();
+    with_dlx.extend(["--dead-letter-exchange", dlx.as_str()]);
+    let run = env.spawn_run(&with_dlx);
+    env.wait_slot_active(WAIT).await;
+    env.insert("order", "created", r#"{"n": 1}"#).await;
+    let bad = env
+        .insert("order", "created", r#"{"n": "not a number"}"#)
+        .await;
+    env.insert("order", "created", r#"{"n": 3}"#).await;
+    let delivered = receive(&mut consumer, 2, WAIT).await;
+    assert_eq!(delivered.len(), 2, "log:\n{}", env.run_log(run));
+    let bodies: Vec<serde_json::Value> = delivered
+        .iter()
+        .map(|d| serde_json::from_slice(&d.data).unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        [serde_json::json!({"n": 1}), serde_json::json!({"n": 3})]
+    );
+    let records = receive(&mut dead_letters, 1, WAIT).await;
+    assert_eq!(records.len(), 1, "log:\n{}", env.run_log(run));
+    let record: serde_json::Value = serde_json::from_slice(&records[0].data).unwrap();
+    assert_eq!(record["id"], serde_json::json!(bad));
+    assert!(
+        record["reason"].as_str().unwrap().contains("not JSON"),
+        "{record}"
+    );
+    assert_eq!(message_id(&records[0]), bad);
+    env.terminate(run);
+
+    // Without a dead-letter exchange walbox stops on such a row, naming its commit.
+    let run = env.spawn_run(&body);
+    env.wait_slot_active(WAIT).await;
+    env.insert("order", "created", r#"{"n": "again"}"#).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = env.try_wait(run) {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "walbox kept running; log:\n{}",
+            env.run_log(run)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = env.run_log(run);
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    assert!(
+        log.contains("cannot become an AMQP message") && log.contains("--dead-letter-exchange"),
+        "log:\n{log}"
+    );
+    assert!(
+        receive_any(&mut consumer, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+}

@@ -162,6 +162,41 @@ fn config_check_redacts_secrets_from_every_source() {
 }
 
 #[test]
+fn config_check_redacts_every_broker_node_of_the_list() {
+    let repeated = walbox(
+        &[
+            "config",
+            "check",
+            "--amqp-url",
+            "amqp://relay:first-secret@mq1:5672/%2f,amqp://relay:second-secret@mq2:5672/%2f",
+            "--amqp-url",
+            "amqp://relay:third-secret@mq3:5672/%2f",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&repeated.stdout);
+    assert!(repeated.status.success(), "{stdout}");
+    assert!(!stdout.contains("-secret"), "{stdout}");
+    assert_eq!(
+        line(&stdout, "amqp-url"),
+        "amqp-url = \"amqp://relay:***@mq1:5672/%2f,amqp://relay:***@mq2:5672/%2f,\
+         amqp://relay:***@mq3:5672/%2f\"  # flag"
+    );
+    // A bad node in the list is a usage error that does not print any password either.
+    let bad = walbox(
+        &["config", "check"],
+        &[(
+            "WALBOX_AMQP_URL",
+            "amqp://relay:first-secret@mq1:5672/%2f,http://relay:second-secret@mq2/",
+        )],
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("must start with amqp://"), "{stderr}");
+    assert!(!stderr.contains("-secret"), "{stderr}");
+}
+
+#[test]
 fn password_and_ca_files_come_from_the_file_too_and_only_their_paths_show() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-tests");
     std::fs::create_dir_all(&dir).unwrap();

@@ -86,7 +86,14 @@ fn leaf(matches: &ArgMatches) -> &ArgMatches {
 
 /// URLs lose their password; anything named like a password (not a password file) is hidden.
 fn redacted(flag: &str, value: &str) -> String {
-    if flag.ends_with("-url") {
+    if flag == "amqp-url" {
+        // A list of broker nodes: every one loses its password.
+        value
+            .split(',')
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    } else if flag.ends_with("-url") {
         redact_url(value)
     } else if flag.contains("password") && !flag.ends_with("-file") && !value.is_empty() {
         "***".to_owned()

@@ -3,6 +3,7 @@
 //! configuration.
 
 mod config_check;
+mod failover;
 mod replay;
 mod run;
 mod setup;

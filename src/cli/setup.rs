@@ -38,27 +38,26 @@ pub(crate) async fn setup(config: &Config) -> Result<()> {
             config.slot
         ),
     }
+    super::failover::explain(&control, config, &prepared.slot_info).await?;
     let publisher = AmqpPublisher::connect(config).await?;
     publisher.close().await;
+    let node = AmqpPublisher::node(config);
     let mapping = &config.mapping;
     let spec = mapping.exchange_spec;
     match (mapping.exchange.as_constant(), spec.mode) {
         (Some(""), _) => println!(
             "exchange: the default exchange (routing key = queue name) at {}",
-            config.amqp_url
+            node
         ),
         (Some(name), DeclareMode::Declare) => {
-            println!("exchange {name}: declared ({spec}) at {}", config.amqp_url)
+            println!("exchange {name}: declared ({spec}) at {}", node)
         }
         (Some(name), DeclareMode::Passive) => {
-            println!(
-                "exchange {name}: exists (passive check) at {}",
-                config.amqp_url
-            )
+            println!("exchange {name}: exists (passive check) at {}", node)
         }
         (Some(name), DeclareMode::None) => println!(
             "exchange {name}: not declared (--exchange-declare none); broker reachable at {}",
-            config.amqp_url
+            node
         ),
         (None, mode) => println!(
             "exchange per event, {}: each is {} ({spec}) before its first event; broker \
@@ -69,7 +68,7 @@ pub(crate) async fn setup(config: &Config) -> Result<()> {
                 DeclareMode::Passive => "checked to exist",
                 DeclareMode::None => "not declared",
             },
-            config.amqp_url
+            node
         ),
     }
     Ok(())

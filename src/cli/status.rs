@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::config::{Config, bookmark_name};
+use crate::control::failover::{StandbyCopy, standby_copies};
 use crate::control::{Control, SlotInfo};
 use crate::error::Result;
 use crate::lsn::Lsn;
@@ -19,6 +20,8 @@ struct Status {
     publication_tables: Vec<String>,
     /// What `walbox replay` can reach, when a replay window is kept.
     replay_window: Option<ReplayRange>,
+    /// The slot's copy on each standby among --postgres-url's hosts (failover slots).
+    standbys: Vec<StandbyCopy>,
 }
 
 #[derive(Serialize)]
@@ -63,6 +66,7 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
         publication_exists,
         publication_tables: control.publication_tables(&config.publication).await?,
         replay_window,
+        standbys: standby_copies(config).await,
     };
     if json {
         println!(
@@ -99,11 +103,32 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
                 "  wal status:      {}",
                 slot.wal_status.as_deref().unwrap_or("-")
             );
+            println!(
+                "  failover:        {}",
+                match slot.failover {
+                    Some(true) => "yes (standbys with sync_replication_slots keep a copy)",
+                    Some(false) => "no: a failover loses the slot (`walbox setup` turns it on)",
+                    None => "not before PostgreSQL 17: a failover loses the slot",
+                }
+            );
         }
         None => println!(
             "slot:              {} does not exist (run walbox setup)",
             config.slot
         ),
+    }
+    for copy in &status.standbys {
+        let state = if copy.ready() {
+            format!(
+                "synchronized copy, confirmed flush {}",
+                copy.confirmed_flush_lsn.as_deref().unwrap_or("-")
+            )
+        } else if copy.present {
+            "temporary copy: not yet safe to fail over to".to_owned()
+        } else {
+            "no copy: a failover to it loses the slot".to_owned()
+        };
+        println!("  standby {}: {state}", copy.standby);
     }
     println!("current WAL:       {}", status.current_wal_lsn);
     match status.lag_bytes {

@@ -78,13 +78,14 @@ pub struct CommonArgs {
     #[arg(long, env = "WALBOX_POSTGRES_PASSWORD_FILE")]
     pub postgres_password_file: Option<PathBuf>,
 
-    /// RabbitMQ URL (amqp:// or amqps://).
+    /// RabbitMQ URL (amqp:// or amqps://); for a cluster, one per node, comma-separated or
+    /// the flag repeated: walbox uses the first that answers and moves on when one fails.
     #[arg(
         long,
         env = "WALBOX_AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
-    pub amqp_url: String,
+    pub amqp_url: Vec<String>,
 
     /// File holding the RabbitMQ password (one trailing newline is ignored); replaces the
     /// URL's password.

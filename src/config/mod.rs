@@ -6,12 +6,13 @@
 //! before anything connects, so a bad LSN, template, column map or name is a usage error
 //! (exit 2) with a message saying what is wrong; nothing else in walbox parses user text.
 //!
-//! One job per file: [`args`] the flags, [`file`] the TOML file, [`names`] identifiers and
+//! One job per file: [`args`] the flags, [`amqp_urls`] the broker nodes, [`file`] the TOML file, [`names`] identifiers and
 //! derived slot names, [`secrets`] passwords and CA files, [`postgres`] the PostgreSQL URL
 //! and its TLS settings, [`replay`] the replay settings, [`validate`] flags → settings, and
 //! [`reference`] the README's options table; [`mapping`] and [`preset`] what rows become on
 //! the wire (#11's flags).
 
+mod amqp_urls;
 mod args;
 pub mod file;
 pub mod mapping;
@@ -30,7 +31,7 @@ pub use mapping::{Mapping, MappingArgs};
 pub(crate) use names::{Identifier, TableName, bookmark_name, copy_name};
 pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};
 pub(crate) use replay::{ReplayConfig, ReplayWindow};
-pub(crate) use secrets::redact_url;
+pub(crate) use secrets::{SecretUrl, redact_url};
 pub(crate) use validate::{Config, RunConfig};
 
 /// A configuration that failed validation: a usage error.

@@ -102,6 +102,12 @@ pub(crate) fn parse(url: &str) -> Result<(tokio_postgres::Config, PostgresTls), 
     } else {
         None
     };
+    // walbox needs the primary: with several hosts, look for the one that takes writes (the
+    // control connection; the replication connection asks each host itself, see
+    // crate::source). An explicit `any` is as good as unset, since a standby cannot serve.
+    if postgres.get_hosts().len() > 1 {
+        postgres.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    }
     postgres.ssl_mode(match mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -112,6 +118,79 @@ pub(crate) fn parse(url: &str) -> Result<(tokio_postgres::Config, PostgresTls), 
         }
     });
     Ok((postgres, PostgresTls { mode, roots }))
+}
+
+/// Where `config` connects: each host with its port, in the order given (libpq's multi-host
+/// form, `host=a,b port=5432,5433` or `postgres://a:5432,b:5433/db`). With no host, libpq's
+/// default socket directory.
+pub(crate) fn endpoints(config: &tokio_postgres::Config) -> Vec<(String, u16)> {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    let port = |index: usize| match ports {
+        [] => 5432,
+        [one] => *one,
+        many => many.get(index).copied().unwrap_or(5432),
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.to_string_lossy().into_owned(),
+        })
+        .collect();
+    if hosts.is_empty() {
+        return vec![("/var/run/postgresql".to_owned(), port(0))];
+    }
+    hosts
+        .into_iter()
+        .enumerate()
+        .map(|(index, host)| (host.clone(), port(index)))
+        .collect()
+}
+
+/// `config` narrowed to its `index`-th host (see [`endpoints`]): everything else, credentials
+/// and TLS included, is the same.
+pub(crate) fn single_host(config: &tokio_postgres::Config, index: usize) -> tokio_postgres::Config {
+    let (host, port) = endpoints(config).swap_remove(index);
+    let mut one = tokio_postgres::Config::new();
+    one.host(host).port(port);
+    if let Some(address) = config.get_hostaddrs().get(index) {
+        one.hostaddr(*address);
+    }
+    if let Some(user) = config.get_user() {
+        one.user(user);
+    }
+    if let Some(password) = config.get_password() {
+        one.password(password);
+    }
+    if let Some(dbname) = config.get_dbname() {
+        one.dbname(dbname);
+    }
+    if let Some(options) = config.get_options() {
+        one.options(options);
+    }
+    if let Some(name) = config.get_application_name() {
+        one.application_name(name);
+    }
+    if let Some(timeout) = config.get_connect_timeout() {
+        one.connect_timeout(*timeout);
+    }
+    if let Some(timeout) = config.get_tcp_user_timeout() {
+        one.tcp_user_timeout(*timeout);
+    }
+    one.ssl_mode(config.get_ssl_mode())
+        .ssl_negotiation(config.get_ssl_negotiation())
+        .channel_binding(config.get_channel_binding())
+        .keepalives(config.get_keepalives())
+        .keepalives_idle(config.get_keepalives_idle());
+    if let Some(interval) = config.get_keepalives_interval() {
+        one.keepalives_interval(interval);
+    }
+    if let Some(retries) = config.get_keepalives_retries() {
+        one.keepalives_retries(retries);
+    }
+    one
 }
 
 type Taken = (String, Option<String>, Option<String>);
@@ -328,6 +407,41 @@ mod tests {
             Some(RootCerts::System)
         ));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn several_hosts_mean_the_primary_and_each_can_be_reached_alone() {
+        use tokio_postgres::config::TargetSessionAttrs;
+        for url in [
+            "postgres://u:pw@a:5433,b:5434/db?application_name=x",
+            "host=a,b port=5433,5434 user=u password=pw dbname=db application_name=x",
+        ] {
+            let (postgres, _) = parse(url).unwrap();
+            assert_eq!(
+                postgres.get_target_session_attrs(),
+                TargetSessionAttrs::ReadWrite,
+                "{url}"
+            );
+            assert_eq!(
+                endpoints(&postgres),
+                [("a".to_owned(), 5433), ("b".to_owned(), 5434)]
+            );
+            let second = single_host(&postgres, 1);
+            assert_eq!(endpoints(&second), [("b".to_owned(), 5434)]);
+            assert_eq!(second.get_user(), Some("u"));
+            assert_eq!(second.get_password(), Some(&b"pw"[..]));
+            assert_eq!(second.get_dbname(), Some("db"));
+            assert_eq!(second.get_application_name(), Some("x"));
+        }
+        // One port for all hosts; one host keeps libpq's default session attributes.
+        let (postgres, _) = parse("host=a,b port=6000 dbname=db").unwrap();
+        assert_eq!(
+            endpoints(&postgres),
+            [("a".to_owned(), 6000), ("b".to_owned(), 6000)]
+        );
+        let (postgres, _) = parse("postgres://u@a/db").unwrap();
+        assert_eq!(postgres.get_target_session_attrs(), TargetSessionAttrs::Any);
+        assert_eq!(endpoints(&postgres), [("a".to_owned(), 5432)]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::ConfigError;
+use super::amqp_urls::AmqpUrls;
 use super::args::{CommonArgs, ReplayArgs, RunArgs};
 use super::mapping::Mapping;
 use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
@@ -22,7 +23,8 @@ pub(crate) struct Config {
     /// The connection settings, the password file's password included.
     pub(crate) postgres: tokio_postgres::Config,
     pub(crate) postgres_tls: PostgresTls,
-    pub(crate) amqp_url: SecretUrl,
+    /// The broker nodes, in the order given.
+    pub(crate) amqp_url: AmqpUrls,
     /// From --amqp-password-file: replaces the URL's password.
     pub(crate) amqp_password: Option<Secret>,
     pub(crate) amqp_ca: Option<CaFile>,
@@ -63,20 +65,7 @@ impl Config {
                 redact_url(&args.postgres_url)
             )));
         }
-        if !(args.amqp_url.starts_with("amqp://") || args.amqp_url.starts_with("amqps://")) {
-            return Err(ConfigError(format!(
-                "--amqp-url `{}` must start with amqp:// or amqps://",
-                redact_url(&args.amqp_url)
-            )));
-        }
-        // lapin parses the URL again when connecting; parsing it here makes a malformed one a
-        // usage error.
-        lapin::uri::AMQPUri::from_str(&args.amqp_url).map_err(|error| {
-            ConfigError(format!(
-                "--amqp-url `{}` is not a valid AMQP URL: {error}",
-                redact_url(&args.amqp_url)
-            ))
-        })?;
+        let amqp_url = AmqpUrls::parse(&args.amqp_url)?;
         let amqp_password = args
             .amqp_password_file
             .as_deref()
@@ -104,7 +93,7 @@ impl Config {
             postgres_url: SecretUrl::new(args.postgres_url.clone()),
             postgres,
             postgres_tls,
-            amqp_url: SecretUrl::new(args.amqp_url.clone()),
+            amqp_url,
             amqp_password,
             amqp_ca,
             slot: Identifier::new("--slot", slot)?,

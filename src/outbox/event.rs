@@ -460,6 +460,58 @@ impl OutboxShape {
         })
     }
 
+    /// The row as far as it can be read without the templates and the encoding, for the
+    /// dead-letter record of a row that cannot become a message. Never fails: what cannot be
+    /// read is left out (the id falls back to the WAL-position id, the body is the payload
+    /// column's raw text).
+    pub fn fallback(
+        &self,
+        tuple: &TupleData,
+        transaction: &Transaction,
+        index: u32,
+    ) -> OutboxMessage {
+        let row = Row::new(&tuple.columns, &self.json_columns);
+        let read = |source: Option<&Source>| {
+            self.text(&row, source)
+                .ok()
+                .flatten()
+                .filter(|text| !text.is_empty())
+                .map(Cow::into_owned)
+        };
+        let id = read(self.id.as_ref())
+            .unwrap_or_else(|| message_id::from_position(transaction.commit_lsn, index));
+        let mut routing_key = String::new();
+        let routing_key = self
+            .routing_key
+            .render(&mut routing_key, &row)
+            .ok()
+            .and_then(|()| ShortString::try_new(routing_key).ok())
+            .unwrap_or_default();
+        let seconds =
+            postgres_micros_to_unix_micros(transaction.commit_time_micros).div_euclid(1_000_000);
+        let mut properties =
+            BasicProperties::default().with_timestamp(u64::try_from(seconds).unwrap_or(0));
+        if let Ok(message_id) = ShortString::try_new(id.clone()) {
+            properties = properties.with_message_id(message_id);
+        }
+        if let Some(kind) =
+            read(self.event_type.as_ref()).and_then(|t| ShortString::try_new(t).ok())
+        {
+            properties = properties.with_type(kind);
+        }
+        OutboxMessage {
+            exchange: None,
+            routing_key,
+            body: row
+                .bytes(self.payload.source.index)
+                .cloned()
+                .unwrap_or_default(),
+            properties,
+            id,
+            headers_warning: None,
+        }
+    }
+
     /// A field's text (a JSON string's content, other JSON as text); None for NULL.
     fn text<'r>(
         &self,

@@ -271,6 +271,7 @@ async fn session(
         telemetry,
     );
     session.stream_mut().dead_letter = poison.dead_letter();
+    session.stream_mut().unencodable_to = run.dead_letter_exchange.clone();
     let mut live = Live {
         config,
         telemetry,

@@ -37,6 +37,9 @@ pub(crate) struct Stream<'a, P: Publisher> {
     routing_key: String,
     /// A poison event to replace by its dead-letter record when it comes by.
     pub(crate) dead_letter: Option<DeadLetter>,
+    /// Where a row that cannot become a message goes (the dead-letter exchange); None: walbox
+    /// stops on it.
+    pub(crate) unencodable_to: Option<String>,
     /// The highest commit LSN of an event handed to the publisher.
     pub(crate) published_through: Lsn,
     /// Republished messages (`walbox replay`) carry the header `x-replay: true`.
@@ -65,6 +68,7 @@ impl<'a, P: Publisher> Stream<'a, P> {
             index_in_transaction: 0,
             routing_key: String::new(),
             dead_letter: None,
+            unencodable_to: None,
             published_through: Lsn::ZERO,
             replaying,
             events: 0,
@@ -139,22 +143,44 @@ impl<'a, P: Publisher> Stream<'a, P> {
                 })?;
                 let index = self.index_in_transaction;
                 self.index_in_transaction += 1;
-                let mut message = shape
-                    .message(
-                        &insert.new_tuple,
-                        &transaction,
-                        index,
-                        &mut self.routing_key,
-                    )
-                    .map_err(|problem| {
-                        postgres(Error::definite(format!(
+                let built = shape.message(
+                    &insert.new_tuple,
+                    &transaction,
+                    index,
+                    &mut self.routing_key,
+                );
+                // A row that cannot become a message is handled like a poison event: with a
+                // dead-letter exchange its record goes there in its place; without one walbox
+                // stops on it rather than skip it.
+                let (mut message, unencodable) = match (built, &self.unencodable_to) {
+                    (Ok(message), _) => (message, false),
+                    (Err(problem), Some(exchange)) => {
+                        let event = shape.fallback(&insert.new_tuple, &transaction, index);
+                        warn!(event_id = %event.id, commit_lsn = %transaction.commit_lsn,
+                            %exchange, %problem,
+                            "an outbox row cannot become a message; sending its dead-letter record in its place");
+                        let plan = DeadLetter {
+                            event_id: event.id.clone(),
+                            commit_lsn: transaction.commit_lsn,
+                            reason: format!("the row cannot become a message: {problem}"),
+                            failures: 0,
+                            exchange: exchange.clone(),
+                            include_payload: true,
+                        };
+                        let record =
+                            plan.record(&event, &transaction, &self.config.mapping.exchange_text());
+                        (record, true)
+                    }
+                    (Err(problem), None) => {
+                        return Err(postgres(Error::definite(format!(
                             "an outbox row in the transaction committed at {} cannot become an \
                              AMQP message: {problem}. walbox stops here rather than skip it; fix \
-                             the row's data, or skip past it with `walbox run --start-lsn` \
-                             (after that commit)",
+                             the row's data, skip past it with `walbox run --start-lsn` (after \
+                             that commit), or give --dead-letter-exchange to send such rows there",
                             transaction.commit_lsn
-                        )))
-                    })?;
+                        ))));
+                    }
+                };
                 if let Some(warning) = &message.headers_warning {
                     warn!(event_id = %message.id, "{warning}");
                 }
@@ -163,6 +189,7 @@ impl<'a, P: Publisher> Stream<'a, P> {
                 }
                 self.events += 1;
                 let (message, dead_letter) = match &self.dead_letter {
+                    _ if unencodable => (message, true),
                     Some(plan) if plan.is(&message.id, transaction.commit_lsn) => {
                         warn!(event_id = %message.id, commit_lsn = %transaction.commit_lsn,
                             exchange = %plan.exchange, "sending the poison event's dead-letter record in its place");

@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::OwnedTLSConfig;
@@ -14,10 +16,13 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use lapin::{Confirmation, PublisherConfirm};
 
+use tokio::time::timeout;
+use tracing::{info, warn};
+
 use super::topology::{self, ExchangeSpec, Topology};
 use super::{Outcome, Publisher, Refused};
-use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::config::{Config, SecretUrl};
+use crate::error::{Disposition, Error, Result};
 use crate::outbox::OutboxMessage;
 
 type WriteFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
@@ -100,13 +105,73 @@ pub(crate) struct AmqpPublisher {
     topology: Topology,
 }
 
+/// How long one broker node of `--amqp-url` may take to accept a connection before walbox
+/// tries the next (a node behind a dead network link would otherwise hold it for minutes).
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The position in `--amqp-url` of the node the last connection reached: the next connection
+/// tries it first, so walbox stays on a healthy node and leaves one only when it fails.
+static CURRENT_NODE: AtomicUsize = AtomicUsize::new(0);
+
 impl AmqpPublisher {
-    /// Connect, open a confirm-mode channel and declare the exchange unless told not to.
+    /// Connect to the first node of `--amqp-url` that answers, starting with the one used
+    /// last; open a confirm-mode channel and declare the exchange unless told not to.
+    ///
+    /// One node failing is transient (walbox tries the next, and the supervisor backs off
+    /// once all have failed); only when every node gives a definite answer (e.g. refused
+    /// credentials) is the failure definite.
     pub(crate) async fn connect(config: &Config) -> Result<Self> {
+        let urls = &config.amqp_url;
+        let first = CURRENT_NODE.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        let mut all_definite = true;
+        for offset in 0..urls.len() {
+            let index = (first + offset) % urls.len();
+            let url = urls.get(index);
+            let error = match timeout(NODE_CONNECT_TIMEOUT, Self::connect_node(config, url)).await {
+                Ok(Ok(publisher)) => {
+                    if index != first {
+                        info!(node = %url, "connected to another broker node");
+                    }
+                    CURRENT_NODE.store(index, Ordering::Relaxed);
+                    return Ok(publisher);
+                }
+                Ok(Err(error)) => error,
+                Err(_) => Error::transient(format!(
+                    "connecting to {url}: no answer within {} s",
+                    NODE_CONNECT_TIMEOUT.as_secs()
+                )),
+            };
+            if urls.len() > 1 {
+                warn!(node = %url, %error, "broker node failed; trying the next");
+            }
+            all_definite &= error.disposition() == Disposition::Stop;
+            failures.push(error);
+        }
+        if failures.len() == 1 || all_definite {
+            return Err(failures.swap_remove(0));
+        }
+        let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        Err(Error::transient(format!(
+            "no broker node answered: {}",
+            reasons.join("; ")
+        )))
+    }
+
+    /// The node connected to, for messages.
+    pub(crate) fn node(config: &Config) -> String {
+        config
+            .amqp_url
+            .get(CURRENT_NODE.load(Ordering::Relaxed))
+            .to_string()
+    }
+
+    /// [`AmqpPublisher::connect`] to one node.
+    async fn connect_node(config: &Config, url: &SecretUrl) -> Result<Self> {
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("walbox/{}", config.slot)));
-        let connecting = format!("connecting to {}", config.amqp_url);
-        let mut uri = AMQPUri::from_str(config.amqp_url.expose())
+        let connecting = format!("connecting to {url}");
+        let mut uri = AMQPUri::from_str(url.expose())
             .map_err(|e| Error::definite(format!("{connecting}: {e}")))?;
         if let Some(password) = &config.amqp_password {
             uri.authority.userinfo.password = password.expose().to_owned();

@@ -10,16 +10,15 @@ mod verify_ca;
 
 use std::time::Duration;
 
-use pgwire_replication::{
-    Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
-};
-use tokio_postgres::config::Host;
-
+use crate::config::postgres::endpoints;
 use crate::config::{Config, Identifier, PostgresTls, RootCerts, SslMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
 use crate::pgoutput::{self, Message};
+use pgwire_replication::{
+    Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
 
 /// How soon a raised flush position reaches the server.
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
@@ -53,25 +52,31 @@ fn ours(lsn: WireLsn) -> Lsn {
     Lsn(lsn.as_u64())
 }
 
-fn host_and_port(config: &Config) -> (String, u16) {
-    let postgres = &config.postgres;
-    let host = match postgres.get_hosts().first() {
-        Some(Host::Tcp(name)) => name.clone(),
-        Some(Host::Unix(path)) => path.to_string_lossy().into_owned(),
-        None => "/var/run/postgresql".to_owned(),
-    };
-    (host, postgres.get_ports().first().copied().unwrap_or(5432))
-}
+/// One host of the PostgreSQL URL, with its port.
+type Endpoint = (String, u16);
 
-/// The replication connection settings, from the PostgreSQL URL. `verify_ca_name` is, under
-/// sslmode=verify-ca, a name in the server's CA-checked certificate ([`verify_ca`]).
-pub(crate) fn replication_config(
+/// The replication connection settings, from the PostgreSQL URL (its first host).
+/// `verify_ca_name` is, under sslmode=verify-ca, a name in the server's CA-checked
+/// certificate ([`verify_ca`]).
+#[cfg(test)]
+fn replication_config(
     config: &Config,
     start: Lsn,
     verify_ca_name: Option<String>,
 ) -> Result<ReplicationConfig> {
+    let first = endpoints(&config.postgres).swap_remove(0);
+    replication_config_at(config, &first, start, verify_ca_name)
+}
+
+/// [`replication_config`] for one host of the URL.
+fn replication_config_at(
+    config: &Config,
+    (host, port): &Endpoint,
+    start: Lsn,
+    verify_ca_name: Option<String>,
+) -> Result<ReplicationConfig> {
+    let (host, port) = (host.clone(), *port);
     let postgres = &config.postgres;
-    let (host, port) = host_and_port(config);
     let user = postgres
         .get_user()
         .ok_or_else(|| Error::definite("--postgres-url names no user"))?
@@ -131,16 +136,85 @@ fn replication_tls(tls: &PostgresTls, host: &str, verify_ca_name: Option<String>
     }
 }
 
-/// [`replication_config`], with the name to check under sslmode=verify-ca fetched first.
-async fn connection_settings(config: &Config, start: Lsn) -> Result<ReplicationConfig> {
+/// [`replication_config_at`], with the name to check under sslmode=verify-ca fetched first.
+async fn connection_settings(
+    config: &Config,
+    endpoint: &Endpoint,
+    start: Lsn,
+) -> Result<ReplicationConfig> {
     let verify_ca_name = match config.postgres_tls.mode {
         SslMode::VerifyCa => {
-            let (host, port) = host_and_port(config);
-            verify_ca::name_to_verify(&host, port, &config.postgres_tls).await?
+            let (host, port) = endpoint;
+            verify_ca::name_to_verify(host, *port, &config.postgres_tls).await?
         }
         _ => None,
     };
-    replication_config(config, start, verify_ca_name)
+    replication_config_at(config, endpoint, start, verify_ca_name)
+}
+
+/// An authenticated replication session that has not started streaming yet, on the primary.
+///
+/// With one host that is simply the host. With several (a multi-host URL naming a primary and
+/// its standbys), pgwire-replication has no `target_session_attrs`, so each host is asked in
+/// turn whether it is in recovery, and the first that is not is the primary: after a failover
+/// that is the promoted standby. None being primary (the old one is down, the new one not yet
+/// promoted) is transient.
+async fn connect_to_primary(config: &Config, start: Lsn) -> Result<ReplicationClient> {
+    let endpoints = endpoints(&config.postgres);
+    let replication_error = Error::from_replication;
+    if let [endpoint] = endpoints.as_slice() {
+        let replication = connection_settings(config, endpoint, start).await?;
+        return ReplicationClient::connect_gated(replication)
+            .await
+            .map_err(replication_error);
+    }
+    let mut passed_over = Vec::new();
+    for endpoint in &endpoints {
+        let (host, port) = endpoint;
+        let attempt = async {
+            let replication = connection_settings(config, endpoint, start).await?;
+            let mut client = ReplicationClient::connect_gated(replication)
+                .await
+                .map_err(replication_error)?;
+            let rows = client
+                .simple_query("SELECT pg_is_in_recovery()")
+                .await
+                .map_err(replication_error)?;
+            let in_recovery = rows
+                .first()
+                .and_then(|row| row.first().cloned().flatten())
+                .is_some_and(|text| text.as_ref() == b"t");
+            // Dropping a session that has not started ends it.
+            Ok::<_, Error>((!in_recovery).then_some(client))
+        };
+        match attempt.await {
+            Ok(Some(client)) => return Ok(client),
+            Ok(None) => passed_over.push(format!("{host}:{port} is a standby")),
+            Err(error) if error.is_transient() => {
+                passed_over.push(format!("{host}:{port}: {error}"))
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(Error::transient(format!(
+        "no PostgreSQL host is a primary ({})",
+        passed_over.join("; ")
+    )))
+}
+
+/// Turn failover on for an existing slot (PostgreSQL 17), so standbys keep a synchronized
+/// copy. `ALTER_REPLICATION_SLOT` is a command of the replication protocol only, hence here;
+/// it fails while another session streams from the slot.
+pub(crate) async fn enable_failover(config: &Config) -> Result<()> {
+    let mut client = connect_to_primary(config, Lsn(0)).await?;
+    client
+        .simple_query(&format!(
+            "ALTER_REPLICATION_SLOT {} ( FAILOVER true )",
+            config.slot.quoted()
+        ))
+        .await
+        .map_err(Error::from_replication)?;
+    Ok(())
 }
 
 impl Source {
@@ -148,10 +222,8 @@ impl Source {
     /// `--start-lsn`). Until the first acknowledgement, `start` is what the server hears as
     /// flushed.
     pub(crate) async fn start(config: &Config, start: Lsn) -> Result<Self> {
-        let replication = connection_settings(config, start).await?;
-        let mut client = ReplicationClient::connect(replication)
-            .await
-            .map_err(Error::from_replication)?;
+        let mut client = connect_to_primary(config, start).await?;
+        client.start().await.map_err(Error::from_replication)?;
         client
             .wait_started()
             .await
@@ -171,10 +243,7 @@ impl Source {
     ) -> Result<(Self, Lsn)> {
         let mut copy_config = config.clone();
         copy_config.slot = copy.clone();
-        let replication = connection_settings(&copy_config, start).await?;
-        let mut client = ReplicationClient::connect_gated(replication)
-            .await
-            .map_err(Error::from_replication)?;
+        let mut client = connect_to_primary(&copy_config, start).await?;
         // Slot names are validated (lowercase letters, digits, underscores), so they are safe
         // as string literals; the replication protocol's simple queries take no parameters.
         let replication_error = Error::from_replication;

@@ -67,6 +67,8 @@ pub struct Metrics {
     confirmed_lsn: Gauge,
     slot_lag_bytes: Gauge,
     retained_wal_bytes: Gauge,
+    slot_failover: Gauge,
+    synced_standbys: Gauge,
     oldest_unconfirmed_age: Gauge<f64, AtomicU64>,
     state: Family<StateLabel, Gauge>,
     born: Instant,
@@ -102,6 +104,8 @@ impl Metrics {
             confirmed_lsn: Gauge::default(),
             slot_lag_bytes: Gauge::default(),
             retained_wal_bytes: Gauge::default(),
+            slot_failover: Gauge::default(),
+            synced_standbys: Gauge::default(),
             oldest_unconfirmed_age: Gauge::default(),
             state: Family::default(),
             born: Instant::now(),
@@ -195,6 +199,16 @@ impl Metrics {
             self.slot_lag_bytes.clone(),
         );
         self.add("walbox_slot_retained_wal_bytes", "Server WAL position minus the slot's restart_lsn: WAL kept for walbox (polled every 5 s)", self.retained_wal_bytes.clone());
+        self.add(
+            "walbox_slot_failover",
+            "1 when the slot is a failover slot (PostgreSQL 17), which standbys can keep a synchronized copy of; 0 otherwise (polled every 5 s)",
+            self.slot_failover.clone(),
+        );
+        self.add(
+            "walbox_slot_synced_standbys",
+            "Standbys among --postgres-url's hosts holding a synchronized, persistent copy of the slot: 0 means a failover now loses it (polled every 30 s)",
+            self.synced_standbys.clone(),
+        );
         self.add("walbox_oldest_unconfirmed_age_seconds", "Age of the oldest event published and not yet confirmed (keeps growing while retrying it)", self.oldest_unconfirmed_age.clone());
         self.add("walbox_state", "1 for the relay's current state: starting, streaming, standing_by, reconnecting, halted (on a poison event), stopping", self.state.clone());
         self.add(
@@ -302,6 +316,14 @@ impl Metrics {
     pub(crate) fn slot_position(&self, lag_bytes: i64, retained_bytes: i64) {
         self.slot_lag_bytes.set(lag_bytes);
         self.retained_wal_bytes.set(retained_bytes);
+    }
+
+    pub fn slot_failover(&self, failover: bool) {
+        self.slot_failover.set(i64::from(failover));
+    }
+
+    pub fn synced_standbys(&self, count: usize) {
+        self.synced_standbys.set(count as i64);
     }
 
     /// The text exposition of every metric, with the gauges that depend on the time of the
