@@ -32,7 +32,12 @@ use common::{commit_lsn, declare_topic_exchange, message_id};
 const DATABASE: &str = "ha";
 const SLOT: &str = "ha_slot";
 const EXCHANGE: &str = "ha_events";
-const QUEUE: &str = "ha_events_quorum";
+
+/// A quorum queue of its own per round: deleting one and declaring it again by the same name
+/// while a node recovers can leave that node's member offline (its old Raft server still runs).
+fn queue_name(scenario: &str, round: usize) -> String {
+    format!("ha_{scenario}_{}_{round}", std::process::id())
+}
 
 fn base() -> u16 {
     std::env::var("WALBOX_HA_PORT_BASE")
@@ -115,11 +120,9 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// A durable quorum queue with a member on each node, bound to the events' exchange, empty.
-async fn fresh_queue() {
+/// A durable quorum queue with a member on each node, bound to the events' exchange.
+async fn fresh_queue(queue: &str) {
     let amqp = connect_any_node().await;
-    let channel = amqp.create_channel().await.unwrap();
-    let _ = channel.queue_delete(QUEUE.into(), Default::default()).await;
     let channel = amqp.create_channel().await.unwrap();
     declare_topic_exchange(&channel, EXCHANGE).await;
     let mut arguments = FieldTable::default();
@@ -130,7 +133,7 @@ async fn fresh_queue() {
     arguments.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(3));
     channel
         .queue_declare(
-            QUEUE.into(),
+            queue.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -141,7 +144,7 @@ async fn fresh_queue() {
         .unwrap();
     channel
         .queue_bind(
-            QUEUE.into(),
+            queue.into(),
             EXCHANGE.into(),
             "#".into(),
             QueueBindOptions::default(),
@@ -149,6 +152,13 @@ async fn fresh_queue() {
         )
         .await
         .unwrap();
+    let _ = amqp.close(200, "done".into()).await;
+}
+
+async fn delete_queue(queue: &str) {
+    let amqp = connect_any_node().await;
+    let channel = amqp.create_channel().await.unwrap();
+    let _ = channel.queue_delete(queue.into(), Default::default()).await;
     let _ = amqp.close(200, "done".into()).await;
 }
 
@@ -338,10 +348,14 @@ struct Drain {
 }
 
 impl Drain {
-    fn start() -> Drain {
+    fn start(queue: &str) -> Drain {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(drain(Arc::clone(&seen), Arc::clone(&stop)));
+        let task = tokio::spawn(drain(
+            queue.to_owned(),
+            Arc::clone(&seen),
+            Arc::clone(&stop),
+        ));
         Drain { seen, stop, task }
     }
 
@@ -370,7 +384,7 @@ impl Drain {
     }
 }
 
-async fn drain(seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>) {
+async fn drain(queue: String, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>) {
     let urls = amqp_urls();
     let mut node = 0usize;
     while !stop.load(Ordering::Relaxed) {
@@ -385,7 +399,7 @@ async fn drain(seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>) {
             channel.basic_qos(500, BasicQosOptions::default()).await?;
             channel
                 .basic_consume(
-                    QUEUE.into(),
+                    queue.as_str().into(),
                     "".into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
@@ -534,10 +548,11 @@ async fn drop_slot() {
 async fn failover_to_a_synchronized_standby_loses_nothing() {
     for round in 1..=rounds() {
         fresh_postgres(true).await;
-        fresh_queue().await;
+        let queue = queue_name("failover", round);
+        fresh_queue(&queue).await;
         walbox_setup();
         let relay = Relay::start("failover");
-        let drain = Drain::start();
+        let drain = Drain::start(&queue);
         let load = Load::start(3);
         tokio::time::sleep(Duration::from_secs(3)).await;
         servers(&["pg-wait-synced", SLOT, "120"]);
@@ -551,6 +566,7 @@ async fn failover_to_a_synchronized_standby_loses_nothing() {
         let expected = table_ids().await;
         drain.wait_for(&expected, Duration::from_secs(90)).await;
         let seen = drain.finish().await;
+        delete_queue(&queue).await;
         // Resumed: the first delivery after the promotion.
         let resume = seen
             .iter()
@@ -586,10 +602,11 @@ async fn failover_to_a_synchronized_standby_loses_nothing() {
 async fn failover_to_an_unsynchronized_standby_stops_with_a_definite_error() {
     for round in 1..=rounds() {
         fresh_postgres(false).await;
-        fresh_queue().await;
+        let queue = queue_name("unsynchronized", round);
+        fresh_queue(&queue).await;
         walbox_setup();
         let mut relay = Relay::start("unsynchronized");
-        let drain = Drain::start();
+        let drain = Drain::start(&queue);
         let load = Load::start(2);
         tokio::time::sleep(Duration::from_secs(3)).await;
         let before = load.finish().await;
@@ -614,6 +631,7 @@ async fn failover_to_an_unsynchronized_standby_stops_with_a_definite_error() {
         let after_ids: HashSet<String> = after.finish().await.into_iter().collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let seen = drain.finish().await;
+        delete_queue(&queue).await;
         let log = relay.log();
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(
@@ -663,10 +681,11 @@ async fn failover_to_an_unsynchronized_standby_stops_with_a_definite_error() {
 async fn each_broker_node_killed_in_turn_loses_nothing() {
     for round in 1..=rounds() {
         fresh_postgres(true).await;
-        fresh_queue().await;
+        let queue = queue_name("kills", round);
+        fresh_queue(&queue).await;
         walbox_setup();
         let relay = Relay::start("node-kills");
-        let drain = Drain::start();
+        let drain = Drain::start(&queue);
         let load = Load::start(3);
         tokio::time::sleep(Duration::from_secs(3)).await;
         let started = Instant::now();
@@ -680,6 +699,7 @@ async fn each_broker_node_killed_in_turn_loses_nothing() {
         let expected = table_ids().await;
         drain.wait_for(&expected, Duration::from_secs(90)).await;
         let seen = drain.finish().await;
+        delete_queue(&queue).await;
         let counts = count(&committed, &seen, true).await;
         counts.print("node-kills", round, counts.longest_pause);
         println!(
@@ -703,10 +723,11 @@ async fn each_broker_node_killed_in_turn_loses_nothing() {
 async fn a_rolling_restart_of_the_cluster_loses_nothing() {
     for round in 1..=rounds() {
         fresh_postgres(true).await;
-        fresh_queue().await;
+        let queue = queue_name("rolling", round);
+        fresh_queue(&queue).await;
         walbox_setup();
         let relay = Relay::start("rolling");
-        let drain = Drain::start();
+        let drain = Drain::start(&queue);
         let load = Load::start(3);
         tokio::time::sleep(Duration::from_secs(3)).await;
         let started = Instant::now();
@@ -716,6 +737,7 @@ async fn a_rolling_restart_of_the_cluster_loses_nothing() {
         let expected = table_ids().await;
         drain.wait_for(&expected, Duration::from_secs(90)).await;
         let seen = drain.finish().await;
+        delete_queue(&queue).await;
         let counts = count(&committed, &seen, true).await;
         counts.print("rolling", round, counts.longest_pause);
         println!(
