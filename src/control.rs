@@ -66,7 +66,7 @@ impl Control {
     pub(crate) async fn connect(config: &Config) -> Result<Self> {
         let tls = crate::tls::postgres_connector(&config.postgres_tls)?;
         let (client, connection) = config.postgres.connect(tls).await.map_err(|e| {
-            Error::from_postgres(&format!("connecting to {}", config.postgres_url), &e)
+            Error::from_postgres(&format!("connecting to {}", config.postgres_url), e)
         })?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -77,7 +77,7 @@ impl Control {
     }
 
     fn sql_error(context: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-        move |error| Error::from_postgres(context, &error)
+        move |error| Error::from_postgres(context, error)
     }
 
     /// wal_level must be logical for a logical slot to exist or stream.
@@ -148,7 +148,7 @@ impl Control {
                     error: TemplateError::UnknownPlaceholder { .. },
                     ..
                 },
-            ) => Err(Error::Usage(format!("{problem} {}", config.table))),
+            ) => Err(Error::usage(format!("{problem} {}", config.table))),
             Err(problem) => Err(Error::definite(problem)),
         }
     }
@@ -209,7 +209,7 @@ impl Control {
                         "creating the publication, which needs ownership of {table}: have the \
                          table's owner run `{ddl}` beforehand (sql/roles.sql does)"
                     ),
-                    &error,
+                    error,
                 )
             })?;
             return Ok(Ensured::Created);

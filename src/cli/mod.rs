@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use crate::config::file::Parsed;
 use crate::config::{Command, CommonArgs, Config, ConfigCommand, ReplayConfig, RunArgs, RunConfig};
-use crate::error::Error;
+use crate::error::Disposition;
 
 /// A definite error: the message says what to do.
 pub const EXIT_DEFINITE: u8 = 1;
@@ -59,16 +59,14 @@ pub async fn dispatch(parsed: Parsed) -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error @ (Error::OutOfRange(_) | Error::Usage(_))) => {
+        Err(error) if error.disposition() == Disposition::Usage => {
             tracing::error!(%error, "walbox stopped");
             usage(error)
         }
         Err(error) => {
-            let kind = match error {
-                Error::Transient(_) | Error::SlotInUse(_) | Error::Refused(_) => {
-                    "error (transient; try again)"
-                }
-                _ => "error",
+            let kind = match error.is_transient() {
+                true => "error (transient; try again)",
+                false => "error",
             };
             tracing::error!(%error, "walbox stopped");
             eprintln!("walbox: {kind}: {error}");

@@ -4,7 +4,8 @@
 use crate::config::Config;
 use crate::control::{Control, Ensured};
 use crate::error::Result;
-use crate::sink::Sink;
+use crate::sink::Publisher;
+use crate::sink::amqp::AmqpPublisher;
 use crate::sink::topology::DeclareMode;
 
 pub(crate) async fn setup(config: &Config) -> Result<()> {
@@ -38,9 +39,9 @@ pub(crate) async fn setup(config: &Config) -> Result<()> {
         ),
     }
     super::failover::explain(&control, config, &prepared.slot_info).await?;
-    let sink = Sink::connect(config).await?;
-    sink.close().await;
-    let node = Sink::node(config);
+    let publisher = AmqpPublisher::connect(config).await?;
+    publisher.close().await;
+    let node = AmqpPublisher::node(config);
     let mapping = &config.mapping;
     let spec = mapping.exchange_spec;
     match (mapping.exchange.as_constant(), spec.mode) {

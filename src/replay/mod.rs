@@ -2,9 +2,11 @@
 //! history the replay window keeps, while the live relay goes on untouched.
 //!
 //! A replay streams from a temporary copy of the bookmark slot ([`bookmark`]) made on its own
-//! replication session, through the same decode → map → publish → confirm path as the live
-//! relay ([`crate::pipeline`]), with the header `x-replay: true`. Nothing here acknowledges
-//! anything to the live slot or moves the bookmark.
+//! replication session, through the same session engine as the live relay
+//! ([`crate::pipeline::session`]), with the header `x-replay: true`. What is replay's own is
+//! the preflight checks and a [`Policy`] that applies only the transactions in range and
+//! reports the flush LSN as progress: nothing here acknowledges anything to the live slot or
+//! moves the bookmark. A dry run uses the counting publisher.
 
 pub(crate) mod bookmark;
 pub(crate) mod window;
@@ -12,18 +14,19 @@ pub(crate) mod window;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, ReplayConfig};
 use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::pipeline::{Outlet, Shutdown, Stream, tracker_failure, tracker_reason};
-use crate::sink::Sink;
-use crate::sink::confirm::track;
+use crate::pipeline::session::{Admit, End, Policy, Session};
+use crate::pipeline::{Changes, Shutdown};
+use crate::sink::Publisher;
+use crate::sink::amqp::AmqpPublisher;
+use crate::sink::counting::CountingPublisher;
 use crate::source::{Change, Source};
-use crate::telemetry::{Side, Telemetry};
-use crate::watermark::Watermark;
+use crate::telemetry::Telemetry;
 
 /// How far a replay got, as it goes and at the end.
 #[derive(Clone, Debug, Default)]
@@ -52,16 +55,13 @@ pub(crate) struct Summary {
     pub(crate) elapsed: Duration,
 }
 
-/// How often the loop checks the broker connection.
-const HEARTBEAT: Duration = Duration::from_secs(1);
-
 /// Replay, reporting progress through `progress`, until the range is done, `shutdown` fires
 /// or something fails. Failures name the LSN to resume from.
 pub(crate) async fn replay(
     config: &Config,
     replay: &ReplayConfig,
     progress: watch::Sender<Progress>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<Summary> {
     let began = Instant::now();
     let from = replay.from_lsn;
@@ -84,14 +84,14 @@ pub(crate) async fn replay(
         .await?
         .and_then(|info| info.confirmed_flush())
         .ok_or_else(|| {
-            Error::OutOfRange(format!(
+            Error::usage(format!(
                 "no replay window is kept for slot {}: start `walbox run --replay-window <size \
                  or duration>` (e.g. 24h or 10GB); events committed from then on can be replayed",
                 config.slot
             ))
         })?;
     let too_old = |oldest: Lsn| {
-        Error::OutOfRange(format!(
+        Error::usage(format!(
             "--from-lsn {from} is older than the retained replay window: the oldest replayable \
              LSN is {oldest} (events that committed at or after it). Ask for a later LSN, or \
              keep a longer --replay-window"
@@ -125,147 +125,151 @@ pub(crate) async fn replay(
         return Ok(summary);
     }
 
-    let telemetry = Arc::new(Telemetry::default());
-    let sink = match replay.dry_run {
-        true => None,
-        false => Some(Sink::connect(config).await?),
-    };
-    let (mut source, copied_from) = Source::start_copy(config, &bookmark, &copy, from).await?;
+    let (source, copied_from) = Source::start_copy(config, &bookmark, &copy, from).await?;
     // The live walbox may have moved the bookmark between the check and the copy.
     if from < copied_from {
         return Err(too_old(copied_from));
     }
-
-    let (flush_tx, mut flush_rx) = watch::channel(from);
-    let (pending_tx, pending_rx) = mpsc::channel(config.max_in_flight.max(64));
-    let outlet = match &sink {
-        Some(sink) => Outlet::Broker {
-            sink,
-            pending: pending_tx,
-            window: Arc::new(Semaphore::new(config.max_in_flight)),
-        },
-        None => {
-            drop(pending_tx);
-            Outlet::Count
+    let mut policy = InRange {
+        from,
+        until,
+        open: false,
+        replaying: false,
+        report: summary.progress.clone(),
+        first_commit: None,
+        progress,
+    };
+    let outcome = match replay.dry_run {
+        true => {
+            let publisher = CountingPublisher::default();
+            publish(config, source, publisher, &mut policy, shutdown).await
+        }
+        false => {
+            let publisher = AmqpPublisher::connect(config).await?;
+            publish(config, source, publisher, &mut policy, shutdown).await
         }
     };
-    let mut tracker = tokio::spawn(track(
-        pending_rx,
-        Watermark::new(from),
-        flush_tx,
-        Arc::clone(&telemetry),
-    ));
-    let mut stream = Stream::new(config, outlet, true, &telemetry);
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    // Inside a transaction (replayed or skipped): keepalives there say nothing about the end.
-    let mut open = false;
-    let mut replaying = false;
-    let mut report = summary.progress.clone();
-
-    let mut tracker_ended = false;
-    let failure = loop {
-        let change = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => {
-                break Some((Side::Postgres, Error::definite("interrupted")));
-            }
-            tracker_end = &mut tracker, if sink.is_some() => {
-                tracker_ended = true;
-                break Some((Side::Amqp, tracker_failure(tracker_end)));
-            }
-            Ok(()) = flush_rx.changed() => {
-                report.confirmed = *flush_rx.borrow_and_update();
-                progress.send_replace(report.clone());
-                continue;
-            }
-            _ = heartbeat.tick() => {
-                if sink.as_ref().is_some_and(|sink| !sink.is_connected()) {
-                    break Some((Side::Amqp, Error::transient("the connection to the broker closed")));
-                }
-                continue;
-            }
-            change = source.next() => change,
-        };
-        let change = match change {
-            Ok(Some(change)) => change,
-            Ok(None) => {
-                break Some((
-                    Side::Postgres,
-                    Error::transient("the replication stream ended"),
-                ));
-            }
-            Err(error) => break Some((Side::Postgres, error)),
-        };
-        let apply = match &change {
-            Change::Begin(transaction) => {
-                if transaction.commit_lsn >= until {
-                    break None;
-                }
-                open = true;
-                replaying = transaction.commit_lsn >= from;
-                if replaying {
-                    report.transactions += 1;
-                    report.reached = Some(transaction.commit_lsn);
-                    summary.first_commit.get_or_insert(transaction.commit_lsn);
-                }
-                replaying
-            }
-            Change::Commit { .. } => {
-                open = false;
-                std::mem::take(&mut replaying)
-            }
-            Change::Keepalive { wal_end } if !open && *wal_end >= until => break None,
-            Change::Keepalive { .. } => !open,
-            // A skipped transaction's Relation messages still describe the table.
-            Change::Message(crate::pgoutput::Message::Relation(_)) => true,
-            Change::Message(_) => replaying,
-        };
-        if apply && let Err(error) = stream.apply(change).await {
-            break Some(error);
-        }
-        report.events = stream.events;
-        if !open {
-            progress.send_replace(report.clone());
-        }
-    };
-    drop(stream);
-
-    let outcome = match failure {
-        None if sink.is_some() => match (&mut tracker).await {
-            Ok(Ok(confirmed)) => {
-                report.confirmed = confirmed.max(report.confirmed);
-                Ok(())
-            }
-            Ok(Err(error)) => Err(error),
-            Err(error) => Err(Error::transient(format!("confirm tracker: {error}"))),
-        },
-        None => Ok(()),
-        Some(error) => {
-            let (_, error) = match tracker_ended {
-                true => error,
-                false => tracker_reason(error, &mut tracker).await,
-            };
-            tracker.abort();
-            report.confirmed = *flush_rx.borrow();
-            Err(error)
-        }
-    };
-    progress.send_replace(report.clone());
-    if let Some(sink) = sink {
-        sink.close().await;
-    }
-    drop(source);
+    let mut report = policy.report;
+    summary.first_commit = policy.first_commit;
     match outcome {
         Ok(()) => {
             report.confirmed = until;
+            policy.progress.send_replace(report.clone());
             summary.progress = report;
             summary.elapsed = began.elapsed();
             Ok(summary)
         }
-        Err(error) => Err(Error::definite(format!(
-            "the replay stopped: {error}. Transactions that committed before {} were replayed \
-             and confirmed; resume with `walbox replay --from-lsn {}`",
-            report.confirmed, report.confirmed
-        ))),
+        Err(error) => {
+            policy.progress.send_replace(report.clone());
+            Err(Error::definite(format!(
+                "the replay stopped: {error}. Transactions that committed before {} were \
+                 replayed and confirmed; resume with `walbox replay --from-lsn {}`",
+                report.confirmed, report.confirmed
+            )))
+        }
+    }
+}
+
+/// Run the session engine over the copy until the range is done (every confirm in), the
+/// replay is interrupted, or something fails.
+async fn publish<S: Changes, P: Publisher>(
+    config: &Config,
+    source: S,
+    publisher: P,
+    policy: &mut InRange,
+    mut shutdown: Shutdown,
+) -> Result<()> {
+    let telemetry = Arc::new(Telemetry::default());
+    let window = Arc::new(Semaphore::new(config.max_in_flight));
+    let mut session = Session::start(
+        config,
+        source,
+        publisher,
+        policy.from,
+        window,
+        true,
+        &telemetry,
+    );
+    let end = session.run(policy, &mut shutdown).await;
+    let outcome = match end {
+        End::Finished => {
+            let drained = session.drain(None).await;
+            let outcome = drained.verdict.map(|confirmed| {
+                policy.report.confirmed = confirmed.max(policy.report.confirmed);
+            });
+            drained.publisher.close().await;
+            return outcome;
+        }
+        End::Stopped => Error::definite("interrupted"),
+        End::Failed(failure) => failure.error,
+    };
+    policy.report.confirmed = session.flushed().max(policy.report.confirmed);
+    let (source, publisher) = session.abort();
+    publisher.close().await;
+    drop(source);
+    Err(outcome)
+}
+
+/// Replay's policy: apply the transactions that committed in `[from, until)` (and every
+/// Relation message, which describes the table whatever transaction carries it); end at the
+/// first transaction or idle keepalive at or past `until`; report the flush LSN as progress.
+struct InRange {
+    from: Lsn,
+    until: Lsn,
+    /// Inside a transaction (replayed or skipped): keepalives there say nothing about the end.
+    open: bool,
+    /// The open transaction is in range.
+    replaying: bool,
+    report: Progress,
+    first_commit: Option<Lsn>,
+    progress: watch::Sender<Progress>,
+}
+
+impl Policy for InRange {
+    const ACKNOWLEDGES: bool = false;
+
+    fn admit(&mut self, change: &Change) -> Admit {
+        let apply = match change {
+            Change::Begin(transaction) => {
+                if transaction.commit_lsn >= self.until {
+                    return Admit::End;
+                }
+                self.open = true;
+                self.replaying = transaction.commit_lsn >= self.from;
+                if self.replaying {
+                    self.report.transactions += 1;
+                    self.report.reached = Some(transaction.commit_lsn);
+                    self.first_commit.get_or_insert(transaction.commit_lsn);
+                }
+                self.replaying
+            }
+            Change::Commit { .. } => {
+                self.open = false;
+                std::mem::take(&mut self.replaying)
+            }
+            Change::Keepalive { wal_end } if !self.open && *wal_end >= self.until => {
+                return Admit::End;
+            }
+            Change::Keepalive { .. } => !self.open,
+            // A skipped transaction's Relation messages still describe the table.
+            Change::Message(crate::pgoutput::Message::Relation(_)) => true,
+            Change::Message(_) => self.replaying,
+        };
+        match apply {
+            true => Admit::Apply,
+            false => Admit::Skip,
+        }
+    }
+
+    fn applied(&mut self, events: u64) {
+        self.report.events = events;
+        if !self.open {
+            self.progress.send_replace(self.report.clone());
+        }
+    }
+
+    fn flushed(&mut self, lsn: Lsn) {
+        self.report.confirmed = lsn;
+        self.progress.send_replace(self.report.clone());
     }
 }

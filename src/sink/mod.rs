@@ -1,232 +1,70 @@
-//! AMQP publishing with publisher confirms.
+//! The publisher seam: hand a message over (dispatch), later learn whether the broker took it
+//! (durable) — two steps, so publishing never waits for a round trip.
 //!
-//! [`Sink`] owns one connection and one confirm-mode channel: every message goes out on that
-//! channel, in the order it was handed over, so every queue sees commit order. The
-//! [`confirm`] tracker turns the broker's answers into confirmed sequence numbers for the
-//! watermark; anything but a plain ack ends the session.
+//! [`Publisher::publish`] returns once the message's place in the order is fixed; the
+//! [`Publisher::Confirm`] it returns resolves to an [`Outcome`]: `Confirmed` only when the
+//! broker positively confirmed it. A nack, a mandatory return, a closed channel and a lost
+//! connection are all `Refused`, and a confirm dropped unresolved is `Refused` too, so a lost
+//! completion can never look like success. The [`confirm`] tracker feeds the outcomes, in
+//! order, to the watermark; nothing else moves the flush LSN.
+//!
+//! Implementations: [`amqp::AmqpPublisher`] (RabbitMQ over AMQP 0-9-1), [`counting`] (the
+//! dry run: counts and confirms at once) and, for tests, [`memory`] (answers as told).
 
+pub(crate) mod amqp;
 pub(crate) mod confirm;
+pub(crate) mod counting;
+#[cfg(test)]
+pub(crate) mod memory;
 pub(crate) mod topology;
 
 use std::future::Future;
-use std::pin::Pin;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
-use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::tcp::OwnedTLSConfig;
-use lapin::types::{LongString, ShortString};
-use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
-use lapin::{Confirmation, PublisherConfirm};
-
-use tokio::time::timeout;
-use tracing::{info, warn};
-
-use crate::config::{Config, SecretUrl};
 use crate::error::{Error, Result};
 use crate::outbox::OutboxMessage;
-use topology::{ExchangeSpec, Topology};
 
-type WriteFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+/// Where the engine sends messages.
+pub(crate) trait Publisher: Send + Sync {
+    /// Resolves to the broker's verdict on one published message.
+    type Confirm: Future<Output = Outcome> + Send + 'static;
 
-/// A message whose frames are queued on the channel: being written, or written and awaiting
-/// the broker's answer.
-pub(crate) enum Sending {
-    Writing(WriteFuture),
-    Written(PublisherConfirm),
+    /// Dispatch `message`: when this returns, its place in the order is fixed. An error means
+    /// the publisher can take nothing more (the session ends).
+    fn publish(&self, message: OutboxMessage)
+    -> impl Future<Output = Result<Self::Confirm>> + Send;
+
+    /// The connection is still up (checked by the engine's heartbeat, so an idle relay
+    /// notices a dead link too).
+    fn is_connected(&self) -> bool;
+
+    /// Close the connection politely.
+    fn close(self) -> impl Future<Output = ()> + Send;
 }
 
-impl Sending {
-    /// The broker's answer.
-    pub(crate) async fn answer(self) -> lapin::Result<Confirmation> {
-        match self {
-            Sending::Writing(writing) => writing.await?.await,
-            Sending::Written(confirm) => confirm.await,
-        }
-    }
+/// The broker's verdict on one message.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Positively confirmed: the only outcome that lets the flush LSN pass the message.
+    Confirmed,
+    Refused(Refused),
 }
 
-pub(crate) struct Sink {
-    connection: Connection,
-    channel: Channel,
-    /// The fixed exchange, when `--exchange` has no placeholder (declared at connect).
-    exchange: ShortString,
-    /// Declares each exchange before the first publish to it on this connection.
-    topology: Topology,
-}
-
-/// How long one broker node of `--amqp-url` may take to accept a connection before walbox
-/// tries the next (a node behind a dead network link would otherwise hold it for minutes).
-const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The position in `--amqp-url` of the node the last connection reached: the next connection
-/// tries it first, so walbox stays on a healthy node and leaves one only when it fails.
-static CURRENT_NODE: AtomicUsize = AtomicUsize::new(0);
-
-impl Sink {
-    /// Connect to the first node of `--amqp-url` that answers, starting with the one used
-    /// last; open a confirm-mode channel and declare the exchange unless told not to.
-    ///
-    /// One node failing is transient (walbox tries the next, and the supervisor backs off
-    /// once all have failed); only when every node gives a definite answer (e.g. refused
-    /// credentials) is the failure definite.
-    pub(crate) async fn connect(config: &Config) -> Result<Self> {
-        let urls = &config.amqp_url;
-        let first = CURRENT_NODE.load(Ordering::Relaxed);
-        let mut failures = Vec::new();
-        let mut all_definite = true;
-        for offset in 0..urls.len() {
-            let index = (first + offset) % urls.len();
-            let url = urls.get(index);
-            let error = match timeout(NODE_CONNECT_TIMEOUT, Self::connect_node(config, url)).await {
-                Ok(Ok(sink)) => {
-                    if index != first {
-                        info!(node = %url, "connected to another broker node");
-                    }
-                    CURRENT_NODE.store(index, Ordering::Relaxed);
-                    return Ok(sink);
-                }
-                Ok(Err(error)) => error,
-                Err(_) => Error::transient(format!(
-                    "connecting to {url}: no answer within {} s",
-                    NODE_CONNECT_TIMEOUT.as_secs()
-                )),
-            };
-            if urls.len() > 1 {
-                warn!(node = %url, %error, "broker node failed; trying the next");
-            }
-            all_definite &= matches!(error, Error::Definite(_));
-            failures.push(error);
-        }
-        if failures.len() == 1 || all_definite {
-            return Err(failures.swap_remove(0));
-        }
-        let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
-        Err(Error::transient(format!(
-            "no broker node answered: {}",
-            reasons.join("; ")
-        )))
-    }
-
-    /// The node connected to, for messages.
-    pub(crate) fn node(config: &Config) -> String {
-        config
-            .amqp_url
-            .get(CURRENT_NODE.load(Ordering::Relaxed))
-            .to_string()
-    }
-
-    /// [`Sink::connect`] to one node.
-    async fn connect_node(config: &Config, url: &SecretUrl) -> Result<Self> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(LongString::from(format!("walbox/{}", config.slot)));
-        let connecting = format!("connecting to {url}");
-        let mut uri = AMQPUri::from_str(url.expose())
-            .map_err(|e| Error::definite(format!("{connecting}: {e}")))?;
-        if let Some(password) = &config.amqp_password {
-            uri.authority.userinfo.password = password.expose().to_owned();
-        }
-        // With amqps://, the CA file's certificates are trusted in addition to the system's.
-        let tls = OwnedTLSConfig {
-            identity: None,
-            cert_chain: config.amqp_ca.as_ref().map(|ca| ca.pem.clone()),
-        };
-        let connection = DefaultConnectionBuilder::new()
-            .map_err(|e| Error::from_amqp(&connecting, &e))?
-            .with_uri(uri)
-            .with_properties(properties)
-            .with_tls_config(tls)
-            .connect()
-            .await
-            .map_err(|e| Error::from_amqp(&connecting, &e))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| Error::from_amqp("opening a channel", &e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| Error::from_amqp("enabling publisher confirms", &e))?;
-        let declares = connection
-            .create_channel()
-            .await
-            .map_err(|e| Error::from_amqp("opening a channel for declares", &e))?;
-        let topology = Topology::new(config.mapping.exchange_spec, declares);
-        let exchange = ShortString::from(config.mapping.exchange.as_constant().unwrap_or(""));
-        topology.ensure(&exchange, "--exchange").await?;
-        Ok(Sink {
-            connection,
-            channel,
-            exchange,
-            topology,
-        })
-    }
-
-    /// Declare `name` (the dead-letter exchange) as a durable topic exchange, or check it
-    /// exists with `--exchange-declare passive`; nothing with `none`.
-    pub(crate) async fn declare_dead_letter(
-        &self,
-        name: &str,
-        mode: topology::DeclareMode,
-    ) -> Result<()> {
-        let spec = ExchangeSpec {
-            mode,
-            ..ExchangeSpec::DURABLE_TOPIC
-        };
-        self.topology
-            .ensure_as(&ShortString::from(name), spec, "--dead-letter-exchange")
-            .await
-    }
-
-    /// Hand one message to the broker: persistent, mandatory, on the one channel.
-    ///
-    /// lapin queues a publish's frames on the connection during the future's first poll and
-    /// then waits for the I/O loop to write them. Polling once here fixes the message's place
-    /// in the channel's order at once; the write and the broker's answer are awaited later by
-    /// the confirm tracker, so publishing never waits for a round trip.
-    pub(crate) async fn publish(&self, message: OutboxMessage) -> Result<Sending> {
-        let channel = self.channel.clone();
-        let exchange = match message.exchange {
-            Some(exchange) => {
-                self.topology.ensure(&exchange, "--exchange").await?;
-                exchange
-            }
-            None => self.exchange.clone(),
-        };
-        let mut writing: WriteFuture = Box::pin(async move {
-            channel
-                .basic_publish(
-                    exchange,
-                    message.routing_key,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.body,
-                    message.properties,
-                )
-                .await
-        });
-        match futures_util::poll!(writing.as_mut()) {
-            Poll::Ready(written) => Ok(Sending::Written(
-                written.map_err(|e| Error::from_amqp("publishing", &e))?,
-            )),
-            Poll::Pending => Ok(Sending::Writing(writing)),
-        }
-    }
-
-    /// Both the connection and the channel are open. lapin notices a dead link on its own
-    /// (socket error, missed heartbeats); this lets an idle relay notice it too.
-    pub(crate) fn is_connected(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
-    }
-
-    pub(crate) async fn close(self) {
-        self.topology.close().await;
-        let _ = self.channel.close(200, "walbox stopping".into()).await;
-        let _ = self.connection.close(200, "walbox stopping".into()).await;
-    }
+/// Why a message was not confirmed.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The broker nacked it (e.g. a queue's overflow policy rejected it).
+    Nacked,
+    /// Unroutable with mandatory set: no queue is bound for its exchange and routing key.
+    Returned {
+        reply_code: u16,
+        reply_text: String,
+        exchange: String,
+        routing_key: String,
+    },
+    /// The broker closed the channel with this AMQP reply code in answer to the message (406
+    /// PRECONDITION_FAILED: too large, a header it rejects).
+    ChannelClosed { reply_code: u16, reply_text: String },
+    /// The link failed before an answer came (connection lost, channel gone, the confirm
+    /// dropped unresolved); the error is classified where it was born.
+    Lost(Error),
 }

@@ -161,7 +161,7 @@ async fn connection_settings(
 /// promoted) is transient.
 async fn connect_to_primary(config: &Config, start: Lsn) -> Result<ReplicationClient> {
     let endpoints = endpoints(&config.postgres);
-    let replication_error = |e: pgwire_replication::PgWireError| Error::from_replication(&e);
+    let replication_error = Error::from_replication;
     if let [endpoint] = endpoints.as_slice() {
         let replication = connection_settings(config, endpoint, start).await?;
         return ReplicationClient::connect_gated(replication)
@@ -213,7 +213,7 @@ pub(crate) async fn enable_failover(config: &Config) -> Result<()> {
             config.slot.quoted()
         ))
         .await
-        .map_err(|e| Error::from_replication(&e))?;
+        .map_err(Error::from_replication)?;
     Ok(())
 }
 
@@ -223,14 +223,11 @@ impl Source {
     /// flushed.
     pub(crate) async fn start(config: &Config, start: Lsn) -> Result<Self> {
         let mut client = connect_to_primary(config, start).await?;
-        client
-            .start()
-            .await
-            .map_err(|e| Error::from_replication(&e))?;
+        client.start().await.map_err(Error::from_replication)?;
         client
             .wait_started()
             .await
-            .map_err(|e| Error::from_replication(&e))?;
+            .map_err(Error::from_replication)?;
         Ok(Source { client })
     }
 
@@ -249,7 +246,7 @@ impl Source {
         let mut client = connect_to_primary(&copy_config, start).await?;
         // Slot names are validated (lowercase letters, digits, underscores), so they are safe
         // as string literals; the replication protocol's simple queries take no parameters.
-        let replication_error = |e: pgwire_replication::PgWireError| Error::from_replication(&e);
+        let replication_error = Error::from_replication;
         client
             .simple_query(&format!(
                 "SELECT 1 FROM pg_copy_logical_replication_slot('{original}', '{copy}', true)"
@@ -272,25 +269,18 @@ impl Source {
                     "the copy {copy} of replication slot {original} has no position (a walbox bug)"
                 ))
             })?;
-        client
-            .start()
-            .await
-            .map_err(|e| Error::from_replication(&e))?;
+        client.start().await.map_err(Error::from_replication)?;
         client
             .wait_started()
             .await
-            .map_err(|e| Error::from_replication(&e))?;
+            .map_err(Error::from_replication)?;
         Ok((Source { client }, copied_from))
     }
 
     /// The next change, or `None` when the stream ended cleanly.
     pub(crate) async fn next(&mut self) -> Result<Option<Change>> {
         loop {
-            let event = self
-                .client
-                .recv()
-                .await
-                .map_err(|e| Error::from_replication(&e))?;
+            let event = self.client.recv().await.map_err(Error::from_replication)?;
             let change = match event {
                 None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
                 Some(ReplicationEvent::Begin {

@@ -1,0 +1,326 @@
+//! The live relay's supervisor: runs one session after another with the [`session`] engine,
+//! and decides between them: transient failures restart with backoff from the slot's
+//! confirmed position, a slot held by another walbox means standing by, a refused event goes
+//! to [`poison`], definite failures stop walbox.
+//!
+//! Within a session, data flows down: changes from the slot become messages ([`stream`]),
+//! messages go to the publisher, their confirms and the transaction boundaries go to the
+//! tracker. The only thing that flows back is the watermark's flush LSN, which the live policy
+//! acknowledges to the slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::config::{Config, RunConfig};
+use crate::control::{Control, Ensured};
+use crate::error::{Disposition, Error, Result};
+use crate::lsn::Lsn;
+use crate::sink::Publisher;
+use crate::sink::amqp::AmqpPublisher;
+use crate::source::{Change, Source};
+use crate::telemetry::{RelayState, Side, Telemetry};
+
+pub(crate) mod backoff;
+pub(crate) mod poison;
+pub(crate) mod session;
+pub(crate) mod stream;
+#[cfg(test)]
+mod tests;
+
+use backoff::Backoff;
+use poison::Poison;
+use session::{Admit, End, Policy, Session};
+pub(crate) use session::{Changes, Shutdown};
+
+/// Relay until `shutdown` fires (Ok) or a definite error (Err).
+pub(crate) async fn run(
+    config: &Config,
+    run: &RunConfig,
+    mut shutdown: Shutdown,
+    telemetry: Arc<Telemetry>,
+) -> Result<()> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), run.max_retry_delay);
+    let mut first = true;
+    let mut standing_by = false;
+    // What this process saw the broker confirm, kept across sessions: PostgreSQL before 17
+    // saves a logical slot's confirmed position only at some checkpoints, so after a server
+    // restart the slot can be behind what was already confirmed. Resuming from here instead
+    // avoids re-sending those events.
+    let mut confirmed_here = Lsn::ZERO;
+    let mut poison = Poison::new(run.poison_after, run.dead_letter_exchange.clone());
+    loop {
+        let outcome = session(
+            config,
+            run,
+            first,
+            &mut confirmed_here,
+            &mut poison,
+            &mut shutdown,
+            &mut backoff,
+            &telemetry,
+        )
+        .await;
+        telemetry.metrics.session_ended();
+        let Err(Failure { side, error }) = outcome else {
+            return Ok(());
+        };
+        let delay = match (error.disposition(), error) {
+            (Disposition::Stop | Disposition::Usage, error) => return Err(error),
+            (Disposition::StandBy, reason) => {
+                if !standing_by {
+                    info!(%reason, "standing by: another walbox holds the slot; taking over when it is released");
+                    standing_by = true;
+                }
+                telemetry.health.set_state(RelayState::StandingBy);
+                STANDBY_POLL
+            }
+            (Disposition::Poison, Error::Refused(refusal)) => {
+                standing_by = false;
+                telemetry.metrics.reconnect(side);
+                telemetry.metrics.poison_refusal();
+                let delay = backoff.next_delay();
+                telemetry
+                    .health
+                    .set_state(poison.handle_refusal(refusal, delay));
+                delay
+            }
+            (Disposition::Retry | Disposition::Poison, reason) => {
+                standing_by = false;
+                telemetry.health.set_state(match poison.halted_on() {
+                    Some(_) => RelayState::Halted,
+                    None => RelayState::Reconnecting,
+                });
+                telemetry.metrics.reconnect(side);
+                let delay = backoff.next_delay();
+                warn!(%reason, side = side.name(), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
+                delay
+            }
+        };
+        let waited = tokio::time::sleep(delay);
+        tokio::pin!(waited);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = &mut waited => break,
+                _ = heartbeat.tick() => telemetry.health.beat(),
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            }
+        }
+        first = false;
+    }
+}
+
+/// How often a standby walbox tries to take the slot over.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How often the supervisor proves it turns (/healthz) while it waits to retry.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A session's failure, and which connection's failure ended it.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) side: Side,
+    pub(crate) error: Error,
+}
+
+impl Failure {
+    pub(crate) fn new(side: Side, error: Error) -> Self {
+        Failure { side, error }
+    }
+}
+
+/// Why a session ended.
+pub(crate) type SessionResult = std::result::Result<(), Failure>;
+
+impl Changes for Source {
+    async fn next(&mut self) -> Result<Option<Change>> {
+        Source::next(self).await
+    }
+
+    fn acknowledge(&self, lsn: Lsn) {
+        Source::acknowledge(self, lsn)
+    }
+}
+
+/// The live relay's policy: every change is applied; the flush LSN is acknowledged to the
+/// slot and tells the poison bookkeeping how far the relay got.
+struct Live<'a> {
+    config: &'a Config,
+    telemetry: &'a Telemetry,
+    poison: &'a mut Poison,
+    /// The in-flight window: 1 while isolating a refused message, widened once past it.
+    window: Arc<Semaphore>,
+    careful: bool,
+}
+
+impl Live<'_> {
+    /// Halted stays halted (not ready) while walbox retries its poison event.
+    fn streaming(&self) -> RelayState {
+        match self.poison.halted_on() {
+            Some(_) => RelayState::Halted,
+            None => RelayState::Streaming,
+        }
+    }
+}
+
+impl Policy for Live<'_> {
+    const ACKNOWLEDGES: bool = true;
+
+    fn admit(&mut self, _change: &Change) -> Admit {
+        Admit::Apply
+    }
+
+    fn flushed(&mut self, flushed: Lsn) {
+        self.telemetry.metrics.flushed(flushed);
+        let progress = self.poison.progressed(flushed);
+        if let Some(passed) = progress.passed {
+            info!(event_id = %passed.event_id, commit_lsn = %passed.commit_lsn,
+                "past the event the broker had refused");
+            self.telemetry.health.set_state(self.streaming());
+        }
+        if progress.careful_ended && self.careful {
+            self.careful = false;
+            self.window
+                .add_permits(self.config.max_in_flight.saturating_sub(1));
+        }
+    }
+
+    fn beat(&mut self) {
+        self.telemetry.health.beat();
+    }
+}
+
+/// One connected session: both connections, then the engine until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    config: &Config,
+    run: &RunConfig,
+    first: bool,
+    confirmed_here: &mut Lsn,
+    poison: &mut Poison,
+    shutdown: &mut Shutdown,
+    backoff: &mut Backoff,
+    telemetry: &Arc<Telemetry>,
+) -> SessionResult {
+    let postgres = |error| Failure::new(Side::Postgres, error);
+    let amqp = |error| Failure::new(Side::Amqp, error);
+    let control = Control::connect(config).await.map_err(postgres)?;
+    let prepared = control.prepare(config, first).await.map_err(postgres)?;
+    if first {
+        if prepared.publication == Ensured::Created {
+            info!(publication = %config.publication, table = %config.table, "created publication");
+        }
+        if prepared.slot == Ensured::Created {
+            info!(slot = %config.slot, "created replication slot");
+        }
+    }
+    let confirmed = prepared.slot_info.confirmed_flush().unwrap_or(Lsn::ZERO);
+    let start = match run.start_lsn {
+        Some(skip_to) if first && skip_to < confirmed => {
+            return Err(postgres(Error::definite(format!(
+                "--start-lsn {skip_to} is behind the slot's confirmed position {confirmed}; a \
+                 logical slot cannot go back. Omit --start-lsn to resume from {confirmed}"
+            ))));
+        }
+        Some(skip_to) => skip_to.max(confirmed),
+        None => confirmed,
+    };
+    let start = if *confirmed_here > start {
+        info!(slot_position = %confirmed, resume_from = %*confirmed_here,
+            "the slot's saved position is behind what this walbox saw confirmed (PostgreSQL restarted, or the last session was cut short); resuming from the confirmed position");
+        *confirmed_here
+    } else {
+        start
+    };
+    drop(control);
+
+    let publisher = AmqpPublisher::connect(config).await.map_err(amqp)?;
+    if let Some(dead_letter_exchange) = &run.dead_letter_exchange {
+        publisher
+            .declare_dead_letter(dead_letter_exchange, config.mapping.exchange_spec.mode)
+            .await
+            .map_err(amqp)?;
+    }
+    let source = Source::start(config, start).await.map_err(postgres)?;
+    if first && run.start_lsn.is_some_and(|skip_to| skip_to > confirmed) {
+        warn!(from = %confirmed, to = %start, "skipping ahead: events committed before --start-lsn are not relayed");
+    }
+    if telemetry.health.state() == RelayState::StandingBy {
+        info!(slot = %config.slot, "took over: the other walbox released the slot");
+    }
+    info!(slot = %config.slot, from = %start, exchange = %config.mapping.exchange, "streaming");
+    telemetry.metrics.flushed(start);
+
+    // While isolating a refused message, one in flight at a time; the full window once the
+    // flush LSN is past it.
+    let careful = poison.careful();
+    let window = Arc::new(Semaphore::new(if careful {
+        1
+    } else {
+        config.max_in_flight
+    }));
+    let mut session = Session::start(
+        config,
+        source,
+        publisher,
+        start,
+        Arc::clone(&window),
+        false,
+        telemetry,
+    );
+    session.stream_mut().dead_letter = poison.dead_letter();
+    session.stream_mut().unencodable_to = run.dead_letter_exchange.clone();
+    let mut live = Live {
+        config,
+        telemetry,
+        poison,
+        window,
+        careful,
+    };
+    telemetry.health.set_state(live.streaming());
+    let end = session.run(&mut live, shutdown).await;
+    let poison = live.poison;
+    poison.note_published(session.stream().published_through);
+    // A session that moved the flush position made progress: the next failure is a new one,
+    // retried quickly. One that failed before confirming anything keeps backing off, so an
+    // unroutable or refused event does not turn into a reconnect storm.
+    if session.flushed() > start {
+        backoff.reset();
+    }
+    *confirmed_here = (*confirmed_here).max(session.flushed());
+    match end {
+        End::Stopped | End::Finished => {
+            // Graceful stop: no more reading; wait (bounded) for outstanding confirms, then
+            // tell PostgreSQL the final position.
+            telemetry.health.set_state(RelayState::Stopping);
+            info!(
+                grace_secs = run.shutdown_grace.as_secs(),
+                "stopping: waiting for outstanding confirms"
+            );
+            let drained = session.drain(Some(run.shutdown_grace)).await;
+            let final_lsn = match drained.verdict {
+                Ok(lsn) => lsn,
+                Err(error) => {
+                    warn!(%error, "not every outstanding message was confirmed while stopping; they will be sent again on restart");
+                    drained.flushed
+                }
+            };
+            *confirmed_here = (*confirmed_here).max(final_lsn);
+            drained
+                .source
+                .finish(final_lsn, Duration::from_secs(3))
+                .await;
+            drained.publisher.close().await;
+            info!(flushed = %final_lsn, "stopped");
+            Ok(())
+        }
+        End::Failed(failure) => {
+            let (source, publisher) = session.abort();
+            drop(source);
+            publisher.close().await;
+            Err(failure)
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! One session engine, for `walbox run` and `walbox replay` alike: the confirm tracker, the
+//! in-flight window, the loop that reads changes and publishes them, and its teardown.
+//!
+//! ```text
+//!   Changes ──change──▶ Stream::apply ──publish──▶ Publisher
+//!      ▲                     │ confirm, boundary          │ verdict (later)
+//!      │                     ▼                            ▼
+//!      └──acknowledge── flush LSN ◀── Watermark ◀── confirm tracker
+//! ```
+//!
+//! Data flows one way; the only thing that comes back is the flush LSN, through a `watch`
+//! channel, and only the [`Policy`] decides what it means: the live relay acknowledges it
+//! to the slot, a replay reports it as progress. The policy also decides which changes are
+//! applied and when a session is complete.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::Failure;
+use super::stream::Stream;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::sink::Publisher;
+use crate::sink::confirm::track;
+use crate::source::Change;
+use crate::telemetry::{Side, Telemetry};
+use crate::watermark::Watermark;
+
+/// Resolves when walbox is asked to stop.
+pub(crate) type Shutdown = watch::Receiver<bool>;
+
+/// How often the loop proves it turns (/healthz) and checks that the broker is still there.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long a session whose AMQP side failed waits for the confirm tracker to say why.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+
+/// What a session reads: the replication stream.
+pub(crate) trait Changes {
+    /// The next change, or `None` when the stream ended.
+    fn next(&mut self) -> impl Future<Output = Result<Option<Change>>>;
+    /// PostgreSQL may release WAL up to `lsn`. Only the watermark's flush LSN comes here.
+    fn acknowledge(&self, lsn: Lsn);
+}
+
+/// What a policy says about a change before it is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    Apply,
+    Skip,
+    /// The session's work is complete: end it cleanly without applying this change.
+    End,
+}
+
+/// What differs between relaying live and replaying.
+pub(crate) trait Policy {
+    /// Whether a flush LSN is acknowledged to the slot being read.
+    const ACKNOWLEDGES: bool;
+    /// Decide about a change before it is applied.
+    fn admit(&mut self, change: &Change) -> Admit;
+    /// After a change was applied or skipped.
+    fn applied(&mut self, events: u64) {
+        let _ = events;
+    }
+    /// The flush LSN moved to `lsn` (after it was acknowledged, if the policy acknowledges).
+    fn flushed(&mut self, lsn: Lsn);
+    /// Once a heartbeat.
+    fn beat(&mut self) {}
+}
+
+/// How a session's loop ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// Shutdown was asked for.
+    Stopped,
+    /// The policy said the work is complete.
+    Finished,
+    Failed(Failure),
+}
+
+/// One running session: the source, the apply step with its publisher, and the tracker.
+pub(crate) struct Session<'a, S: Changes, P: Publisher> {
+    source: S,
+    stream: Stream<'a, P>,
+    tracker: JoinHandle<Result<Lsn>>,
+    tracker_ended: bool,
+    flush: watch::Receiver<Lsn>,
+}
+
+/// What is left once a session stopped publishing and its confirms are in (or given up on).
+pub(crate) struct Drained<S, P> {
+    pub(crate) source: S,
+    pub(crate) publisher: P,
+    /// The final flush LSN, or why the last confirms did not all come in.
+    pub(crate) verdict: Result<Lsn>,
+    /// The flush LSN reached.
+    pub(crate) flushed: Lsn,
+}
+
+impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
+    /// Start the tracker from `from` (the position already confirmed) and get ready to apply
+    /// changes, at most `window`'s permits of messages in flight.
+    pub(crate) fn start(
+        config: &'a Config,
+        source: S,
+        publisher: P,
+        from: Lsn,
+        window: Arc<Semaphore>,
+        replaying: bool,
+        telemetry: &'a Arc<Telemetry>,
+    ) -> Self {
+        let (flush_tx, flush) = watch::channel(from);
+        let (pending_tx, pending_rx) = mpsc::channel(config.max_in_flight.max(64));
+        let tracker = tokio::spawn(track(
+            pending_rx,
+            Watermark::new(from),
+            flush_tx,
+            Arc::clone(telemetry),
+        ));
+        let stream = Stream::new(config, publisher, pending_tx, window, replaying, telemetry);
+        Session {
+            source,
+            stream,
+            tracker,
+            tracker_ended: false,
+            flush,
+        }
+    }
+
+    pub(crate) fn stream(&self) -> &Stream<'a, P> {
+        &self.stream
+    }
+
+    pub(crate) fn stream_mut(&mut self) -> &mut Stream<'a, P> {
+        &mut self.stream
+    }
+
+    /// The flush LSN reached so far.
+    pub(crate) fn flushed(&self) -> Lsn {
+        *self.flush.borrow()
+    }
+
+    /// Apply changes as `policy` admits them until shutdown, the policy's end, or a failure.
+    pub(crate) async fn run<Pol: Policy>(
+        &mut self,
+        policy: &mut Pol,
+        shutdown: &mut Shutdown,
+    ) -> End {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break End::Stopped,
+                tracker_end = &mut self.tracker, if !self.tracker_ended => {
+                    self.tracker_ended = true;
+                    break End::Failed(Failure::new(Side::Amqp, tracker_failure(tracker_end)));
+                }
+                Ok(()) = self.flush.changed() => {
+                    let flushed = *self.flush.borrow_and_update();
+                    if Pol::ACKNOWLEDGES {
+                        self.source.acknowledge(flushed);
+                    }
+                    policy.flushed(flushed);
+                }
+                _ = heartbeat.tick() => {
+                    policy.beat();
+                    if !self.stream.publisher().is_connected() {
+                        break End::Failed(Failure::new(
+                            Side::Amqp,
+                            Error::transient("the connection to the broker closed"),
+                        ));
+                    }
+                }
+                change = self.source.next() => {
+                    let change = match change {
+                        Ok(Some(change)) => change,
+                        Ok(None) => break End::Failed(Failure::new(
+                            Side::Postgres,
+                            Error::transient("the replication stream ended"),
+                        )),
+                        Err(error) => break End::Failed(Failure::new(Side::Postgres, error)),
+                    };
+                    match policy.admit(&change) {
+                        Admit::Apply => {
+                            // Why the AMQP side failed is asked of the tracker below.
+                            if let Err(failure) = self.stream.apply(change).await {
+                                break End::Failed(failure);
+                            }
+                        }
+                        Admit::Skip => {}
+                        Admit::End => break End::Finished,
+                    }
+                    policy.applied(self.stream.events);
+                }
+            }
+        };
+        match end {
+            End::Failed(failure) if !self.tracker_ended => End::Failed(self.reason(failure).await),
+            other => other,
+        }
+    }
+
+    /// The reason to report for a failure. When the AMQP side fails (a publish or a hand-over
+    /// to the tracker failed, or the heartbeat saw the channel closed), the confirm tracker
+    /// knows why: a nack, a return, or the broker refusing one event. Its reason arrives a
+    /// moment later; wait briefly for it, so that a refused event is told from a broker that
+    /// went away.
+    async fn reason(&mut self, failure: Failure) -> Failure {
+        if failure.side != Side::Amqp || !failure.error.is_transient() {
+            return failure;
+        }
+        match tokio::time::timeout(REFUSAL_GRACE, &mut self.tracker).await {
+            Ok(end) => {
+                self.tracker_ended = true;
+                match end {
+                    Ok(Err(why)) => Failure::new(Side::Amqp, why),
+                    _ => failure,
+                }
+            }
+            Err(_) => failure,
+        }
+    }
+
+    /// Stop publishing, then wait (at most `grace`, if given) for the outstanding verdicts.
+    pub(crate) async fn drain(mut self, grace: Option<Duration>) -> Drained<S, P> {
+        let publisher = self.stream.finish();
+        let verdict = if self.tracker_ended {
+            Err(Error::transient("the confirm tracker stopped"))
+        } else {
+            let waited = match grace {
+                Some(grace) => tokio::time::timeout(grace, &mut self.tracker).await.ok(),
+                None => Some((&mut self.tracker).await),
+            };
+            match waited {
+                Some(Ok(verdict)) => verdict,
+                Some(Err(error)) => Err(Error::transient(format!("confirm tracker: {error}"))),
+                None => {
+                    self.tracker.abort();
+                    Err(Error::transient(
+                        "confirms still outstanding at the end of the grace period",
+                    ))
+                }
+            }
+        };
+        Drained {
+            flushed: *self.flush.borrow(),
+            source: self.source,
+            publisher,
+            verdict,
+        }
+    }
+
+    /// Give up on outstanding verdicts (the session failed).
+    pub(crate) fn abort(self) -> (S, P) {
+        self.tracker.abort();
+        (self.source, self.stream.finish())
+    }
+}
+
+/// Why the confirm tracker ended while the session still ran.
+fn tracker_failure(end: std::result::Result<Result<Lsn>, tokio::task::JoinError>) -> Error {
+    end.unwrap_or_else(|e| Err(Error::transient(format!("confirm tracker: {e}"))))
+        .err()
+        .unwrap_or_else(|| Error::transient("confirm tracker stopped"))
+}

@@ -1,0 +1,243 @@
+//! Changes → messages → the publisher: the apply step of a session. It keeps the outbox
+//! table's shape (from its Relation messages) and the open transaction, turns each outbox
+//! Insert into a message, publishes it within the in-flight window, and hands its confirm and
+//! every transaction boundary to the confirm tracker, in stream order.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+use tracing::warn;
+
+use super::Failure;
+use super::poison::DeadLetter;
+use crate::config::Config;
+use crate::error::Error;
+use crate::lsn::Lsn;
+use crate::outbox::{OutboxShape, Transaction};
+use crate::pgoutput::Message;
+use crate::sink::Publisher;
+use crate::sink::confirm::{EventRef, Pending, Published};
+use crate::source::Change;
+use crate::telemetry::{Side, Telemetry};
+
+/// The per-session state of the apply step.
+pub(crate) struct Stream<'a, P: Publisher> {
+    config: &'a Config,
+    publisher: P,
+    pending: mpsc::Sender<Pending<P::Confirm>>,
+    /// Messages published and not yet answered, at most as many as it has permits.
+    window: Arc<Semaphore>,
+    telemetry: &'a Telemetry,
+    /// The outbox table's shape, from its latest Relation message.
+    shape: Option<OutboxShape>,
+    transaction: Option<Transaction>,
+    /// The next outbox event's index in the open transaction (its id when the table has no
+    /// id column is derived from the commit LSN and this index).
+    index_in_transaction: u32,
+    routing_key: String,
+    /// A poison event to replace by its dead-letter record when it comes by.
+    pub(crate) dead_letter: Option<DeadLetter>,
+    /// Where a row that cannot become a message goes (the dead-letter exchange); None: walbox
+    /// stops on it.
+    pub(crate) unencodable_to: Option<String>,
+    /// The highest commit LSN of an event handed to the publisher.
+    pub(crate) published_through: Lsn,
+    /// Republished messages (`walbox replay`) carry the header `x-replay: true`.
+    replaying: bool,
+    /// Outbox events handed to the publisher in this session.
+    pub(crate) events: u64,
+}
+
+impl<'a, P: Publisher> Stream<'a, P> {
+    pub(crate) fn new(
+        config: &'a Config,
+        publisher: P,
+        pending: mpsc::Sender<Pending<P::Confirm>>,
+        window: Arc<Semaphore>,
+        replaying: bool,
+        telemetry: &'a Telemetry,
+    ) -> Self {
+        Stream {
+            config,
+            publisher,
+            pending,
+            window,
+            telemetry,
+            shape: None,
+            transaction: None,
+            index_in_transaction: 0,
+            routing_key: String::new(),
+            dead_letter: None,
+            unencodable_to: None,
+            published_through: Lsn::ZERO,
+            replaying,
+            events: 0,
+        }
+    }
+
+    pub(crate) fn publisher(&self) -> &P {
+        &self.publisher
+    }
+
+    /// Stop handing anything to the tracker (so it ends once every verdict is in) and give
+    /// the publisher back, to close it.
+    pub(crate) fn finish(self) -> P {
+        self.publisher
+    }
+
+    /// Apply one change; an error says which side failed.
+    pub(crate) async fn apply(&mut self, change: Change) -> Result<(), Failure> {
+        let postgres = |error| Failure::new(Side::Postgres, error);
+        tracing::trace!(?change, "change");
+        match change {
+            Change::Begin(transaction) => {
+                self.transaction = Some(transaction);
+                self.index_in_transaction = 0;
+            }
+            Change::Commit { end_lsn } => {
+                self.transaction = None;
+                self.telemetry.metrics.transaction();
+                self.telemetry.metrics.received(end_lsn);
+                self.boundary(end_lsn).await?;
+            }
+            // Between transactions, the server has sent everything before `wal_end`; once
+            // what came before is confirmed, PostgreSQL may release it. This keeps an idle
+            // outbox on a busy database from pinning WAL.
+            Change::Keepalive { wal_end } if self.transaction.is_none() => {
+                self.telemetry.metrics.received(wal_end);
+                self.boundary(wal_end).await?;
+            }
+            Change::Keepalive { .. } => {}
+            Change::Message(Message::Relation(relation)) => {
+                let table = &self.config.table;
+                let named = relation.namespace == table.schema.as_str()
+                    && relation.name == table.name.as_str();
+                // A rename keeps the relation id: the table is still the outbox being relayed.
+                let same_table = self
+                    .shape
+                    .as_ref()
+                    .is_some_and(|s| s.relation_id() == relation.relation_id);
+                if named || same_table {
+                    let shape = OutboxShape::from_relation(&relation, &self.config.mapping)
+                        .map_err(|problem| {
+                            postgres(Error::definite(format!(
+                                "the outbox table changed so that it can no longer be relayed: \
+                             {problem}. Nothing after this point was acknowledged"
+                            )))
+                        })?;
+                    self.shape = Some(shape);
+                }
+            }
+            Change::Message(Message::Insert(insert)) => {
+                let Some(shape) = self
+                    .shape
+                    .as_ref()
+                    .filter(|s| s.relation_id() == insert.relation_id)
+                else {
+                    return Ok(());
+                };
+                let transaction = self.transaction.ok_or_else(|| {
+                    postgres(Error::definite(
+                        "an insert arrived outside a transaction (a walbox bug)",
+                    ))
+                })?;
+                let index = self.index_in_transaction;
+                self.index_in_transaction += 1;
+                let built = shape.message(
+                    &insert.new_tuple,
+                    &transaction,
+                    index,
+                    &mut self.routing_key,
+                );
+                // A row that cannot become a message is handled like a poison event: with a
+                // dead-letter exchange its record goes there in its place; without one walbox
+                // stops on it rather than skip it.
+                let (mut message, unencodable) = match (built, &self.unencodable_to) {
+                    (Ok(message), _) => (message, false),
+                    (Err(problem), Some(exchange)) => {
+                        let event = shape.fallback(&insert.new_tuple, &transaction, index);
+                        warn!(event_id = %event.id, commit_lsn = %transaction.commit_lsn,
+                            %exchange, %problem,
+                            "an outbox row cannot become a message; sending its dead-letter record in its place");
+                        let plan = DeadLetter {
+                            event_id: event.id.clone(),
+                            commit_lsn: transaction.commit_lsn,
+                            reason: format!("the row cannot become a message: {problem}"),
+                            failures: 0,
+                            exchange: exchange.clone(),
+                            include_payload: true,
+                        };
+                        let record =
+                            plan.record(&event, &transaction, &self.config.mapping.exchange_text());
+                        (record, true)
+                    }
+                    (Err(problem), None) => {
+                        return Err(postgres(Error::definite(format!(
+                            "an outbox row in the transaction committed at {} cannot become an \
+                             AMQP message: {problem}. walbox stops here rather than skip it; fix \
+                             the row's data, skip past it with `walbox run --start-lsn` (after \
+                             that commit), or give --dead-letter-exchange to send such rows there",
+                            transaction.commit_lsn
+                        ))));
+                    }
+                };
+                if let Some(warning) = &message.headers_warning {
+                    warn!(event_id = %message.id, "{warning}");
+                }
+                if self.replaying {
+                    message.mark_replayed();
+                }
+                self.events += 1;
+                let (message, dead_letter) = match &self.dead_letter {
+                    _ if unencodable => (message, true),
+                    Some(plan) if plan.is(&message.id, transaction.commit_lsn) => {
+                        warn!(event_id = %message.id, commit_lsn = %transaction.commit_lsn,
+                            exchange = %plan.exchange, "sending the poison event's dead-letter record in its place");
+                        (
+                            plan.record(
+                                &message,
+                                &transaction,
+                                &self.config.mapping.exchange_text(),
+                            ),
+                            true,
+                        )
+                    }
+                    _ => (message, false),
+                };
+                let amqp = |error| Failure::new(Side::Amqp, error);
+                let permit = Arc::clone(&self.window)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| amqp(Error::transient("in-flight window closed")))?;
+                let event = EventRef {
+                    event_id: message.id.clone(),
+                    commit_lsn: transaction.commit_lsn,
+                    commit_time_micros: transaction.commit_time_micros,
+                    dead_letter,
+                };
+                self.published_through = self.published_through.max(transaction.commit_lsn);
+                let confirm = self.publisher.publish(message).await.map_err(amqp)?;
+                self.telemetry.metrics.published();
+                self.pending
+                    .send(Pending::Published(Published {
+                        confirm,
+                        permit,
+                        event,
+                    }))
+                    .await
+                    .map_err(|_| amqp(Error::transient("the confirm tracker stopped")))?;
+            }
+            // Updates, deletes, truncates, types, origins, messages: not outbox events.
+            Change::Message(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Tell the tracker that everything handed over so far lies before `lsn`.
+    async fn boundary(&self, lsn: Lsn) -> Result<(), Failure> {
+        self.pending
+            .send(Pending::Boundary(lsn))
+            .await
+            .map_err(|_| Failure::new(Side::Amqp, Error::transient("the confirm tracker stopped")))
+    }
+}

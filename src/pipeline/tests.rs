@@ -1,0 +1,367 @@
+//! In-process tests of the session engine with the live policy: a scripted replication
+//! stream, the in-memory publisher answering as each test case says, and a check, at every
+//! acknowledgement, that the flush LSN never passes an event the broker did not positively
+//! confirm — whatever mix of confirms, nacks, returns, closed channels and lost connections.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use clap::Parser;
+use proptest::prelude::*;
+use tokio::sync::{Semaphore, watch};
+
+use super::poison::Poison;
+use super::session::{End, Session};
+use super::{Changes, Live};
+use crate::config::{Cli, Command, Config};
+use crate::error::Result;
+use crate::lsn::Lsn;
+use crate::outbox::Transaction;
+use crate::pgoutput::{ColumnValue, Insert, Message, Relation, RelationColumn, TupleData};
+use crate::sink::memory::{Broker, MemoryPublisher};
+use crate::sink::{Outcome, Refused};
+use crate::source::Change;
+use crate::telemetry::Telemetry;
+
+const RELATION_ID: u32 = 16_384;
+
+fn config() -> Config {
+    let Command::Run(run) = Cli::try_parse_from(["walbox", "run"]).unwrap().command else {
+        unreachable!()
+    };
+    Config::from_args(&run.common).unwrap()
+}
+
+fn relation() -> Relation {
+    let columns = [
+        ("id", 2950),
+        ("aggregate_type", 25),
+        ("aggregate_id", 25),
+        ("event_type", 25),
+        ("payload", 3802),
+        ("headers", 3802),
+        ("created_at", 1184),
+    ];
+    Relation {
+        relation_id: RELATION_ID,
+        namespace: "public".into(),
+        name: "outbox".into(),
+        replica_identity: b'd',
+        columns: columns
+            .iter()
+            .map(|&(name, type_oid)| RelationColumn {
+                flags: u8::from(name == "id"),
+                name: name.into(),
+                type_oid,
+                type_modifier: -1,
+            })
+            .collect(),
+    }
+}
+
+fn insert(id: &str) -> Change {
+    let text = |value: &str| ColumnValue::Text(Bytes::from(value.to_owned()));
+    Change::Message(Message::Insert(Insert {
+        relation_id: RELATION_ID,
+        new_tuple: TupleData {
+            columns: vec![
+                text(id),
+                text("order"),
+                text("o-1"),
+                text("created"),
+                text(r#"{"n": 1}"#),
+                ColumnValue::Null,
+                text("2026-12-02 10:00:00+00"),
+            ],
+        },
+    }))
+}
+
+/// An event of the script: its id and the LSN of its transaction's commit record.
+#[derive(Clone, Debug)]
+struct Event {
+    id: String,
+    commit_lsn: Lsn,
+}
+
+/// The scripted replication stream. Every acknowledgement is checked against what the broker
+/// confirmed at that moment.
+struct Script {
+    changes: VecDeque<Change>,
+    events: Vec<Event>,
+    broker: Broker,
+    acknowledged: Arc<Mutex<Vec<Lsn>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+impl Changes for Script {
+    async fn next(&mut self) -> Result<Option<Change>> {
+        match self.changes.pop_front() {
+            Some(change) => Ok(Some(change)),
+            // A live stream that has nothing more to say stays open.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn acknowledge(&self, lsn: Lsn) {
+        self.acknowledged.lock().unwrap().push(lsn);
+        let sent = self.broker.sent.lock().unwrap();
+        for event in &self.events {
+            // PostgreSQL may forget everything before `lsn`: the event's transaction is gone
+            // once `lsn` passes its commit record.
+            if lsn <= event.commit_lsn {
+                continue;
+            }
+            let confirmed = sent
+                .iter()
+                .any(|sent| sent.message.id == event.id && sent.confirmed);
+            if !confirmed {
+                self.violations.lock().unwrap().push(format!(
+                    "acknowledged {lsn} past event {} (commit {}) which the broker has not confirmed",
+                    event.id, event.commit_lsn
+                ));
+            }
+        }
+    }
+}
+
+/// What the broker does next.
+#[derive(Clone, Debug)]
+enum Action {
+    Confirm(usize),
+    Nack(usize),
+    Return(usize),
+    /// The broker closes the channel in answer to one message (406: too large).
+    Close(usize),
+    LoseConnection,
+    /// Let the engine run for a while.
+    Wait,
+}
+
+fn actions() -> impl Strategy<Value = Vec<Action>> {
+    proptest::collection::vec(
+        prop_oneof![
+            12 => any::<usize>().prop_map(Action::Confirm),
+            1 => any::<usize>().prop_map(Action::Nack),
+            1 => any::<usize>().prop_map(Action::Return),
+            1 => any::<usize>().prop_map(Action::Close),
+            1 => Just(Action::LoseConnection),
+            4 => Just(Action::Wait),
+        ],
+        0..60,
+    )
+}
+
+/// Transactions of 0 to 3 events, each followed or not by an idle keepalive.
+fn transactions() -> impl Strategy<Value = Vec<(usize, bool)>> {
+    proptest::collection::vec((0usize..4, any::<bool>()), 1..12)
+}
+
+fn script(transactions: &[(usize, bool)], broker: &Broker) -> Script {
+    let mut changes = VecDeque::new();
+    let mut events = Vec::new();
+    let mut lsn = 0x1000u64;
+    for (number, &(size, keepalive)) in transactions.iter().enumerate() {
+        let commit_lsn = Lsn(lsn + 0x80);
+        changes.push_back(Change::Begin(Transaction {
+            xid: 1000 + number as u32,
+            commit_lsn,
+            commit_time_micros: 0,
+        }));
+        if number == 0 {
+            changes.push_back(Change::Message(Message::Relation(relation())));
+        }
+        for index in 0..size {
+            let id = format!("{number}-{index}");
+            changes.push_back(insert(&id));
+            events.push(Event { id, commit_lsn });
+        }
+        changes.push_back(Change::Commit {
+            end_lsn: Lsn(commit_lsn.0 + 0x20),
+        });
+        if keepalive {
+            changes.push_back(Change::Keepalive {
+                wal_end: Lsn(commit_lsn.0 + 0x40),
+            });
+        }
+        lsn += 0x100;
+    }
+    Script {
+        changes,
+        events,
+        broker: broker.clone(),
+        acknowledged: Arc::default(),
+        violations: Arc::default(),
+    }
+}
+
+/// Answer the `pick`-th unanswered message (if any) with `outcome`.
+fn answer(broker: &Broker, pick: usize, outcome: impl FnOnce() -> Outcome) -> bool {
+    let mut sent = broker.sent.lock().unwrap();
+    let open: Vec<usize> = (0..sent.len())
+        .filter(|&i| !sent[i].confirmed && sent[i].is_open())
+        .collect();
+    match open.get(pick % open.len().max(1)) {
+        Some(&index) => sent[index].answer(outcome()),
+        None => false,
+    }
+}
+
+async fn settle() {
+    for _ in 0..32 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Run one session over the script while the broker acts; returns how it ended, what was
+/// acknowledged, the violations seen, and whether everything was confirmed in the end.
+fn run_case(
+    transactions: &[(usize, bool)],
+    actions: &[Action],
+) -> (Vec<String>, bool, Vec<Lsn>, Lsn) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = config();
+        let telemetry = Arc::new(Telemetry::default());
+        let broker = Broker::default();
+        let script = script(transactions, &broker);
+        let last_boundary = script
+            .changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Commit { end_lsn } => Some(*end_lsn),
+                Change::Keepalive { wal_end } => Some(*wal_end),
+                _ => None,
+            })
+            .max()
+            .unwrap();
+        let acknowledged = Arc::clone(&script.acknowledged);
+        let violations = Arc::clone(&script.violations);
+        let start = Lsn(0x100);
+        let window = Arc::new(Semaphore::new(config.max_in_flight));
+        let mut session = Session::start(
+            &config,
+            script,
+            MemoryPublisher::new(broker.clone()),
+            start,
+            Arc::clone(&window),
+            false,
+            &telemetry,
+        );
+        let mut poison = Poison::new(5, None);
+        let mut live = Live {
+            config: &config,
+            telemetry: &telemetry,
+            poison: &mut poison,
+            window,
+            careful: false,
+        };
+        let (stop, mut shutdown) = watch::channel(false);
+        let mut refused = false;
+        let driver = async {
+            settle().await;
+            for action in actions {
+                match action {
+                    Action::Confirm(pick) => {
+                        answer(&broker, *pick, || Outcome::Confirmed);
+                    }
+                    Action::Nack(pick) => {
+                        refused |= answer(&broker, *pick, || Outcome::Refused(Refused::Nacked));
+                    }
+                    Action::Return(pick) => {
+                        refused |= answer(&broker, *pick, || {
+                            Outcome::Refused(Refused::Returned {
+                                reply_code: 312,
+                                reply_text: "NO_ROUTE".into(),
+                                exchange: "outbox".into(),
+                                routing_key: "order.created".into(),
+                            })
+                        });
+                    }
+                    Action::Close(pick) => {
+                        refused |= answer(&broker, *pick, || {
+                            Outcome::Refused(Refused::ChannelClosed {
+                                reply_code: 406,
+                                reply_text: "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536".into(),
+                            })
+                        });
+                    }
+                    Action::LoseConnection => {
+                        broker.lose_connection();
+                        refused = true;
+                    }
+                    Action::Wait => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+                }
+                settle().await;
+            }
+            // Without a refusal, the broker confirms whatever is still open.
+            if !refused {
+                while answer(&broker, 0, || Outcome::Confirmed) {}
+                settle().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            settle().await;
+            let _ = stop.send(true);
+        };
+        let (end, ()) = tokio::join!(session.run(&mut live, &mut shutdown), driver);
+        let complete = match end {
+            End::Stopped => {
+                let drained = session.drain(Some(std::time::Duration::from_secs(1))).await;
+                drained.verdict.ok() == Some(last_boundary)
+            }
+            _ => false,
+        };
+        let acknowledged = acknowledged.lock().unwrap().clone();
+        let violations = violations.lock().unwrap().clone();
+        (violations, complete || refused, acknowledged, last_boundary)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The flush LSN never passes an event that was not positively confirmed; and a session
+    /// whose broker confirmed everything gets the flush LSN to the last boundary.
+    #[test]
+    fn the_flush_lsn_never_passes_an_unconfirmed_event(
+        transactions in transactions(),
+        actions in actions(),
+    ) {
+        let (violations, complete_unless_refused, acknowledged, _) = run_case(&transactions, &actions);
+        prop_assert!(violations.is_empty(), "{violations:?}");
+        prop_assert!(complete_unless_refused, "everything was confirmed, yet the flush LSN stopped short");
+        prop_assert!(acknowledged.windows(2).all(|pair| pair[0] <= pair[1]), "went backwards: {acknowledged:?}");
+    }
+}
+
+#[test]
+fn a_nack_holds_the_flush_lsn_before_its_transaction() {
+    // Two transactions of two events; the second event of the first is nacked.
+    let transactions = [(2, false), (2, false)];
+    let actions = [
+        Action::Confirm(0),
+        Action::Nack(0),
+        Action::Confirm(0),
+        Action::Confirm(0),
+    ];
+    let (violations, _, acknowledged, _) = run_case(&transactions, &actions);
+    assert!(violations.is_empty(), "{violations:?}");
+    assert!(
+        acknowledged.iter().all(|&lsn| lsn <= Lsn(0x1080)),
+        "acknowledged past the nacked event's commit: {acknowledged:?}"
+    );
+}
+
+#[test]
+fn confirming_everything_acknowledges_the_last_commit() {
+    let transactions = [(1, false), (3, true), (0, false), (2, false)];
+    let (violations, complete, acknowledged, last) =
+        run_case(&transactions, &[Action::Confirm(1), Action::Wait]);
+    assert!(violations.is_empty(), "{violations:?}");
+    assert!(complete);
+    assert_eq!(acknowledged.last(), Some(&last));
+}

@@ -1,0 +1,338 @@
+//! The RabbitMQ publisher: one connection, one confirm-mode channel. Every message goes out on
+//! that channel in the order it was handed over, so every queue sees commit order; the
+//! broker's answer to each comes back as its [`LapinConfirm`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{LongString, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
+use lapin::{Confirmation, PublisherConfirm};
+
+use tokio::time::timeout;
+use tracing::{info, warn};
+
+use super::topology::{self, ExchangeSpec, Topology};
+use super::{Outcome, Publisher, Refused};
+use crate::config::{Config, SecretUrl};
+use crate::error::{Disposition, Error, Result};
+use crate::outbox::OutboxMessage;
+
+type WriteFuture = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+/// The broker's answer to one message whose frames are queued on the channel: being written,
+/// or written and awaiting the answer.
+pub(crate) struct LapinConfirm {
+    state: State,
+}
+
+enum State {
+    Writing(WriteFuture),
+    Written(PublisherConfirm),
+    Answered,
+}
+
+impl Future for LapinConfirm {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+        loop {
+            match &mut self.state {
+                State::Writing(writing) => match writing.as_mut().poll(cx) {
+                    Poll::Ready(Ok(written)) => self.state = State::Written(written),
+                    Poll::Ready(Err(error)) => {
+                        self.state = State::Answered;
+                        return Poll::Ready(outcome(Err(error)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                State::Written(confirm) => {
+                    let answer = std::task::ready!(Pin::new(confirm).poll(cx));
+                    self.state = State::Answered;
+                    return Poll::Ready(outcome(answer));
+                }
+                State::Answered => {
+                    return Poll::Ready(Outcome::Refused(Refused::Lost(Error::definite(
+                        "a confirm was polled after it resolved (a walbox bug)",
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// lapin's answer → the seam's outcome. Only a plain ack confirms: an ack carrying a returned
+/// message means unroutable.
+fn outcome(answer: lapin::Result<Confirmation>) -> Outcome {
+    match answer {
+        Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
+        Ok(Confirmation::Ack(Some(returned))) => Outcome::Refused(Refused::Returned {
+            reply_code: returned.reply_code,
+            reply_text: returned.reply_text.to_string(),
+            exchange: returned.delivery.exchange.to_string(),
+            routing_key: returned.delivery.routing_key.to_string(),
+        }),
+        Ok(Confirmation::Nack(_)) => Outcome::Refused(Refused::Nacked),
+        Ok(Confirmation::NotRequested) => Outcome::Refused(Refused::Lost(Error::definite(
+            "publisher confirms are not enabled on the channel (a walbox bug)",
+        ))),
+        Err(error) => match error.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => Outcome::Refused(Refused::ChannelClosed {
+                reply_code: amqp.get_id(),
+                reply_text: amqp.get_message().to_string(),
+            }),
+            _ => Outcome::Refused(Refused::Lost(Error::from_amqp(
+                "waiting for the broker's confirm",
+                &error,
+            ))),
+        },
+    }
+}
+
+pub(crate) struct AmqpPublisher {
+    connection: Connection,
+    channel: Channel,
+    /// The fixed exchange, when `--exchange` has no placeholder (declared at connect).
+    exchange: ShortString,
+    /// Declares each exchange before the first publish to it on this connection.
+    topology: Topology,
+}
+
+/// How long one broker node of `--amqp-url` may take to accept a connection before walbox
+/// tries the next (a node behind a dead network link would otherwise hold it for minutes).
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The position in `--amqp-url` of the node the last connection reached: the next connection
+/// tries it first, so walbox stays on a healthy node and leaves one only when it fails.
+static CURRENT_NODE: AtomicUsize = AtomicUsize::new(0);
+
+impl AmqpPublisher {
+    /// Connect to the first node of `--amqp-url` that answers, starting with the one used
+    /// last; open a confirm-mode channel and declare the exchange unless told not to.
+    ///
+    /// One node failing is transient (walbox tries the next, and the supervisor backs off
+    /// once all have failed); only when every node gives a definite answer (e.g. refused
+    /// credentials) is the failure definite.
+    pub(crate) async fn connect(config: &Config) -> Result<Self> {
+        let urls = &config.amqp_url;
+        let first = CURRENT_NODE.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        let mut all_definite = true;
+        for offset in 0..urls.len() {
+            let index = (first + offset) % urls.len();
+            let url = urls.get(index);
+            let error = match timeout(NODE_CONNECT_TIMEOUT, Self::connect_node(config, url)).await {
+                Ok(Ok(publisher)) => {
+                    if index != first {
+                        info!(node = %url, "connected to another broker node");
+                    }
+                    CURRENT_NODE.store(index, Ordering::Relaxed);
+                    return Ok(publisher);
+                }
+                Ok(Err(error)) => error,
+                Err(_) => Error::transient(format!(
+                    "connecting to {url}: no answer within {} s",
+                    NODE_CONNECT_TIMEOUT.as_secs()
+                )),
+            };
+            if urls.len() > 1 {
+                warn!(node = %url, %error, "broker node failed; trying the next");
+            }
+            all_definite &= error.disposition() == Disposition::Stop;
+            failures.push(error);
+        }
+        if failures.len() == 1 || all_definite {
+            return Err(failures.swap_remove(0));
+        }
+        let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        Err(Error::transient(format!(
+            "no broker node answered: {}",
+            reasons.join("; ")
+        )))
+    }
+
+    /// The node connected to, for messages.
+    pub(crate) fn node(config: &Config) -> String {
+        config
+            .amqp_url
+            .get(CURRENT_NODE.load(Ordering::Relaxed))
+            .to_string()
+    }
+
+    /// [`AmqpPublisher::connect`] to one node.
+    async fn connect_node(config: &Config, url: &SecretUrl) -> Result<Self> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from(format!("walbox/{}", config.slot)));
+        let connecting = format!("connecting to {url}");
+        let mut uri = AMQPUri::from_str(url.expose())
+            .map_err(|e| Error::definite(format!("{connecting}: {e}")))?;
+        if let Some(password) = &config.amqp_password {
+            uri.authority.userinfo.password = password.expose().to_owned();
+        }
+        // With amqps://, the CA file's certificates are trusted in addition to the system's.
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: config.amqp_ca.as_ref().map(|ca| ca.pem.clone()),
+        };
+        let connection = DefaultConnectionBuilder::new()
+            .map_err(|e| Error::from_amqp(&connecting, &e))?
+            .with_uri(uri)
+            .with_properties(properties)
+            .with_tls_config(tls)
+            .connect()
+            .await
+            .map_err(|e| Error::from_amqp(&connecting, &e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::from_amqp("opening a channel", &e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| Error::from_amqp("enabling publisher confirms", &e))?;
+        let declares = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::from_amqp("opening a channel for declares", &e))?;
+        let topology = Topology::new(config.mapping.exchange_spec, declares);
+        let exchange = ShortString::from(config.mapping.exchange.as_constant().unwrap_or(""));
+        topology.ensure(&exchange, "--exchange").await?;
+        Ok(AmqpPublisher {
+            connection,
+            channel,
+            exchange,
+            topology,
+        })
+    }
+
+    /// Declare `name` (the dead-letter exchange) as a durable topic exchange, or check it
+    /// exists with `--exchange-declare passive`; nothing with `none`.
+    pub(crate) async fn declare_dead_letter(
+        &self,
+        name: &str,
+        mode: topology::DeclareMode,
+    ) -> Result<()> {
+        let spec = ExchangeSpec {
+            mode,
+            ..ExchangeSpec::DURABLE_TOPIC
+        };
+        self.topology
+            .ensure_as(&ShortString::from(name), spec, "--dead-letter-exchange")
+            .await
+    }
+}
+
+impl Publisher for AmqpPublisher {
+    type Confirm = LapinConfirm;
+
+    /// Hand one message to the broker: persistent, mandatory, on the one channel.
+    ///
+    /// lapin queues a publish's frames on the connection during the future's first poll and
+    /// then waits for the I/O loop to write them. Polling once here fixes the message's place
+    /// in the channel's order at once; the write and the broker's answer are awaited later by
+    /// the confirm tracker, so publishing never waits for a round trip.
+    async fn publish(&self, message: OutboxMessage) -> Result<LapinConfirm> {
+        let channel = self.channel.clone();
+        let exchange = match message.exchange {
+            Some(exchange) => {
+                self.topology.ensure(&exchange, "--exchange").await?;
+                exchange
+            }
+            None => self.exchange.clone(),
+        };
+        let mut writing: WriteFuture = Box::pin(async move {
+            channel
+                .basic_publish(
+                    exchange,
+                    message.routing_key,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.body,
+                    message.properties,
+                )
+                .await
+        });
+        let state = match futures_util::poll!(writing.as_mut()) {
+            Poll::Ready(written) => {
+                State::Written(written.map_err(|e| Error::from_amqp("publishing", &e))?)
+            }
+            Poll::Pending => State::Writing(writing),
+        };
+        Ok(LapinConfirm { state })
+    }
+
+    /// Both the connection and the channel are open. lapin notices a dead link on its own
+    /// (socket error, missed heartbeats); this lets an idle relay notice it too.
+    fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    async fn close(self) {
+        self.topology.close().await;
+        let _ = self.channel.close(200, "walbox stopping".into()).await;
+        let _ = self.connection.close(200, "walbox stopping".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPSoftError};
+
+    fn closed_with(kind: AMQPSoftError, text: &str) -> lapin::Result<Confirmation> {
+        Err(
+            lapin::ErrorKind::ProtocolError(AMQPError::new(AMQPErrorKind::Soft(kind), text.into()))
+                .into(),
+        )
+    }
+
+    #[test]
+    fn only_a_plain_ack_is_confirmed() {
+        assert!(matches!(
+            outcome(Ok(Confirmation::Ack(None))),
+            Outcome::Confirmed
+        ));
+        assert!(matches!(
+            outcome(Ok(Confirmation::Nack(None))),
+            Outcome::Refused(Refused::Nacked)
+        ));
+        assert!(matches!(
+            outcome(Ok(Confirmation::NotRequested)),
+            Outcome::Refused(Refused::Lost(_))
+        ));
+        let io: lapin::Result<Confirmation> = Err(lapin::ErrorKind::IOError(std::sync::Arc::new(
+            std::io::Error::other("reset"),
+        ))
+        .into());
+        assert!(
+            matches!(outcome(io), Outcome::Refused(Refused::Lost(error)) if error.is_transient())
+        );
+    }
+
+    #[test]
+    fn a_closed_channel_keeps_its_reply_code() {
+        let answer = closed_with(
+            AMQPSoftError::PRECONDITIONFAILED,
+            "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536",
+        );
+        match outcome(answer) {
+            Outcome::Refused(Refused::ChannelClosed {
+                reply_code,
+                reply_text,
+            }) => {
+                assert_eq!(reply_code, 406);
+                assert!(reply_text.contains("larger than configured max size"));
+            }
+            other => panic!("expected a closed channel, got {other:?}"),
+        }
+    }
+}
