@@ -364,7 +364,10 @@ node_launch() {
   if node_running "$n"; then return 1; fi
   rm -f "$ROOTFS$dir/pid"
   node_configure "$n"
-  setsid bash "$0" _rabbit-server "$n" >"$ROOTFS$dir/console.log" 2>&1 </dev/null &
+  setsid -w bash "$0" _rabbit-server "$n" >"$ROOTFS$dir/console.log" 2>&1 </dev/null &
+  # The launcher lives as long as the node's server. A node that fails its boot writes no pid
+  # file, so node_await tells a failed boot by the launcher's exit.
+  echo $! >"$ROOTFS$dir/launcher.pid"
   return 0
 }
 
@@ -372,11 +375,11 @@ node_launch() {
 # started together sometimes fail their boot-time cluster check while a peer is half up
 # ({node_not_running, ...}); such a node is launched again, a few times at most.
 node_await() {
-  local n=$1 i relaunches=0 pidfile
-  pidfile="$ROOTFS$(node_dir "$n")/pid"
+  local n=$1 i relaunches=0 launcher
+  launcher="$ROOTFS$(node_dir "$n")/launcher.pid"
   for i in $(seq 1 240); do
     if ctl "$n" --timeout 10 await_startup >/dev/null 2>&1; then return 0; fi
-    if [ -s "$pidfile" ] && ! node_running "$n" && [ "$relaunches" -lt 3 ]; then
+    if ! node_running "$n" && ! alive "$(cat "$launcher" 2>/dev/null)" && [ "$relaunches" -lt 3 ]; then
       relaunches=$((relaunches + 1))
       log "RabbitMQ node $(node_name "$n") failed to boot; launching it again ($relaunches)"
       cp "$ROOTFS$(node_dir "$n")/console.log" "$ROOTFS$(node_dir "$n")/console.failed.log" || true
