@@ -370,6 +370,18 @@ impl Control {
     }
 }
 
+/// Who may create a missing slot in [`Control::prepare`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SlotCreation {
+    /// `walbox setup`: the user asked for it.
+    Always,
+    /// The first session of `walbox run`: only on a server that was never promoted, since on a
+    /// promoted one a missing slot may be one that a failover lost.
+    UnlessPromoted,
+    /// A running relay reconnecting: the slot it used has vanished.
+    Never,
+}
+
 /// What [`Control::prepare`] found or made.
 #[derive(Clone, Debug)]
 pub(crate) struct Prepared {
@@ -379,10 +391,10 @@ pub(crate) struct Prepared {
 }
 
 impl Control {
-    /// Everything `setup` checks and creates. `create_slot` is false when a running relay
-    /// reconnects: a slot that vanished then must not silently come back, since the events
-    /// committed while it was gone would be skipped.
-    pub(crate) async fn prepare(&self, config: &Config, create_slot: bool) -> Result<Prepared> {
+    /// Everything `setup` checks and creates. `create` says who may make a missing slot: a
+    /// slot that vanished must not silently come back, since the events committed while it
+    /// was gone would be skipped.
+    pub(crate) async fn prepare(&self, config: &Config, create: SlotCreation) -> Result<Prepared> {
         self.check_wal_level().await?;
         self.check_table(config).await?;
         self.check_privileges(&config.table).await?;
@@ -406,7 +418,12 @@ impl Control {
                 }
                 (Ensured::Existed, info)
             }
-            None if create_slot => {
+            None if create != SlotCreation::Never => {
+                if create == SlotCreation::UnlessPromoted
+                    && let Some(error) = Self::refuse_slot_on_promoted_server(config, timeline)
+                {
+                    return Err(error);
+                }
                 self.create_slot(&config.slot).await?;
                 let info = self.slot(&config.slot).await?.ok_or_else(|| {
                     Error::transient("the new replication slot is not visible yet")

@@ -671,6 +671,40 @@ async fn failover_to_an_unsynchronized_standby_stops_with_a_definite_error() {
             .unwrap()
             .get(0);
         assert_eq!(slots, 0, "walbox recreated the slot on the new primary");
+
+        // A walbox started afresh against the promoted server must not make a new slot either:
+        // it cannot know whether one was lost, so only `walbox setup` may create it.
+        let mut fresh = Relay::start("unsynchronized-fresh");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = fresh.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "a fresh walbox runs on a promoted server without its slot:\n{}",
+                fresh.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let log = fresh.log();
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(
+            log.contains("was promoted") && log.contains("walbox setup"),
+            "the error says the server was promoted and what to do:\n{log}"
+        );
+        let slots: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&SLOT],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            slots, 0,
+            "a fresh walbox created the slot on the promoted server"
+        );
     }
 }
 

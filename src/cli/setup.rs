@@ -2,7 +2,7 @@
 //! from where events will be captured. Safe to run again.
 
 use crate::config::Config;
-use crate::control::{Control, Ensured};
+use crate::control::{Control, Ensured, SlotCreation};
 use crate::error::Result;
 use crate::sink::Publisher;
 use crate::sink::amqp::AmqpPublisher;
@@ -10,7 +10,7 @@ use crate::sink::topology::DeclareMode;
 
 pub(crate) async fn setup(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;
-    let prepared = control.prepare(config, true).await?;
+    let prepared = control.prepare(config, SlotCreation::Always).await?;
     println!(
         "wal_level is logical; table {} has every mapped column ({})",
         config.table, config.mapping.columns

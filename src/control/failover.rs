@@ -163,6 +163,31 @@ impl Control {
     }
 }
 
+impl Control {
+    /// `walbox run` found no slot: on a server of timeline above 1 (promoted at some time) that
+    /// may be a slot a failover lost, and making a new one would skip the events committed
+    /// around it without notice, so only `walbox setup` may.
+    pub(super) fn refuse_slot_on_promoted_server(
+        config: &Config,
+        timeline: Option<u32>,
+    ) -> Option<Error> {
+        promoted_without_slot(&config.slot.to_string(), timeline?).map(Error::definite)
+    }
+}
+
+/// Why a first `walbox run` must not create slot `slot` on a server of timeline `now`.
+fn promoted_without_slot(slot: &str, now: u32) -> Option<String> {
+    (now > 1).then(|| {
+        format!(
+            "replication slot {slot} does not exist, and this PostgreSQL server was promoted \
+             at some time (timeline {now}): if a failover lost the slot, a new one would skip \
+             the events committed around it without notice, so `walbox run` does not create \
+             it. If this is walbox's first start on this server, run `walbox setup` (it \
+             creates the slot), then start walbox again. After a failover: {WHAT_TO_DO}"
+        )
+    })
+}
+
 /// Why walbox must stop, if it must: the slot as found on a server of timeline `now`, when it
 /// was last seen on timeline `before` (0: never, e.g. a fresh walbox process).
 fn verdict(slot: &str, before: u32, now: u32, found: Option<&SlotInfo>) -> Option<String> {
@@ -279,6 +304,17 @@ mod tests {
             temporary,
             failover: Some(true),
             synced,
+        }
+    }
+
+    #[test]
+    fn a_first_run_creates_a_slot_only_on_a_server_never_promoted() {
+        assert_eq!(promoted_without_slot("s", 1), None);
+        for now in [2, 7] {
+            let got = promoted_without_slot("s", now).expect("refuses");
+            assert!(got.contains(&format!("timeline {now}")), "{got}");
+            assert!(got.contains("walbox setup"), "{got}");
+            assert!(got.contains("slot s does not exist"), "{got}");
         }
     }
 

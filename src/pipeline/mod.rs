@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::config::{Config, RunConfig};
-use crate::control::{Control, Ensured};
+use crate::control::{Control, Ensured, SlotCreation};
 use crate::error::{Disposition, Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::Publisher;
@@ -207,7 +207,12 @@ async fn session(
     let postgres = |error| Failure::new(Side::Postgres, error);
     let amqp = |error| Failure::new(Side::Amqp, error);
     let control = Control::connect(config).await.map_err(postgres)?;
-    let prepared = control.prepare(config, first).await.map_err(postgres)?;
+    let create = if first {
+        SlotCreation::UnlessPromoted
+    } else {
+        SlotCreation::Never
+    };
+    let prepared = control.prepare(config, create).await.map_err(postgres)?;
     if first {
         if prepared.publication == Ensured::Created {
             info!(publication = %config.publication, table = %config.table, "created publication");
