@@ -158,8 +158,9 @@ async fn fresh_queue(queue: &str) {
 async fn delete_queue(queue: &str) {
     let amqp = connect_any_node().await;
     let channel = amqp.create_channel().await.unwrap();
-    let _ = channel.queue_delete(queue.into(), Default::default()).await;
-    let _ = amqp.close(200, "done".into()).await;
+    let deleting = channel.queue_delete(queue.into(), Default::default());
+    let _ = tokio::time::timeout(Duration::from_secs(30), deleting).await;
+    let _ = tokio::time::timeout(BROKER_CLOSE, amqp.close(200, "done".into())).await;
 }
 
 async fn connect_any_node() -> Connection {
@@ -390,7 +391,12 @@ async fn drain(queue: String, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>
     while !stop.load(Ordering::Relaxed) {
         let url = &urls[node % urls.len()];
         node += 1;
-        let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await else {
+        // Every await on the broker is bounded: a node going down mid-handshake or mid-close
+        // can leave lapin waiting for an answer that never comes (a rolling restart once hung
+        // the drain here, with no socket left open).
+        let connecting = Connection::connect(url, ConnectionProperties::default());
+        let Ok(Ok(connection)) = tokio::time::timeout(Duration::from_secs(5), connecting).await
+        else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -406,7 +412,9 @@ async fn drain(queue: String, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>
                 )
                 .await
         };
-        let Ok(mut consumer) = consumed.await else {
+        let Ok(Ok(mut consumer)) = tokio::time::timeout(Duration::from_secs(5), consumed).await
+        else {
+            let _ = tokio::time::timeout(BROKER_CLOSE, connection.close(200, "done".into())).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
@@ -418,7 +426,11 @@ async fn drain(queue: String, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>
                         commit: commit_lsn(&delivery),
                         at: Instant::now(),
                     });
-                    if delivery.ack(BasicAckOptions::default()).await.is_err() {
+                    let acking = delivery.ack(BasicAckOptions::default());
+                    if !matches!(
+                        tokio::time::timeout(Duration::from_secs(5), acking).await,
+                        Ok(Ok(_))
+                    ) {
                         break;
                     }
                 }
@@ -427,9 +439,12 @@ async fn drain(queue: String, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>
                 Err(_) => {}
             }
         }
-        let _ = connection.close(200, "done".into()).await;
+        let _ = tokio::time::timeout(BROKER_CLOSE, connection.close(200, "done".into())).await;
     }
 }
+
+/// How long the test's own AMQP clients wait for a close to be answered.
+const BROKER_CLOSE: Duration = Duration::from_secs(2);
 
 /// The counts of one round, checked: every row of the final primary's outbox arrived.
 struct Counts {
