@@ -2,8 +2,8 @@
 //! once, in commit order, acknowledged to PostgreSQL only after the broker confirmed them.
 //!
 //! The modules follow the data path: [`source`] reads the slot and [`pgoutput`] decodes it,
-//! [`outbox`] maps rows to messages, [`sink`] publishes and tracks confirms, [`watermark`]
-//! turns confirms into the flush LSN, and [`pipeline`] wires and supervises them.
+//! [`outbox`] maps rows to messages, [`publish`] publishes and tracks confirms, [`watermark`]
+//! turns confirms into the flush LSN, and [`engine`] wires and supervises them.
 //! [`control`] is the control-plane SQL; [`telemetry`] reports what the data path records;
 //! [`config`] and [`cli`] are the edges; [`tls`] is the control connection's TLS client.
 //!
@@ -17,13 +17,13 @@ pub mod cli;
 pub mod config;
 mod control;
 pub mod encode;
+mod engine;
 mod error;
 pub mod lsn;
 pub mod outbox;
 pub mod pgoutput;
-mod pipeline;
+mod publish;
 mod replay;
-mod sink;
 mod source;
 pub mod telemetry;
 mod tls;

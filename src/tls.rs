@@ -3,7 +3,7 @@
 //! connection's verify-ca, see `source::verify_ca`).
 //!
 //! The replication connection (pgwire-replication) and AMQP (lapin) build their own rustls
-//! clients from the same settings; see `source` and `sink`. This one has to be built here
+//! clients from the same settings; see `source` and `publish`. This one has to be built here
 //! because tokio-postgres only knows whether to ask for TLS, not what to check: libpq's
 //! `verify-ca` (the chain, any host name) and `verify-full` (the chain and the host name) are
 //! verifiers below, and `prefer`/`require` accept any certificate, as in libpq.

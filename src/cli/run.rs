@@ -8,8 +8,8 @@ use tracing::{info, warn};
 
 use crate::config::{Config, RunConfig};
 use crate::control::Control;
+use crate::engine;
 use crate::error::{Error, Result};
-use crate::pipeline;
 use crate::replay::bookmark;
 use crate::telemetry::{Telemetry, server, slot_poller};
 
@@ -52,7 +52,7 @@ pub(crate) async fn run(config: &Config, run: &RunConfig) -> Result<()> {
             None
         }
     };
-    let outcome = pipeline::run(config, run, stop_rx, telemetry).await;
+    let outcome = engine::run(config, run, stop_rx, telemetry).await;
     poller.abort();
     if let Some(keeper) = keeper {
         keeper.abort();

@@ -4,9 +4,9 @@
 use crate::config::Config;
 use crate::control::{Control, Ensured, SlotCreation};
 use crate::error::Result;
-use crate::sink::Publisher;
-use crate::sink::amqp::AmqpPublisher;
-use crate::sink::topology::DeclareMode;
+use crate::publish::Publisher;
+use crate::publish::amqp::AmqpPublisher;
+use crate::publish::topology::DeclareMode;
 
 pub(crate) async fn setup(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;

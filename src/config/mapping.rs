@@ -14,7 +14,7 @@ use super::ConfigError;
 use super::preset::Preset;
 use crate::encode::Encoding;
 use crate::outbox::{ColumnMap, Template};
-pub use crate::sink::topology::{DeclareMode, ExchangeSpec, Kind};
+pub use crate::publish::topology::{DeclareMode, ExchangeSpec, Kind};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct MappingArgs {

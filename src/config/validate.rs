@@ -230,7 +230,7 @@ mod tests {
         );
         assert_eq!(
             config.mapping.exchange_spec.mode,
-            crate::sink::topology::DeclareMode::Declare
+            crate::publish::topology::DeclareMode::Declare
         );
     }
 

@@ -5,7 +5,7 @@
 //! Every encoding is one small file behind the [`Encoder`] trait. An encoder sees an
 //! [`Event`] whose templates are already rendered (by the outbox side) and never panics: a
 //! row it cannot encode (a payload that must be JSON and is not) is an [`EncodeError`], which
-//! the pipeline handles as a per-event failure.
+//! the engine handles as a per-event failure.
 
 pub(crate) mod cloudevents;
 pub(crate) mod cloudevents_binary;

@@ -38,7 +38,7 @@ pub(crate) enum Disposition {
     /// Another walbox holds the slot: try again soon, to take over within seconds once it is
     /// released.
     StandBy,
-    /// The broker refused one event: count it against the event (see pipeline/poison.rs).
+    /// The broker refused one event: count it against the event (see engine/poison.rs).
     Poison,
     /// Retrying cannot heal it (a dropped slot, bad credentials, a missing privilege): stop
     /// with a message that names the fix; exit 1.

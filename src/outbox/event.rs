@@ -85,7 +85,7 @@ pub struct OutboxShape {
     headers: Option<Source>,
     created_at: Option<Source>,
     exchange_column: Option<usize>,
-    /// None when the exchange is one fixed name (the sink's default).
+    /// None when the exchange is one fixed name (the publisher's default).
     exchange: Option<ResolvedTemplate>,
     routing_key: ResolvedTemplate,
     /// None: the event type field, if mapped.
@@ -1048,7 +1048,10 @@ mod tests {
             .unwrap();
         assert_eq!(&message.body[..], br#"{"orderId":7}"#);
         assert_eq!(message.routing_key.as_str(), "orders.created");
-        assert_eq!(message.exchange, None, "the fixed exchange is the sink's");
+        assert_eq!(
+            message.exchange, None,
+            "the fixed exchange is the publisher's"
+        );
         assert_eq!(header(&message, "cap-msg-id"), text("1783").as_ref());
         assert_eq!(
             header(&message, "cap-msg-name"),

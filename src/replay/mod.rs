@@ -3,7 +3,7 @@
 //!
 //! A replay streams from a temporary copy of the bookmark slot ([`bookmark`]) made on its own
 //! replication session, through the same session engine as the live relay
-//! ([`crate::pipeline::session`]), with the header `x-replay: true`. What is replay's own is
+//! ([`crate::engine::session`]), with the header `x-replay: true`. What is replay's own is
 //! the preflight checks and a [`Policy`] that applies only the transactions in range and
 //! reports the flush LSN as progress: nothing here acknowledges anything to the live slot or
 //! moves the bookmark. A dry run uses the counting publisher.
@@ -18,13 +18,13 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, ReplayConfig};
 use crate::control::Control;
+use crate::engine::session::{Admit, End, Policy, Session};
+use crate::engine::{Changes, Shutdown};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::pipeline::session::{Admit, End, Policy, Session};
-use crate::pipeline::{Changes, Shutdown};
-use crate::sink::Publisher;
-use crate::sink::amqp::AmqpPublisher;
-use crate::sink::counting::CountingPublisher;
+use crate::publish::Publisher;
+use crate::publish::amqp::AmqpPublisher;
+use crate::publish::counting::CountingPublisher;
 use crate::source::{Change, Source};
 use crate::telemetry::Telemetry;
 

@@ -4,7 +4,7 @@
 //! pgwire-replication frames the stream (Begin, Commit, keepalives) and sends the standby
 //! status updates; everything else arrives as raw pgoutput bytes, decoded here by
 //! [`crate::pgoutput`]. The only position this module ever reports is the one handed to
-//! [`Source::acknowledge`], which the pipeline takes from the watermark.
+//! [`Source::acknowledge`], which the engine takes from the watermark.
 
 mod verify_ca;
 

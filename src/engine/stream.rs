@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::outbox::{OutboxShape, Transaction};
 use crate::pgoutput::Message;
-use crate::sink::Publisher;
-use crate::sink::confirm::{EventRef, Pending, Published};
+use crate::publish::Publisher;
+use crate::publish::confirm::{EventRef, Pending, Published};
 use crate::source::Change;
 use crate::telemetry::{Side, Telemetry};
 

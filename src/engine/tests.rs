@@ -19,8 +19,8 @@ use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
 use crate::pgoutput::{ColumnValue, Insert, Message, Relation, RelationColumn, TupleData};
-use crate::sink::memory::{Broker, MemoryPublisher};
-use crate::sink::{Outcome, Refused};
+use crate::publish::memory::{Broker, MemoryPublisher};
+use crate::publish::{Outcome, Refused};
 use crate::source::Change;
 use crate::telemetry::Telemetry;
 

@@ -18,8 +18,8 @@ use crate::config::{Config, RunConfig};
 use crate::control::{Control, Ensured, SlotCreation};
 use crate::error::{Disposition, Error, Result};
 use crate::lsn::Lsn;
-use crate::sink::Publisher;
-use crate::sink::amqp::AmqpPublisher;
+use crate::publish::Publisher;
+use crate::publish::amqp::AmqpPublisher;
 use crate::source::{Change, Source};
 use crate::telemetry::{RelayState, Side, Telemetry};
 
