@@ -14,47 +14,17 @@ use std::hint::black_box;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use walbox::config::{Mapping, MappingArgs};
+use walbox::config::MappingArgs;
 use walbox::encode::Encoding;
 use walbox::lsn::Lsn;
 use walbox::outbox::{OutboxShape, Transaction};
-use walbox::pgoutput::{self, Message, Relation, RelationColumn};
+use walbox::pgoutput::{self, ColumnValue, Message, Relation, RelationColumn, TupleData};
 
-const RELATION_ID: u32 = 16_385;
-
-/// Type OIDs of the columns of sql/outbox.sql.
-const UUID: u32 = 2950;
-const TEXT: u32 = 25;
-const JSONB: u32 = 3802;
-const TIMESTAMPTZ: u32 = 1184;
-
-/// The Relation of sql/outbox.sql, as walbox would have decoded it.
-fn outbox_relation() -> Relation {
-    let columns = [
-        ("id", UUID),
-        ("aggregate_type", TEXT),
-        ("aggregate_id", TEXT),
-        ("event_type", TEXT),
-        ("payload", JSONB),
-        ("headers", JSONB),
-        ("created_at", TIMESTAMPTZ),
-    ];
-    Relation {
-        relation_id: RELATION_ID,
-        namespace: "public".into(),
-        name: "outbox".into(),
-        replica_identity: b'd',
-        columns: columns
-            .iter()
-            .map(|&(name, type_oid)| RelationColumn {
-                flags: u8::from(name == "id"),
-                name: name.into(),
-                type_oid,
-                type_modifier: -1,
-            })
-            .collect(),
-    }
-}
+/// The Relation of sql/outbox.sql and its relation id, as the unit tests use them.
+#[allow(dead_code)]
+#[path = "../src/pgoutput/fixture.rs"]
+mod fixture;
+use fixture::{RELATION_ID, outbox_relation};
 
 /// A JSON object of exactly `size` bytes (for sizes of at least 40), shaped like jsonb output.
 fn payload(size: usize) -> String {
@@ -113,7 +83,7 @@ fn shape_for(body: Encoding) -> OutboxShape {
         }),
         ..MappingArgs::default()
     };
-    let mapping = Mapping::from_args(&args).expect("mapping");
+    let mapping = args.mapping().expect("mapping");
     OutboxShape::from_relation(&outbox_relation(), &mapping).expect("outbox shape")
 }
 

@@ -6,7 +6,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory};
 
 use crate::config::file::{Parsed, value_source};
-use crate::config::mapping::{self, Mapping, MappingArgs};
+use crate::config::mapping::{self, MappingArgs};
 use crate::config::{Cli, Config, ConfigError, RunArgs, RunConfig, redact_url};
 
 /// Validate, then print. A configuration that does not validate is an error naming the
@@ -22,7 +22,7 @@ pub(crate) fn check(parsed: &Parsed, run: &RunArgs) -> Result<(), ConfigError> {
 /// The mapping settings nobody gave (flag, environment, file): what the preset or the
 /// built-in default makes them, so a preset's expansion is visible.
 fn implied_mapping(args: &MappingArgs) -> String {
-    Mapping::implied(args)
+    args.implied()
         .into_iter()
         .map(|(flag, value, source)| {
             let source = match source {

@@ -43,7 +43,7 @@ pub(crate) async fn setup(config: &Config) -> Result<()> {
     publisher.close().await;
     let node = AmqpPublisher::node(config);
     let mapping = &config.mapping;
-    let spec = mapping.exchange_spec;
+    let spec = config.exchange_spec;
     match (mapping.exchange.as_constant(), spec.mode) {
         (Some(""), _) => println!(
             "exchange: the default exchange (routing key = queue name) at {}",

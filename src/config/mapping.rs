@@ -1,10 +1,11 @@
 //! The flags that decide what a row becomes on the wire (#11): preset, column map, exchange
 //! and its topology, routing key, message type, headers, body encoding, CloudEvents
-//! attributes. [`MappingArgs`] is flattened into the common arguments; [`Mapping::from_args`]
-//! validates them into one [`Mapping`].
+//! attributes. [`MappingArgs`] is flattened into the common arguments;
+//! [`MappingArgs::mapping`] validates them into the outbox's [`Mapping`] and
+//! [`MappingArgs::exchange_spec`] into how the exchange is declared.
 //!
 //! Each setting is resolved in this order: flag > environment > file (all three by clap) >
-//! `--preset` > built-in default. [`Mapping::sources`] says which one gave each value, for
+//! `--preset` > built-in default. [`MappingArgs::implied`] says which one gave each value, for
 //! `walbox config check`.
 
 use clap::Args;
@@ -13,7 +14,7 @@ use lapin::types::ShortString;
 use super::ConfigError;
 use super::preset::Preset;
 use crate::encode::Encoding;
-use crate::outbox::{ColumnMap, Template};
+use crate::outbox::{ColumnMap, Mapping, Template};
 pub use crate::publish::topology::{DeclareMode, ExchangeSpec, Kind};
 
 #[derive(Debug, Clone, Default, Args)]
@@ -107,26 +108,6 @@ pub enum Source {
     Default,
 }
 
-/// What rows become on the wire, validated.
-#[derive(Clone, Debug)]
-pub struct Mapping {
-    pub preset: Option<Preset>,
-    pub columns: ColumnMap,
-    pub exchange: Template,
-    pub exchange_spec: ExchangeSpec,
-    pub routing_key: Template,
-    /// None: the event type, when the table has an event type column (the default).
-    pub message_type: Option<Template>,
-    /// Header name and value template, in order.
-    pub headers: Vec<(ShortString, Template)>,
-    pub body: Encoding,
-    /// Set exactly when `body` is Template.
-    pub body_template: Option<Template>,
-    pub ce_source: Template,
-    pub ce_type: Template,
-    pub walbox_headers: bool,
-}
-
 impl MappingArgs {
     /// The value given for `flag` by flag, environment or file.
     fn given(&self, flag: &str) -> Option<String> {
@@ -167,12 +148,11 @@ impl MappingArgs {
             .unwrap_or_default();
         (default.to_owned(), Source::Default)
     }
-}
 
-impl Mapping {
-    pub fn from_args(args: &MappingArgs) -> Result<Self, ConfigError> {
-        if args.no_declare
-            && let Some(mode) = args.exchange_declare
+    /// How the exchange is declared (`--exchange-kind`, `--exchange-durable`, ...).
+    pub fn exchange_spec(&self) -> Result<ExchangeSpec, ConfigError> {
+        if self.no_declare
+            && let Some(mode) = self.exchange_declare
             && mode != DeclareMode::None
         {
             return Err(ConfigError(format!(
@@ -180,7 +160,18 @@ impl Mapping {
                 mode.name()
             )));
         }
-        let value = |flag: &str| args.resolve(flag).0;
+        let value = |flag: &str| self.resolve(flag).0;
+        Ok(ExchangeSpec {
+            kind: parse_enum("exchange-kind", &value("exchange-kind"))?,
+            durable: parse_bool("exchange-durable", &value("exchange-durable"))?,
+            auto_delete: parse_bool("exchange-auto-delete", &value("exchange-auto-delete"))?,
+            mode: parse_enum("exchange-declare", &value("exchange-declare"))?,
+        })
+    }
+
+    /// What rows become on the wire.
+    pub fn mapping(&self) -> Result<Mapping, ConfigError> {
+        let value = |flag: &str| self.resolve(flag).0;
         let template = |flag: &str| {
             Template::parse(&value(flag)).map_err(|error| ConfigError(format!("--{flag}: {error}")))
         };
@@ -190,14 +181,8 @@ impl Mapping {
         if exchange.as_constant().is_some_and(|name| name.len() > 255) {
             return Err(ConfigError("--exchange is longer than 255 bytes".into()));
         }
-        let exchange_spec = ExchangeSpec {
-            kind: parse_enum("exchange-kind", &value("exchange-kind"))?,
-            durable: parse_bool("exchange-durable", &value("exchange-durable"))?,
-            auto_delete: parse_bool("exchange-auto-delete", &value("exchange-auto-delete"))?,
-            mode: parse_enum("exchange-declare", &value("exchange-declare"))?,
-        };
         let body: Encoding = parse_enum("body", &value("body"))?;
-        let body_template = match (body, &args.body_template) {
+        let body_template = match (body, &self.body_template) {
             (Encoding::Template, Some(text)) => Some(
                 Template::parse_json(text)
                     .map_err(|error| ConfigError(format!("--body-template: {error}")))?,
@@ -218,36 +203,34 @@ impl Mapping {
             (_, None) => None,
         };
         Ok(Mapping {
-            preset: args.preset,
             columns,
             exchange,
-            exchange_spec,
             routing_key: template("routing-key")?,
-            message_type: match args.resolve("message-type") {
+            message_type: match self.resolve("message-type") {
                 (_, Source::Default) => None,
                 _ => Some(template("message-type")?),
             },
-            headers: headers(args)?,
+            headers: headers(self)?,
             body,
             body_template,
             ce_source: template("ce-source")?,
             ce_type: template("ce-type")?,
-            walbox_headers: !args.no_walbox_headers,
+            walbox_headers: !self.no_walbox_headers,
         })
     }
 
     /// Every setting a preset or a default decided, with its value, for `walbox config
     /// check` (the ones given by flag, environment or file it prints itself).
-    pub fn implied(args: &MappingArgs) -> Vec<(String, String, Source)> {
+    pub fn implied(&self) -> Vec<(String, String, Source)> {
         let mut implied: Vec<(String, String, Source)> = DEFAULTS
             .iter()
-            .map(|(flag, _)| (*flag, args.resolve(flag)))
+            .map(|(flag, _)| (*flag, self.resolve(flag)))
             .filter(|(_, (_, source))| *source != Source::Given)
             .map(|(flag, (value, source))| (flag.to_owned(), value, source))
             .collect();
-        if let Some(preset) = args.preset {
+        if let Some(preset) = self.preset {
             for (name, template) in preset_headers(preset) {
-                if !args
+                if !self
                     .header
                     .iter()
                     .any(|given| header_name(given) == Some(name))
@@ -261,11 +244,6 @@ impl Mapping {
             }
         }
         implied
-    }
-
-    /// The exchange's template text (a fixed name, or a per-row template), for log lines.
-    pub fn exchange_text(&self) -> String {
-        self.exchange.to_string()
     }
 }
 
@@ -345,18 +323,26 @@ mod tests {
         mapping: MappingArgs,
     }
 
-    fn mapping(argv: &[&str]) -> Result<Mapping, ConfigError> {
+    fn args(argv: &[&str]) -> Result<MappingArgs, ConfigError> {
         let mut all = vec!["test"];
         all.extend_from_slice(argv);
         let test = Test::try_parse_from(all).map_err(|error| ConfigError(error.to_string()))?;
-        Mapping::from_args(&test.mapping)
+        Ok(test.mapping)
+    }
+
+    fn mapping(argv: &[&str]) -> Result<Mapping, ConfigError> {
+        args(argv)?.mapping()
+    }
+
+    fn spec(argv: &[&str]) -> Result<ExchangeSpec, ConfigError> {
+        args(argv)?.exchange_spec()
     }
 
     #[test]
     fn defaults_are_walboxs_own_contract() {
         let mapping = mapping(&[]).unwrap();
         assert_eq!(mapping.exchange.as_constant(), Some("outbox"));
-        assert_eq!(mapping.exchange_spec, ExchangeSpec::DURABLE_TOPIC);
+        assert_eq!(spec(&[]).unwrap(), ExchangeSpec::DURABLE_TOPIC);
         assert_eq!(
             mapping.routing_key.to_string(),
             "{aggregate_type}.{event_type}"
@@ -370,25 +356,29 @@ mod tests {
     fn a_preset_sets_values_and_given_flags_override_them() {
         let eshop = mapping(&["--preset", "eshop"]).unwrap();
         assert_eq!(eshop.exchange.as_constant(), Some("eshop_event_bus"));
-        assert_eq!(eshop.exchange_spec.kind, Kind::Direct);
-        assert!(!eshop.exchange_spec.durable);
+        let eshop_spec = spec(&["--preset", "eshop"]).unwrap();
+        assert_eq!(eshop_spec.kind, Kind::Direct);
+        assert!(!eshop_spec.durable);
         assert_eq!(eshop.routing_key.to_string(), "{event_type|short}");
         assert_eq!(
             eshop.columns.column(Field::Id).map(ToString::to_string),
             Some("EventId".into())
         );
-        let overridden = mapping(&[
+        let overridden = [
             "--exchange",
             "mine",
             "--preset",
             "eshop",
             "--exchange-durable",
             "true",
-        ])
-        .unwrap();
-        assert_eq!(overridden.exchange.as_constant(), Some("mine"));
-        assert!(overridden.exchange_spec.durable);
-        assert_eq!(overridden.exchange_spec.kind, Kind::Direct);
+        ];
+        assert_eq!(
+            mapping(&overridden).unwrap().exchange.as_constant(),
+            Some("mine")
+        );
+        let overridden = spec(&overridden).unwrap();
+        assert!(overridden.durable);
+        assert_eq!(overridden.kind, Kind::Direct);
     }
 
     #[test]
@@ -427,6 +417,7 @@ mod tests {
             "cloudevents",
         ] {
             mapping(&["--preset", preset]).unwrap_or_else(|error| panic!("{preset}: {error}"));
+            spec(&["--preset", preset]).unwrap_or_else(|error| panic!("{preset}: {error}"));
         }
     }
 
@@ -441,20 +432,20 @@ mod tests {
             &["--no-declare", "--exchange-declare", "passive"],
             &["--columns", "payload="],
         ] {
-            assert!(mapping(bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                mapping(bad).is_err() || spec(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
-        assert!(mapping(&["--exchange-kind", "x-delayed"]).is_err());
-        assert_eq!(
-            mapping(&["--no-declare"]).unwrap().exchange_spec.mode,
-            DeclareMode::None
-        );
+        assert!(spec(&["--exchange-kind", "x-delayed"]).is_err());
+        assert_eq!(spec(&["--no-declare"]).unwrap().mode, DeclareMode::None);
     }
 
     #[test]
     fn implied_names_the_preset() {
         let test =
             Test::try_parse_from(["test", "--preset", "nservicebus", "--exchange", "x"]).unwrap();
-        let implied = Mapping::implied(&test.mapping);
+        let implied = test.mapping.implied();
         assert!(!implied.iter().any(|(flag, _, _)| flag == "exchange"));
         assert!(implied.contains(&(
             "exchange-kind".into(),
@@ -467,5 +458,142 @@ mod tests {
             Source::Preset(Preset::NServiceBus)
         )));
         assert!(implied.contains(&("ce-source".into(), "walbox".into(), Source::Default)));
+    }
+
+    /// A preset's mapping applied to a row of its framework's table.
+    mod presets {
+        use lapin::types::AMQPValue;
+
+        use super::*;
+        use crate::lsn::Lsn;
+        use crate::outbox::event::EventError;
+        use crate::outbox::{OutboxMessage, OutboxShape, Transaction};
+        use crate::pgoutput::Relation;
+        use crate::pgoutput::fixture::{oid, relation, row};
+
+        const TRANSACTION: Transaction = Transaction {
+            xid: 742,
+            commit_lsn: Lsn(0x16B3748),
+            commit_time_micros: 1_000_000,
+        };
+
+        const ORDER_CREATED: &str = "Shop.Orders.OrderCreated";
+
+        fn shape_with(relation: &Relation, argv: &[&str]) -> OutboxShape {
+            OutboxShape::from_relation(relation, &mapping(argv).unwrap()).unwrap()
+        }
+
+        fn header<'m>(message: &'m OutboxMessage, name: &str) -> Option<&'m AMQPValue> {
+            message.properties.headers().as_ref()?.inner().get(name)
+        }
+
+        fn text(value: &str) -> Option<AMQPValue> {
+            Some(AMQPValue::LongString(value.into()))
+        }
+
+        #[test]
+        fn cap_takes_body_and_headers_from_inside_the_content_column() {
+            let table = relation(&[
+                ("Id", 20),
+                ("Version", oid::VARCHAR),
+                ("Name", oid::VARCHAR),
+                ("Content", oid::TEXT),
+                ("Retries", 23),
+                ("Added", 1114),
+                ("ExpiresAt", 1114),
+                ("StatusName", oid::VARCHAR),
+            ]);
+            let shape = shape_with(&table, &["--preset", "cap"]);
+            let content = r#"{"Headers":{"cap-msg-id":"1783","cap-msg-name":"orders.created","cap-msg-type":"Shop.Orders.OrderCreated","cap-senttime":"2026-11-22 14:59:17 +00:00"},"Value":{"orderId":7}}"#;
+            let message = shape
+                .message(
+                    &row(&[
+                        Some("1783"),
+                        Some("v1"),
+                        Some("orders.created"),
+                        Some(content),
+                        Some("0"),
+                        Some("2026-11-22 14:59:17"),
+                        None,
+                        Some("Scheduled"),
+                    ]),
+                    &TRANSACTION,
+                    0,
+                    &mut String::new(),
+                )
+                .unwrap();
+            assert_eq!(&message.body[..], br#"{"orderId":7}"#);
+            assert_eq!(message.routing_key.as_str(), "orders.created");
+            assert_eq!(
+                message.exchange, None,
+                "the fixed exchange is the publisher's"
+            );
+            assert_eq!(header(&message, "cap-msg-id"), text("1783").as_ref());
+            assert_eq!(
+                header(&message, "cap-msg-name"),
+                text("orders.created").as_ref()
+            );
+            assert_eq!(message.id, "1783");
+            // Content that is not JSON cannot be read through a path: a per-event error.
+            let broken = shape.message(
+                &row(&[
+                    Some("1"),
+                    None,
+                    Some("n"),
+                    Some("oops"),
+                    None,
+                    None,
+                    None,
+                    None,
+                ]),
+                &TRANSACTION,
+                0,
+                &mut String::new(),
+            );
+            assert!(matches!(broken, Err(EventError::NotJson(_))));
+        }
+
+        #[test]
+        fn per_type_exchanges_and_framework_headers_render_per_row() {
+            let table = relation(&[
+                ("id", 2950),
+                ("event_type", oid::TEXT),
+                ("payload", oid::JSONB),
+            ]);
+            let shape = shape_with(
+                &table,
+                &[
+                    "--preset",
+                    "nservicebus",
+                    "--columns",
+                    "aggregate_type=,aggregate_id=",
+                ],
+            );
+            let message = shape
+                .message(
+                    &row(&[Some("9"), Some(ORDER_CREATED), Some("{}")]),
+                    &TRANSACTION,
+                    0,
+                    &mut String::new(),
+                )
+                .unwrap();
+            assert_eq!(
+                message.exchange.as_ref().map(ShortString::as_str),
+                Some("Shop.Orders:OrderCreated")
+            );
+            assert_eq!(message.routing_key.as_str(), "");
+            assert_eq!(
+                header(&message, "NServiceBus.EnclosedMessageTypes"),
+                text(ORDER_CREATED).as_ref()
+            );
+            assert_eq!(
+                header(&message, "NServiceBus.MessageId"),
+                text("9").as_ref()
+            );
+            assert_eq!(
+                message.properties.kind().as_ref().map(ShortString::as_str),
+                Some(ORDER_CREATED)
+            );
+        }
     }
 }

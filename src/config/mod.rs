@@ -27,7 +27,7 @@ mod validate;
 pub use args::{
     Cli, Command, CommonArgs, ConfigCommand, LogFormat, ReplayArgs, RunArgs, StatusArgs,
 };
-pub use mapping::{Mapping, MappingArgs};
+pub use mapping::MappingArgs;
 pub(crate) use names::{Identifier, TableName, bookmark_name, copy_name};
 pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};
 pub(crate) use replay::{ReplayConfig, ReplayWindow};

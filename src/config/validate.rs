@@ -9,12 +9,13 @@ use std::time::Duration;
 use super::ConfigError;
 use super::amqp_urls::AmqpUrls;
 use super::args::{CommonArgs, ReplayArgs, RunArgs};
-use super::mapping::Mapping;
+use super::mapping::ExchangeSpec;
 use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
 use super::postgres::{self, PostgresTls};
 use super::replay::{ReplayConfig, ReplayWindow};
 use super::secrets::{CaFile, Secret, SecretUrl, redact_url};
 use crate::lsn::Lsn;
+use crate::outbox::Mapping;
 
 /// Everything a subcommand needs, validated.
 #[derive(Clone, Debug)]
@@ -33,6 +34,8 @@ pub(crate) struct Config {
     pub(crate) table: TableName,
     /// What rows become on the wire (#11's flags).
     pub(crate) mapping: Mapping,
+    /// How the exchange is declared.
+    pub(crate) exchange_spec: ExchangeSpec,
     pub(crate) max_in_flight: usize,
 }
 
@@ -88,7 +91,8 @@ impl Config {
                  letters, digits and underscores"
             )));
         }
-        let mapping = Mapping::from_args(&args.mapping)?;
+        let mapping = args.mapping.mapping()?;
+        let exchange_spec = args.mapping.exchange_spec()?;
         Ok(Config {
             postgres_url: SecretUrl::new(args.postgres_url.clone()),
             postgres,
@@ -100,6 +104,7 @@ impl Config {
             publication: Identifier::new("--publication", &args.publication)?,
             table: TableName::parse(&args.table)?,
             mapping,
+            exchange_spec,
             max_in_flight: args.max_in_flight as usize,
         })
     }
@@ -229,7 +234,7 @@ mod tests {
             "{aggregate_type}.{event_type}"
         );
         assert_eq!(
-            config.mapping.exchange_spec.mode,
+            config.exchange_spec.mode,
             crate::publish::topology::DeclareMode::Declare
         );
     }

@@ -244,7 +244,7 @@ async fn session(
     let publisher = AmqpPublisher::connect(config).await.map_err(amqp)?;
     if let Some(dead_letter_exchange) = &run.dead_letter_exchange {
         publisher
-            .declare_dead_letter(dead_letter_exchange, config.mapping.exchange_spec.mode)
+            .declare_dead_letter(dead_letter_exchange, config.exchange_spec.mode)
             .await
             .map_err(amqp)?;
     }

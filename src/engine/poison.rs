@@ -19,15 +19,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::json;
 use tracing::{error, warn};
 
 use crate::error::Refusal;
 use crate::lsn::Lsn;
-use crate::outbox::event::PERSISTENT;
-use crate::outbox::{OutboxMessage, Transaction};
+use crate::outbox::{OutboxMessage, Transaction, contract, headers};
 use crate::telemetry::RelayState;
 
 /// Payloads up to this size are copied into the dead-letter record; larger ones are left out
@@ -248,8 +246,15 @@ impl DeadLetter {
     }
 
     /// The record published instead of `event`: a small JSON document saying what the event
-    /// was and why the broker refused it; persistent, with the event's id as message id so
-    /// consumers can deduplicate it like any event.
+    /// was and why the broker refused it, under the same message contract as every event
+    /// (built by [`contract`]): persistent, the event's message id (consumers deduplicate it
+    /// like any event) and timestamp, `app_id`, and walbox's own headers (`x-commit-lsn`,
+    /// `x-xid`, `x-aggregate-*`, `x-replay`) as the event had them. Its content type and type
+    /// are the record's own (`application/json`, `walbox.dead_letter`); the event's, its
+    /// exchange and routing key, and the reason travel in `x-original-*` and
+    /// `x-dead-letter-reason` headers. The event's other headers (its headers column,
+    /// `--header`, the body encoding's) go as one JSON object in `x-original-headers`, not as
+    /// headers: one of them may be what the broker refused.
     pub(crate) fn record(
         &self,
         event: &OutboxMessage,
@@ -280,27 +285,48 @@ impl DeadLetter {
                 Err(_) => record["payload_hex"] = json!(hex(&event.body)),
             }
         }
+
         let mut headers = FieldTable::default();
-        headers.insert(
-            "x-commit-lsn".into(),
-            AMQPValue::LongString(LongString::from(transaction.commit_lsn.to_string())),
-        );
-        headers.insert(
-            "x-xid".into(),
-            AMQPValue::LongLongInt(i64::from(transaction.xid)),
-        );
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into())
-            .with_type("walbox.dead_letter".into())
-            .with_app_id("walbox".into())
-            .with_headers(headers);
-        if let Some(id) = event.properties.message_id() {
-            properties = properties.with_message_id(id.clone());
+        let mut others = FieldTable::default();
+        if let Some(event_headers) = event.properties.headers() {
+            for (name, value) in event_headers {
+                let table = match contract::WALBOX_HEADERS.contains(&name.as_str()) {
+                    true => &mut headers,
+                    false => &mut others,
+                };
+                table.insert(name.clone(), value.clone());
+            }
         }
-        if let Some(timestamp) = event.properties.timestamp() {
-            properties = properties.with_timestamp(*timestamp);
+        // Even with --no-walbox-headers: the record says where its event stands in the WAL.
+        contract::add_position_headers(&mut headers, transaction);
+        let mut own = |name: &str, value: &str| {
+            headers.insert(
+                name.into(),
+                AMQPValue::LongString(LongString::from(value.as_bytes())),
+            );
+        };
+        own("x-dead-letter-reason", &self.reason);
+        own("x-original-exchange", exchange);
+        own("x-original-routing-key", event.routing_key.as_str());
+        if let Some(kind) = event_type {
+            own("x-original-type", kind);
         }
+        if let Some(content_type) = event.properties.content_type() {
+            own("x-original-content-type", content_type.as_str());
+        }
+        if !others.inner().is_empty() {
+            own("x-original-headers", &headers::to_json(&others).to_string());
+        }
+        let properties = contract::Properties {
+            message_id: event.properties.message_id().clone(),
+            content_type: Some("application/json".into()),
+            timestamp: event
+                .properties
+                .timestamp()
+                .unwrap_or_else(|| contract::commit_timestamp(transaction)),
+            message_type: Some("walbox.dead_letter".into()),
+        }
+        .build(headers);
         OutboxMessage {
             exchange: Some(ShortString::from(self.exchange.as_str())),
             routing_key: event.routing_key.clone(),
@@ -323,7 +349,11 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use lapin::BasicProperties;
+
     use super::*;
+    use crate::outbox::{Mapping, OutboxShape};
+    use crate::pgoutput::fixture::{outbox_relation, row};
 
     fn refusal(id: &str, commit: u64) -> Refusal {
         Refusal {
@@ -500,5 +530,190 @@ mod tests {
         assert_eq!(body["payload_included"], false);
         assert!(body.get("payload").is_none());
         assert_eq!(body["payload_size"], 10);
+    }
+
+    /// An event as walbox builds it from a row of sql/outbox.sql (headers column, every
+    /// walbox header), sent again by `walbox replay`.
+    fn event(transaction: &Transaction) -> OutboxMessage {
+        let shape = OutboxShape::from_relation(
+            &outbox_relation(),
+            &Mapping::with_columns("", "{aggregate_type}.{event_type}"),
+        )
+        .unwrap();
+        let mut event = shape
+            .message(
+                &row(&[
+                    Some("6f1c0d3e-0000-4000-8000-000000000001"),
+                    Some("order"),
+                    Some("o-17"),
+                    Some("created"),
+                    Some(r#"{"total": 12}"#),
+                    Some(r#"{"CC": "oops", "trace": "t1", "n": 3}"#),
+                    Some("2026-11-22 14:59:17.5+00"),
+                ]),
+                transaction,
+                0,
+                &mut String::new(),
+            )
+            .unwrap();
+        event.mark_replayed();
+        event
+    }
+
+    fn text(value: &str) -> AMQPValue {
+        AMQPValue::LongString(value.into())
+    }
+
+    #[test]
+    fn the_record_carries_every_property_and_header_of_the_event() {
+        let transaction = Transaction {
+            xid: 742,
+            commit_lsn: Lsn(0x16B3748),
+            commit_time_micros: 1_000_000,
+        };
+        let event = event(&transaction);
+        let plan = DeadLetter {
+            event_id: event.id.clone(),
+            commit_lsn: transaction.commit_lsn,
+            reason: "PRECONDITION_FAILED - invalid message".into(),
+            failures: 3,
+            exchange: "dlx".into(),
+            include_payload: true,
+        };
+        let record = plan.record(&event, &transaction, "outbox");
+        let (ours, theirs) = (&record.properties, &event.properties);
+
+        // The contract's properties: the same values as the event's...
+        assert_eq!(ours.message_id(), theirs.message_id());
+        assert_eq!(ours.timestamp(), theirs.timestamp());
+        assert_eq!(ours.delivery_mode(), theirs.delivery_mode());
+        assert_eq!(ours.app_id(), theirs.app_id());
+        // ...but content type and type are the record's, the event's in x-original-*.
+        assert_eq!(
+            ours.content_type().as_ref().map(ShortString::as_str),
+            Some("application/json")
+        );
+        assert_eq!(
+            ours.kind().as_ref().map(ShortString::as_str),
+            Some("walbox.dead_letter")
+        );
+        // No property of the event is missing from the record.
+        let set = |p: &BasicProperties| {
+            [
+                p.content_type().is_some(),
+                p.content_encoding().is_some(),
+                p.headers().is_some(),
+                p.delivery_mode().is_some(),
+                p.priority().is_some(),
+                p.correlation_id().is_some(),
+                p.reply_to().is_some(),
+                p.expiration().is_some(),
+                p.message_id().is_some(),
+                p.timestamp().is_some(),
+                p.kind().is_some(),
+                p.user_id().is_some(),
+                p.app_id().is_some(),
+                p.cluster_id().is_some(),
+            ]
+        };
+        for (index, (record_has, event_has)) in set(ours).into_iter().zip(set(theirs)).enumerate() {
+            assert!(
+                record_has || !event_has,
+                "property #{index} of the event is missing"
+            );
+        }
+
+        let headers = ours.headers().as_ref().unwrap().inner();
+        let event_headers = theirs.headers().as_ref().unwrap().inner();
+        // walbox's own headers, as the event had them.
+        for name in contract::WALBOX_HEADERS {
+            assert!(event_headers.contains_key(name), "the event lacks {name}");
+            assert_eq!(headers.get(name), event_headers.get(name), "{name}");
+        }
+        // Every other header of the event, as JSON text (CC is one the broker refuses).
+        let originals: serde_json::Value = match headers.get("x-original-headers") {
+            Some(AMQPValue::LongString(text)) => serde_json::from_slice(text.as_bytes()).unwrap(),
+            other => panic!("x-original-headers is {other:?}"),
+        };
+        assert_eq!(
+            originals,
+            json!({"CC": "oops", "trace": "t1", "n": 3}),
+            "the event's other headers"
+        );
+        assert!(
+            !headers.contains_key("CC"),
+            "a refused header is not sent again"
+        );
+        for name in event_headers.keys() {
+            assert!(
+                headers.contains_key(name) || originals.get(name.as_str()).is_some(),
+                "header {name} of the event is missing"
+            );
+        }
+        // The record's own headers.
+        assert_eq!(
+            headers.get("x-dead-letter-reason"),
+            Some(&text("PRECONDITION_FAILED - invalid message"))
+        );
+        assert_eq!(headers.get("x-original-exchange"), Some(&text("outbox")));
+        assert_eq!(
+            headers.get("x-original-routing-key"),
+            Some(&text("order.created"))
+        );
+        assert_eq!(headers.get("x-original-type"), Some(&text("created")));
+        assert_eq!(
+            headers.get("x-original-content-type"),
+            Some(&text("application/json"))
+        );
+    }
+
+    #[test]
+    fn the_record_of_an_unencodable_row_carries_the_contract_too() {
+        let transaction = Transaction {
+            xid: 9,
+            commit_lsn: Lsn(0x100),
+            commit_time_micros: 1_000_000,
+        };
+        let shape = OutboxShape::from_relation(
+            &outbox_relation(),
+            &Mapping::with_columns("", "{aggregate_type}.{event_type}"),
+        )
+        .unwrap();
+        let event = shape.fallback(
+            &row(&[
+                None,
+                Some("order"),
+                Some("o-1"),
+                Some("created"),
+                Some("{}"),
+                None,
+                None,
+            ]),
+            &transaction,
+            4,
+        );
+        let plan = DeadLetter {
+            event_id: event.id.clone(),
+            commit_lsn: transaction.commit_lsn,
+            reason: "the row cannot become a message".into(),
+            failures: 0,
+            exchange: "dlx".into(),
+            include_payload: true,
+        };
+        let record = plan.record(&event, &transaction, "outbox");
+        let properties = &record.properties;
+        assert_eq!(properties.message_id(), event.properties.message_id());
+        assert!(properties.message_id().is_some(), "the WAL-position id");
+        assert_eq!(properties.delivery_mode(), &Some(contract::PERSISTENT));
+        assert_eq!(
+            properties.timestamp(),
+            &Some(946_684_801),
+            "the commit time"
+        );
+        let headers = properties.headers().as_ref().unwrap().inner();
+        assert_eq!(headers.get("x-commit-lsn"), Some(&text("0/100")));
+        assert_eq!(headers.get("x-xid"), Some(&AMQPValue::LongLongInt(9)));
+        assert_eq!(headers.get("x-aggregate-type"), Some(&text("order")));
+        assert_eq!(headers.get("x-aggregate-id"), Some(&text("o-1")));
     }
 }

@@ -6,7 +6,6 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use clap::Parser;
 use proptest::prelude::*;
 use tokio::sync::{Semaphore, watch};
@@ -18,13 +17,12 @@ use crate::config::{Cli, Command, Config};
 use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
-use crate::pgoutput::{ColumnValue, Insert, Message, Relation, RelationColumn, TupleData};
+use crate::pgoutput::fixture::{RELATION_ID, outbox_relation, row};
+use crate::pgoutput::{Insert, Message};
 use crate::publish::memory::{Broker, MemoryPublisher};
 use crate::publish::{Outcome, Refused};
 use crate::source::Change;
 use crate::telemetry::Telemetry;
-
-const RELATION_ID: u32 = 16_384;
 
 fn config() -> Config {
     let Command::Run(run) = Cli::try_parse_from(["walbox", "run"]).unwrap().command else {
@@ -33,48 +31,18 @@ fn config() -> Config {
     Config::from_args(&run.common).unwrap()
 }
 
-fn relation() -> Relation {
-    let columns = [
-        ("id", 2950),
-        ("aggregate_type", 25),
-        ("aggregate_id", 25),
-        ("event_type", 25),
-        ("payload", 3802),
-        ("headers", 3802),
-        ("created_at", 1184),
-    ];
-    Relation {
-        relation_id: RELATION_ID,
-        namespace: "public".into(),
-        name: "outbox".into(),
-        replica_identity: b'd',
-        columns: columns
-            .iter()
-            .map(|&(name, type_oid)| RelationColumn {
-                flags: u8::from(name == "id"),
-                name: name.into(),
-                type_oid,
-                type_modifier: -1,
-            })
-            .collect(),
-    }
-}
-
 fn insert(id: &str) -> Change {
-    let text = |value: &str| ColumnValue::Text(Bytes::from(value.to_owned()));
     Change::Message(Message::Insert(Insert {
         relation_id: RELATION_ID,
-        new_tuple: TupleData {
-            columns: vec![
-                text(id),
-                text("order"),
-                text("o-1"),
-                text("created"),
-                text(r#"{"n": 1}"#),
-                ColumnValue::Null,
-                text("2026-12-02 10:00:00+00"),
-            ],
-        },
+        new_tuple: row(&[
+            Some(id),
+            Some("order"),
+            Some("o-1"),
+            Some("created"),
+            Some(r#"{"n": 1}"#),
+            None,
+            Some("2026-12-02 10:00:00+00"),
+        ]),
     }))
 }
 
@@ -170,7 +138,7 @@ fn script(transactions: &[(usize, bool)], broker: &Broker) -> Script {
             commit_time_micros: 0,
         }));
         if number == 0 {
-            changes.push_back(Change::Message(Message::Relation(relation())));
+            changes.push_back(Change::Message(Message::Relation(outbox_relation())));
         }
         for index in 0..size {
             let id = format!("{number}-{index}");

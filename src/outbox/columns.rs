@@ -80,95 +80,36 @@ pub enum Origin {
     Explicit,
 }
 
-/// A table preset: a name and the columns of its fields.
-struct TablePreset {
-    name: &'static str,
-    columns: &'static [(Field, &'static str)],
-    /// Fields used only when the table has their column.
-    optional: &'static [Field],
-}
-
-/// The tables walbox knows by name. Column names are as the framework's ORM creates them on
-/// PostgreSQL (EF Core on Npgsql keeps PascalCase names, quoted).
-const TABLE_PRESETS: &[TablePreset] = &[
-    TablePreset {
-        name: "outbox",
-        columns: &[
-            (Field::Id, "id"),
-            (Field::AggregateType, "aggregate_type"),
-            (Field::AggregateId, "aggregate_id"),
-            (Field::EventType, "event_type"),
-            (Field::Payload, "payload"),
-            (Field::Headers, "headers"),
-            (Field::CreatedAt, "created_at"),
-            (Field::Exchange, "exchange"),
-        ],
-        optional: &[Field::Headers, Field::CreatedAt, Field::Exchange],
-    },
-    // Debezium's Outbox Event Router table.
-    TablePreset {
-        name: "debezium",
-        columns: &[
-            (Field::Id, "id"),
-            (Field::AggregateType, "aggregatetype"),
-            (Field::AggregateId, "aggregateid"),
-            (Field::EventType, "type"),
-            (Field::Payload, "payload"),
-        ],
-        optional: &[],
-    },
-    // The EF Core interceptor outbox: "OutBoxMessages"("Id", "OccurredOnUtc", "Type",
-    // "Content", "ProcessedOnUtc").
-    TablePreset {
-        name: "outbox-messages",
-        columns: &[
-            (Field::Id, "Id"),
-            (Field::EventType, "Type"),
-            (Field::Payload, "Content"),
-            (Field::CreatedAt, "OccurredOnUtc"),
-        ],
-        optional: &[],
-    },
-    // eShop's IntegrationEventLog: "EventId", "EventTypeName", "Content", "CreationTime".
-    TablePreset {
-        name: "eshop",
-        columns: &[
-            (Field::Id, "EventId"),
-            (Field::EventType, "EventTypeName"),
-            (Field::Payload, "Content"),
-            (Field::CreatedAt, "CreationTime"),
-        ],
-        optional: &[],
-    },
-    // MASA Framework's IntegrationEventLog: primary key "Id" is per row; the event's own id is
-    // "EventId".
-    TablePreset {
-        name: "masa",
-        columns: &[
-            (Field::Id, "EventId"),
-            (Field::EventType, "EventTypeName"),
-            (Field::Payload, "Content"),
-            (Field::CreatedAt, "CreationTime"),
-        ],
-        optional: &[],
-    },
-    // CAP's published table: "Content" holds the whole message, {"Headers": {..}, "Value": ..}.
-    TablePreset {
-        name: "cap",
-        columns: &[
-            (Field::Id, "Id"),
-            (Field::EventType, "Name"),
-            (Field::Payload, "Content->Value"),
-            (Field::Headers, "Content->Headers"),
-            (Field::CreatedAt, "Added"),
-        ],
-        optional: &[],
-    },
+/// The tables walbox knows by name: per table, the column of each field in the order of
+/// [`Field::ALL`] (id, aggregate_type, aggregate_id, event_type, payload, headers, created_at,
+/// exchange). "" leaves the field unmapped; a trailing `?` marks a column used only when the
+/// table has it. Column names are as the framework's ORM creates them on PostgreSQL (EF Core
+/// on Npgsql keeps PascalCase names, quoted).
+///
+/// - `outbox`: the table of sql/outbox.sql.
+/// - `debezium`: Debezium's Outbox Event Router table.
+/// - `outbox-messages`: the EF Core interceptor outbox, "OutBoxMessages"("Id",
+///   "OccurredOnUtc", "Type", "Content", "ProcessedOnUtc").
+/// - `eshop`: eShop's IntegrationEventLog ("EventId", "EventTypeName", "Content",
+///   "CreationTime").
+/// - `masa`: MASA Framework's IntegrationEventLog; its primary key "Id" is per row, the
+///   event's own id is "EventId".
+/// - `cap`: CAP's published table; "Content" holds the whole message,
+///   `{"Headers": {..}, "Value": ..}`.
+#[rustfmt::skip]
+const TABLE_PRESETS: &[(&str, [&str; 8])] = &[
+    // name            id         aggregate_type    aggregate_id    event_type       payload           headers             created_at        exchange
+    ("outbox",          ["id",      "aggregate_type", "aggregate_id", "event_type",    "payload",        "headers?",         "created_at?",    "exchange?"]),
+    ("debezium",        ["id",      "aggregatetype",  "aggregateid",  "type",          "payload",        "",                 "",               ""]),
+    ("outbox-messages", ["Id",      "",               "",             "Type",          "Content",        "",                 "OccurredOnUtc",  ""]),
+    ("eshop",           ["EventId", "",               "",             "EventTypeName", "Content",        "",                 "CreationTime",   ""]),
+    ("masa",            ["EventId", "",               "",             "EventTypeName", "Content",        "",                 "CreationTime",   ""]),
+    ("cap",             ["Id",      "",               "",             "Name",          "Content->Value", "Content->Headers", "Added",          ""]),
 ];
 
 /// The names `--columns` accepts as a table preset.
 pub fn table_preset_names() -> impl Iterator<Item = &'static str> {
-    TABLE_PRESETS.iter().map(|preset| preset.name)
+    TABLE_PRESETS.iter().map(|(name, _)| *name)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,17 +137,19 @@ pub enum ColumnMapError {
 
 impl ColumnMap {
     fn preset(name: &str) -> Option<Self> {
-        let preset = TABLE_PRESETS.iter().find(|preset| preset.name == name)?;
+        let (_, columns) = TABLE_PRESETS.iter().find(|(preset, _)| *preset == name)?;
         let mut map = ColumnMap {
             columns: Default::default(),
         };
-        for (field, column) in preset.columns {
-            let column = ColumnRef::parse(column).expect("table presets are well formed");
-            let origin = if preset.optional.contains(field) {
-                Origin::PresetOptional
-            } else {
-                Origin::Preset
+        for (field, column) in Field::ALL.into_iter().zip(columns) {
+            let (column, origin) = match column.strip_suffix('?') {
+                Some(column) => (column, Origin::PresetOptional),
+                None => (*column, Origin::Preset),
             };
+            if column.is_empty() {
+                continue;
+            }
+            let column = ColumnRef::parse(column).expect("table presets are well formed");
             map.columns[field.index()] = Some((column, origin));
         }
         Some(map)

@@ -15,18 +15,16 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use super::columns::{Field, Origin};
+use super::contract;
 use super::headers::{add_json_headers, add_object_headers};
+use super::mapping::Mapping;
 use super::message_id;
 use super::row::{NotJson, Row, Source, Value};
 use super::template::{ResolvedTemplate, TemplateError, resolve_source};
 use super::timestamp::{parse_unix_micros, postgres_micros_to_unix_micros};
-use crate::config::mapping::Mapping;
 use crate::encode::{self, CloudEventAttributes, EncodeError, Encoder, PayloadKind};
 use crate::lsn::Lsn;
 use crate::pgoutput::{Relation, TupleData};
-
-/// AMQP delivery mode 2: the broker writes the message to disk.
-pub const PERSISTENT: u8 = 2;
 
 /// The transaction an event belongs to, from its Begin message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +118,7 @@ impl OutboxMessage {
     /// can tell a deliberate replay from a redelivery.
     pub fn mark_replayed(&mut self) {
         let mut headers = self.properties.headers().clone().unwrap_or_default();
-        headers.insert("x-replay".into(), AMQPValue::Boolean(true));
+        contract::add_replay_header(&mut headers);
         self.properties = std::mem::take(&mut self.properties).with_headers(headers);
     }
 }
@@ -391,41 +389,18 @@ impl OutboxShape {
         }
 
         if self.walbox_headers {
-            if self.aggregate_type.is_some() {
-                let aggregate_type = self.text(&row, self.aggregate_type.as_ref())?;
-                headers.insert(
-                    "x-aggregate-type".into(),
-                    AMQPValue::LongString(LongString::from(
-                        aggregate_type.unwrap_or_default().as_bytes(),
-                    )),
-                );
-            }
-            if self.aggregate_id.is_some() {
-                headers.insert(
-                    "x-aggregate-id".into(),
-                    AMQPValue::LongString(LongString::from(
-                        aggregate_id.as_deref().unwrap_or_default().as_bytes(),
-                    )),
-                );
-            }
-            headers.insert(
-                "x-commit-lsn".into(),
-                AMQPValue::LongString(LongString::from(transaction.commit_lsn.to_string())),
-            );
-            headers.insert(
-                "x-xid".into(),
-                AMQPValue::LongLongInt(i64::from(transaction.xid)),
-            );
+            let aggregate_type = match &self.aggregate_type {
+                Some(source) => Some(self.text(&row, Some(source))?.unwrap_or_default()),
+                None => None,
+            };
+            let aggregate_id = self
+                .aggregate_id
+                .as_ref()
+                .map(|_| aggregate_id.as_deref().unwrap_or_default());
+            contract::add_aggregate_headers(&mut headers, aggregate_type.as_deref(), aggregate_id);
+            contract::add_position_headers(&mut headers, transaction);
         }
 
-        let timestamp = u64::try_from(time_micros.div_euclid(1_000_000)).unwrap_or(0);
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_message_id(short_string("event id", &id)?)
-            .with_content_type(short_string("content type", &encoded.content_type)?)
-            .with_timestamp(timestamp)
-            .with_app_id("walbox".into())
-            .with_headers(headers);
         let message_type = match &self.message_type {
             None => Cow::Borrowed(event_type.as_ref()),
             Some(template) => {
@@ -433,9 +408,16 @@ impl OutboxShape {
                 Cow::Owned(std::mem::take(&mut scratch))
             }
         };
-        if !message_type.is_empty() {
-            properties = properties.with_type(short_string("message type", &message_type)?);
+        let properties = contract::Properties {
+            message_id: Some(short_string("event id", &id)?),
+            content_type: Some(short_string("content type", &encoded.content_type)?),
+            timestamp: contract::seconds(time_micros),
+            message_type: match message_type.is_empty() {
+                true => None,
+                false => Some(short_string("message type", &message_type)?),
+            },
         }
+        .build(headers);
 
         let exchange = match self.exchange_column.and_then(|index| row.text(index)) {
             Some(name) if !name.is_empty() => {
@@ -487,18 +469,27 @@ impl OutboxShape {
             .ok()
             .and_then(|()| ShortString::try_new(routing_key).ok())
             .unwrap_or_default();
-        let seconds =
-            postgres_micros_to_unix_micros(transaction.commit_time_micros).div_euclid(1_000_000);
-        let mut properties =
-            BasicProperties::default().with_timestamp(u64::try_from(seconds).unwrap_or(0));
-        if let Ok(message_id) = ShortString::try_new(id.clone()) {
-            properties = properties.with_message_id(message_id);
+        let mut headers = FieldTable::default();
+        if self.walbox_headers {
+            let aggregate = |source: &Option<Source>| {
+                source
+                    .as_ref()
+                    .map(|source| read(Some(source)).unwrap_or_default())
+            };
+            contract::add_aggregate_headers(
+                &mut headers,
+                aggregate(&self.aggregate_type).as_deref(),
+                aggregate(&self.aggregate_id).as_deref(),
+            );
+            contract::add_position_headers(&mut headers, transaction);
         }
-        if let Some(kind) =
-            read(self.event_type.as_ref()).and_then(|t| ShortString::try_new(t).ok())
-        {
-            properties = properties.with_type(kind);
+        let properties = contract::Properties {
+            message_id: ShortString::try_new(id.clone()).ok(),
+            content_type: None,
+            timestamp: contract::commit_timestamp(transaction),
+            message_type: read(self.event_type.as_ref()).and_then(|t| ShortString::try_new(t).ok()),
         }
+        .build(headers);
         OutboxMessage {
             exchange: None,
             routing_key,
@@ -574,58 +565,9 @@ fn decode_bytea_hex(text: &[u8]) -> Result<Bytes, EventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::mapping::MappingArgs;
-    use crate::pgoutput::{ColumnValue, RelationColumn};
-
-    /// Type OIDs used by the test tables.
-    mod oid {
-        pub(super) const BYTEA: u32 = 17;
-        pub(super) const TEXT: u32 = 25;
-        pub(super) const JSONB: u32 = 3802;
-        pub(super) const VARCHAR: u32 = 1043;
-    }
-
-    fn relation(columns: &[(&str, u32)]) -> Relation {
-        Relation {
-            relation_id: 16384,
-            namespace: "public".into(),
-            name: "outbox".into(),
-            replica_identity: b'd',
-            columns: columns
-                .iter()
-                .map(|(name, type_oid)| RelationColumn {
-                    flags: 0,
-                    name: (*name).into(),
-                    type_oid: *type_oid,
-                    type_modifier: -1,
-                })
-                .collect(),
-        }
-    }
-
-    fn outbox_relation() -> Relation {
-        relation(&[
-            ("id", 2950),
-            ("aggregate_type", oid::TEXT),
-            ("aggregate_id", oid::TEXT),
-            ("event_type", oid::TEXT),
-            ("payload", oid::JSONB),
-            ("headers", oid::JSONB),
-            ("created_at", 1184),
-        ])
-    }
-
-    fn row(values: &[Option<&str>]) -> TupleData {
-        TupleData {
-            columns: values
-                .iter()
-                .map(|value| match value {
-                    Some(text) => ColumnValue::Text(Bytes::copy_from_slice(text.as_bytes())),
-                    None => ColumnValue::Null,
-                })
-                .collect(),
-        }
-    }
+    use crate::outbox::Template;
+    use crate::pgoutput::RelationColumn;
+    use crate::pgoutput::fixture::{oid, outbox_relation, relation, row};
 
     const TRANSACTION: Transaction = Transaction {
         xid: 742,
@@ -634,16 +576,7 @@ mod tests {
     };
 
     fn shape(relation: &Relation, map: &str, template: &str) -> Result<OutboxShape, ShapeError> {
-        let args = MappingArgs {
-            columns: Some(map.to_owned()),
-            routing_key: Some(template.to_owned()),
-            ..MappingArgs::default()
-        };
-        OutboxShape::from_relation(relation, &Mapping::from_args(&args).unwrap())
-    }
-
-    fn shape_with(relation: &Relation, args: MappingArgs) -> OutboxShape {
-        OutboxShape::from_relation(relation, &Mapping::from_args(&args).unwrap()).unwrap()
+        OutboxShape::from_relation(relation, &Mapping::with_columns(map, template))
     }
 
     fn header<'m>(message: &'m OutboxMessage, name: &str) -> Option<&'m AMQPValue> {
@@ -959,17 +892,15 @@ mod tests {
 
     #[test]
     fn the_ef_core_outbox_gets_its_envelope_from_a_body_template() {
-        let shape = shape_with(
-            &ef_core_relation(),
-            MappingArgs {
-                columns: Some("outbox-messages".into()),
-                routing_key: Some("outbox".into()),
-                body: Some(encode::Encoding::Template),
-                body_template: Some(r#"{"Id": {id|json}, "Content": {payload|json}}"#.into()),
-                no_walbox_headers: true,
-                ..MappingArgs::default()
-            },
-        );
+        let mapping = Mapping {
+            body: encode::Encoding::Template,
+            body_template: Some(
+                Template::parse_json(r#"{"Id": {id|json}, "Content": {payload|json}}"#).unwrap(),
+            ),
+            walbox_headers: false,
+            ..Mapping::with_columns("outbox-messages", "outbox")
+        };
+        let shape = OutboxShape::from_relation(&ef_core_relation(), &mapping).unwrap();
         let content = r#"{"orderId": 7, "note": "say \"hi\""}"#;
         let message = shape
             .message(
@@ -1010,116 +941,6 @@ mod tests {
     }
 
     #[test]
-    fn cap_takes_body_and_headers_from_inside_the_content_column() {
-        let table = relation(&[
-            ("Id", 20),
-            ("Version", oid::VARCHAR),
-            ("Name", oid::VARCHAR),
-            ("Content", oid::TEXT),
-            ("Retries", 23),
-            ("Added", 1114),
-            ("ExpiresAt", 1114),
-            ("StatusName", oid::VARCHAR),
-        ]);
-        let shape = shape_with(
-            &table,
-            MappingArgs {
-                preset: Some(crate::config::preset::Preset::Cap),
-                ..MappingArgs::default()
-            },
-        );
-        let content = r#"{"Headers":{"cap-msg-id":"1783","cap-msg-name":"orders.created","cap-msg-type":"Shop.Orders.OrderCreated","cap-senttime":"2026-11-22 14:59:17 +00:00"},"Value":{"orderId":7}}"#;
-        let message = shape
-            .message(
-                &row(&[
-                    Some("1783"),
-                    Some("v1"),
-                    Some("orders.created"),
-                    Some(content),
-                    Some("0"),
-                    Some("2026-11-22 14:59:17"),
-                    None,
-                    Some("Scheduled"),
-                ]),
-                &TRANSACTION,
-                0,
-                &mut String::new(),
-            )
-            .unwrap();
-        assert_eq!(&message.body[..], br#"{"orderId":7}"#);
-        assert_eq!(message.routing_key.as_str(), "orders.created");
-        assert_eq!(
-            message.exchange, None,
-            "the fixed exchange is the publisher's"
-        );
-        assert_eq!(header(&message, "cap-msg-id"), text("1783").as_ref());
-        assert_eq!(
-            header(&message, "cap-msg-name"),
-            text("orders.created").as_ref()
-        );
-        assert_eq!(message.id, "1783");
-        // Content that is not JSON cannot be read through a path: a per-event error.
-        let broken = shape.message(
-            &row(&[
-                Some("1"),
-                None,
-                Some("n"),
-                Some("oops"),
-                None,
-                None,
-                None,
-                None,
-            ]),
-            &TRANSACTION,
-            0,
-            &mut String::new(),
-        );
-        assert!(matches!(broken, Err(EventError::NotJson(_))));
-    }
-
-    #[test]
-    fn per_type_exchanges_and_framework_headers_render_per_row() {
-        let table = relation(&[
-            ("id", 2950),
-            ("event_type", oid::TEXT),
-            ("payload", oid::JSONB),
-        ]);
-        let shape = shape_with(
-            &table,
-            MappingArgs {
-                preset: Some(crate::config::preset::Preset::NServiceBus),
-                columns: Some("aggregate_type=,aggregate_id=".into()),
-                ..MappingArgs::default()
-            },
-        );
-        let message = shape
-            .message(
-                &row(&[Some("9"), Some(ORDER_CREATED), Some("{}")]),
-                &TRANSACTION,
-                0,
-                &mut String::new(),
-            )
-            .unwrap();
-        assert_eq!(
-            message.exchange.as_ref().map(ShortString::as_str),
-            Some("Shop.Orders:OrderCreated")
-        );
-        assert_eq!(message.routing_key.as_str(), "");
-        assert_eq!(
-            header(&message, "NServiceBus.EnclosedMessageTypes"),
-            text(ORDER_CREATED).as_ref()
-        );
-        assert_eq!(
-            header(&message, "NServiceBus.MessageId"),
-            text("9").as_ref()
-        );
-        assert_eq!(
-            message.properties.kind().as_ref().map(ShortString::as_str),
-            Some(ORDER_CREATED)
-        );
-    }
-
-    #[test]
     fn encodings_set_body_and_content_type() {
         for (body, content_type) in [
             (
@@ -1132,13 +953,11 @@ mod tests {
             ),
             (encode::Encoding::CloudEventsBinary, "application/json"),
         ] {
-            let shape = shape_with(
-                &outbox_relation(),
-                MappingArgs {
-                    body: Some(body),
-                    ..MappingArgs::default()
-                },
-            );
+            let mapping = Mapping {
+                body,
+                ..Mapping::with_columns("", "{aggregate_type}.{event_type}")
+            };
+            let shape = OutboxShape::from_relation(&outbox_relation(), &mapping).unwrap();
             let message = shape
                 .message(
                     &row(&[

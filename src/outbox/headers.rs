@@ -59,6 +59,45 @@ fn amqp_value(value: Value) -> AMQPValue {
     }
 }
 
+/// An AMQP header table as a JSON object (the reverse of [`add_json_headers`], for a
+/// dead-letter record that carries an event's headers as text): strings, numbers, booleans
+/// and void keep their JSON types; byte arrays and the other AMQP types travel as their
+/// debug text.
+pub(crate) fn to_json(table: &FieldTable) -> Value {
+    Value::Object(
+        table
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), json_value(value)))
+            .collect(),
+    )
+}
+
+fn json_value(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Void => Value::Null,
+        AMQPValue::Boolean(flag) => Value::Bool(*flag),
+        AMQPValue::LongString(text) => {
+            Value::String(String::from_utf8_lossy(text.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(text) => Value::String(text.to_string()),
+        AMQPValue::ShortShortInt(n) => Value::from(*n),
+        AMQPValue::ShortShortUInt(n) => Value::from(*n),
+        AMQPValue::ShortInt(n) => Value::from(*n),
+        AMQPValue::ShortUInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::LongUInt(n) => Value::from(*n),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::Timestamp(n) => Value::from(*n),
+        AMQPValue::Float(n) => Value::from(*n),
+        AMQPValue::Double(n) => Value::from(*n),
+        AMQPValue::FieldTable(table) => to_json(table),
+        AMQPValue::FieldArray(array) => {
+            Value::Array(array.as_slice().iter().map(json_value).collect())
+        }
+        other => Value::String(format!("{other:?}")),
+    }
+}
+
 fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",

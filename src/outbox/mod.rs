@@ -1,11 +1,15 @@
-//! Outbox rows → AMQP messages: the column map (with JSON paths into columns), templates and
-//! their filters, the message id of id-less tables, and the message contract described in
-//! README.md. The body encodings themselves are in `crate::encode`.
+//! Outbox rows → AMQP messages: the validated [`Mapping`] (what `crate::config` makes of the
+//! flags), the column map (with JSON paths into columns), templates and their filters, the
+//! message id of id-less tables, and the message contract described in README.md
+//! ([`contract`]). The body encodings themselves are in `crate::encode`. Nothing here reads
+//! configuration: `config` depends on `outbox`, never the other way round.
 
 pub mod columns;
+pub(crate) mod contract;
 pub mod event;
 mod filter;
 pub mod headers;
+mod mapping;
 mod message_id;
 pub mod path;
 mod row;
@@ -14,4 +18,5 @@ pub mod timestamp;
 
 pub use columns::{ColumnMap, Field};
 pub use event::{OutboxMessage, OutboxShape, ShapeError, Transaction};
+pub use mapping::Mapping;
 pub use template::Template;

@@ -120,16 +120,7 @@ fn text(columns: &[ColumnValue], index: usize) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn columns(values: &[Option<&str>]) -> Vec<ColumnValue> {
-        values
-            .iter()
-            .map(|value| match value {
-                Some(text) => ColumnValue::Text(Bytes::copy_from_slice(text.as_bytes())),
-                None => ColumnValue::Null,
-            })
-            .collect()
-    }
+    use crate::pgoutput::fixture::columns;
 
     fn source(index: usize, path: &[&str]) -> Source {
         Source {

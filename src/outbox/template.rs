@@ -275,27 +275,8 @@ impl ResolvedTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pgoutput::{ColumnValue, RelationColumn};
-    use bytes::Bytes;
+    use crate::pgoutput::fixture::{columns as values, relation};
     use proptest::prelude::*;
-
-    fn relation(columns: &[(&str, u32)]) -> Relation {
-        Relation {
-            relation_id: 1,
-            namespace: "public".into(),
-            name: "t".into(),
-            replica_identity: b'd',
-            columns: columns
-                .iter()
-                .map(|(name, type_oid)| RelationColumn {
-                    flags: 0,
-                    name: (*name).into(),
-                    type_oid: *type_oid,
-                    type_modifier: -1,
-                })
-                .collect(),
-        }
-    }
 
     fn table() -> Relation {
         relation(&[
@@ -306,16 +287,6 @@ mod tests {
             ("payload", 3802),
             ("Content", 25),
         ])
-    }
-
-    fn values(values: &[Option<&str>]) -> Vec<ColumnValue> {
-        values
-            .iter()
-            .map(|value| match value {
-                Some(text) => ColumnValue::Text(Bytes::copy_from_slice(text.as_bytes())),
-                None => ColumnValue::Null,
-            })
-            .collect()
     }
 
     fn render_with(template: Template, map: &str, row: &[Option<&str>]) -> Result<String, NotJson> {

@@ -10,6 +10,8 @@
 //! they are decoded here too, so this module can be tested and fuzzed on its own. Column
 //! values are slices of the input buffer: a multi-megabyte payload is never copied here.
 
+#[cfg(test)]
+pub(crate) mod fixture;
 pub mod messages;
 mod reader;
 
