@@ -2,11 +2,11 @@
 //! from where events will be captured. Safe to run again.
 
 use crate::config::Config;
+use crate::config::DeclareMode;
 use crate::control::{Control, Ensured, SlotCreation};
 use crate::error::Result;
 use crate::publish::Publisher;
 use crate::publish::amqp::AmqpPublisher;
-use crate::publish::topology::DeclareMode;
 
 pub(crate) async fn setup(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;

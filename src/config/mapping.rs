@@ -12,10 +12,10 @@ use clap::Args;
 use lapin::types::ShortString;
 
 use super::ConfigError;
+pub use super::exchange::{DeclareMode, ExchangeSpec, Kind};
 use super::preset::Preset;
 use crate::encode::Encoding;
 use crate::outbox::{ColumnMap, Mapping, Template};
-pub use crate::publish::topology::{DeclareMode, ExchangeSpec, Kind};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct MappingArgs {

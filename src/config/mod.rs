@@ -10,10 +10,11 @@
 //! derived slot names, [`secrets`] passwords and CA files, [`postgres`] the PostgreSQL URL
 //! and its TLS settings, [`replay`] the replay settings, [`validate`] flags → settings, and
 //! [`reference`] the README's options table; [`mapping`] and [`preset`] what rows become on
-//! the wire (#11's flags).
+//! the wire (#11's flags), [`exchange`] how the exchange is declared.
 
 mod amqp_urls;
 mod args;
+mod exchange;
 pub mod file;
 pub mod mapping;
 mod names;
@@ -27,6 +28,7 @@ mod validate;
 pub use args::{
     Cli, Command, CommonArgs, ConfigCommand, LogFormat, ReplayArgs, RunArgs, StatusArgs,
 };
+pub use exchange::{DeclareMode, ExchangeSpec, Kind};
 pub use mapping::MappingArgs;
 pub(crate) use names::{Identifier, TableName, bookmark_name, copy_name};
 pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};

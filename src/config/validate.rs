@@ -235,7 +235,7 @@ mod tests {
         );
         assert_eq!(
             config.exchange_spec.mode,
-            crate::publish::topology::DeclareMode::Declare
+            crate::config::DeclareMode::Declare
         );
     }
 

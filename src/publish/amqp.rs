@@ -19,9 +19,9 @@ use lapin::{Confirmation, PublisherConfirm};
 use tokio::time::timeout;
 use tracing::{info, warn};
 
-use super::topology::{self, ExchangeSpec, Topology};
+use super::topology::Topology;
 use super::{Outcome, Publisher, Refused};
-use crate::config::{Config, SecretUrl};
+use crate::config::{Config, DeclareMode, ExchangeSpec, SecretUrl};
 use crate::error::{Disposition, Error, Result};
 use crate::outbox::OutboxMessage;
 
@@ -214,11 +214,7 @@ impl AmqpPublisher {
 
     /// Declare `name` (the dead-letter exchange) as a durable topic exchange, or check it
     /// exists with `--exchange-declare passive`; nothing with `none`.
-    pub(crate) async fn declare_dead_letter(
-        &self,
-        name: &str,
-        mode: topology::DeclareMode,
-    ) -> Result<()> {
+    pub(crate) async fn declare_dead_letter(&self, name: &str, mode: DeclareMode) -> Result<()> {
         let spec = ExchangeSpec {
             mode,
             ..ExchangeSpec::DURABLE_TOPIC

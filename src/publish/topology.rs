@@ -10,95 +10,14 @@
 //! asked and what exists (from the broker's reply), and how to reconcile them.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::Mutex;
 
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
+use crate::config::{DeclareMode, ExchangeSpec, Kind};
 use crate::error::{Error, Result};
-
-/// The exchange types walbox can declare.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Kind {
-    Topic,
-    Direct,
-    Fanout,
-    Headers,
-}
-
-impl Kind {
-    fn amqp(self) -> ExchangeKind {
-        match self {
-            Kind::Topic => ExchangeKind::Topic,
-            Kind::Direct => ExchangeKind::Direct,
-            Kind::Fanout => ExchangeKind::Fanout,
-            Kind::Headers => ExchangeKind::Headers,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Topic => "topic",
-            Kind::Direct => "direct",
-            Kind::Fanout => "fanout",
-            Kind::Headers => "headers",
-        }
-    }
-}
-
-/// What walbox does about an exchange before publishing to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeclareMode {
-    /// Declare it as specified: created if missing, an error if it exists otherwise.
-    Declare,
-    /// Check that it exists (any settings); an error if it does not.
-    Passive,
-    /// Nothing: a missing exchange shows up as the broker closing the channel on publish.
-    None,
-}
-
-impl DeclareMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            DeclareMode::Declare => "declare",
-            DeclareMode::Passive => "passive",
-            DeclareMode::None => "none",
-        }
-    }
-}
-
-/// How the events' exchanges are declared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExchangeSpec {
-    pub kind: Kind,
-    pub durable: bool,
-    pub auto_delete: bool,
-    pub mode: DeclareMode,
-}
-
-impl ExchangeSpec {
-    /// walbox's own default, and how the dead-letter exchange is always declared.
-    pub const DURABLE_TOPIC: ExchangeSpec = ExchangeSpec {
-        kind: Kind::Topic,
-        durable: true,
-        auto_delete: false,
-        mode: DeclareMode::Declare,
-    };
-}
-
-impl fmt::Display for ExchangeSpec {
-    /// `fanout, durable, auto-delete` / `topic, durable` / `direct, transient`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let durable = if self.durable { "durable" } else { "transient" };
-        write!(f, "{}, {durable}", self.kind.name())?;
-        if self.auto_delete {
-            f.write_str(", auto-delete")?;
-        }
-        Ok(())
-    }
-}
 
 /// The declares of one connection.
 pub(crate) struct Topology {
@@ -146,7 +65,7 @@ impl Topology {
         self.channel
             .exchange_declare(
                 name.clone(),
-                spec.kind.amqp(),
+                amqp_kind(spec.kind),
                 options,
                 FieldTable::default(),
             )
@@ -226,6 +145,16 @@ fn existing(said: &str, asked: ExchangeSpec) -> String {
             format!("auto-delete={auto_delete} (not {})", asked.auto_delete)
         }
         other => format!("{other} = {current}"),
+    }
+}
+
+/// The lapin name of an exchange type.
+fn amqp_kind(kind: Kind) -> ExchangeKind {
+    match kind {
+        Kind::Topic => ExchangeKind::Topic,
+        Kind::Direct => ExchangeKind::Direct,
+        Kind::Fanout => ExchangeKind::Fanout,
+        Kind::Headers => ExchangeKind::Headers,
     }
 }
 
