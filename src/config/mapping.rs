@@ -467,7 +467,7 @@ mod tests {
         use super::*;
         use crate::lsn::Lsn;
         use crate::outbox::event::EventError;
-        use crate::outbox::{OutboxMessage, OutboxShape, Transaction};
+        use crate::outbox::{OutboxShape, Transaction};
         use crate::pgoutput::Relation;
         use crate::pgoutput::fixture::{oid, relation, row};
 
@@ -481,10 +481,6 @@ mod tests {
 
         fn shape_with(relation: &Relation, argv: &[&str]) -> OutboxShape {
             OutboxShape::from_relation(relation, &mapping(argv).unwrap()).unwrap()
-        }
-
-        fn header<'m>(message: &'m OutboxMessage, name: &str) -> Option<&'m AMQPValue> {
-            message.properties.headers().as_ref()?.inner().get(name)
         }
 
         fn text(value: &str) -> Option<AMQPValue> {
@@ -528,9 +524,9 @@ mod tests {
                 message.exchange, None,
                 "the fixed exchange is the publisher's"
             );
-            assert_eq!(header(&message, "cap-msg-id"), text("1783").as_ref());
+            assert_eq!(message.header("cap-msg-id"), text("1783").as_ref());
             assert_eq!(
-                header(&message, "cap-msg-name"),
+                message.header("cap-msg-name"),
                 text("orders.created").as_ref()
             );
             assert_eq!(message.id, "1783");
@@ -583,13 +579,10 @@ mod tests {
             );
             assert_eq!(message.routing_key.as_str(), "");
             assert_eq!(
-                header(&message, "NServiceBus.EnclosedMessageTypes"),
+                message.header("NServiceBus.EnclosedMessageTypes"),
                 text(ORDER_CREATED).as_ref()
             );
-            assert_eq!(
-                header(&message, "NServiceBus.MessageId"),
-                text("9").as_ref()
-            );
+            assert_eq!(message.header("NServiceBus.MessageId"), text("9").as_ref());
             assert_eq!(
                 message.properties.kind().as_ref().map(ShortString::as_str),
                 Some(ORDER_CREATED)

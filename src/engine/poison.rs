@@ -353,7 +353,7 @@ mod tests {
 
     use super::*;
     use crate::outbox::{Mapping, OutboxShape};
-    use crate::pgoutput::fixture::{outbox_relation, row};
+    use crate::pgoutput::fixture::{outbox_relation, outbox_row, row};
 
     fn refusal(id: &str, commit: u64) -> Refusal {
         Refusal {
@@ -542,15 +542,7 @@ mod tests {
         .unwrap();
         let mut event = shape
             .message(
-                &row(&[
-                    Some("6f1c0d3e-0000-4000-8000-000000000001"),
-                    Some("order"),
-                    Some("o-17"),
-                    Some("created"),
-                    Some(r#"{"total": 12}"#),
-                    Some(r#"{"CC": "oops", "trace": "t1", "n": 3}"#),
-                    Some("2026-11-22 14:59:17.5+00"),
-                ]),
+                &outbox_row(r#"{"CC": "oops", "trace": "t1", "n": 3}"#),
                 transaction,
                 0,
                 &mut String::new(),

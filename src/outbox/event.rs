@@ -114,6 +114,12 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
+    /// The header `name`, if the message has it.
+    #[cfg(test)]
+    pub(crate) fn header(&self, name: &str) -> Option<&AMQPValue> {
+        self.properties.headers().as_ref()?.inner().get(name)
+    }
+
     /// Mark a message sent again by `walbox replay`: header `x-replay: true`, so consumers
     /// can tell a deliberate replay from a redelivery.
     pub fn mark_replayed(&mut self) {
@@ -567,7 +573,7 @@ mod tests {
     use super::*;
     use crate::outbox::Template;
     use crate::pgoutput::RelationColumn;
-    use crate::pgoutput::fixture::{oid, outbox_relation, relation, row};
+    use crate::pgoutput::fixture::{oid, outbox_relation, outbox_row, relation, row};
 
     const TRANSACTION: Transaction = Transaction {
         xid: 742,
@@ -579,10 +585,6 @@ mod tests {
         OutboxShape::from_relation(relation, &Mapping::with_columns(map, template))
     }
 
-    fn header<'m>(message: &'m OutboxMessage, name: &str) -> Option<&'m AMQPValue> {
-        message.properties.headers().as_ref()?.inner().get(name)
-    }
-
     fn text(value: &str) -> Option<AMQPValue> {
         Some(AMQPValue::LongString(value.into()))
     }
@@ -592,15 +594,7 @@ mod tests {
         let shape = shape(&outbox_relation(), "", "{aggregate_type}.{event_type}").unwrap();
         let message = shape
             .message(
-                &row(&[
-                    Some("6f1c0d3e-0000-4000-8000-000000000001"),
-                    Some("order"),
-                    Some("o-17"),
-                    Some("created"),
-                    Some(r#"{"total": 12}"#),
-                    Some(r#"{"trace": "t1"}"#),
-                    Some("2026-11-22 14:59:17.5+00"),
-                ]),
+                &outbox_row(r#"{"trace": "t1"}"#),
                 &TRANSACTION,
                 0,
                 &mut String::new(),
@@ -886,8 +880,8 @@ mod tests {
         );
         // No event type column: no `type` property; no aggregate columns: no x-aggregate-*.
         assert_eq!(first.properties.kind(), &None);
-        assert_eq!(header(&first, "x-aggregate-type"), None);
-        assert_eq!(header(&first, "x-commit-lsn"), text("0/16B3748").as_ref());
+        assert_eq!(first.header("x-aggregate-type"), None);
+        assert_eq!(first.header("x-commit-lsn"), text("0/16B3748").as_ref());
     }
 
     #[test]
@@ -983,7 +977,7 @@ mod tests {
                 Some(content_type)
             );
             if body == encode::Encoding::CloudEventsBinary {
-                assert_eq!(header(&message, "ce-id"), text("1").as_ref());
+                assert_eq!(message.header("ce-id"), text("1").as_ref());
                 assert_eq!(&message.body[..], br#"{"n": 1}"#);
             } else {
                 let parsed: serde_json::Value = serde_json::from_slice(&message.body).unwrap();

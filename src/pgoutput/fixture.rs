@@ -72,3 +72,18 @@ pub(crate) fn row(values: &[Option<&str>]) -> TupleData {
         columns: columns(values),
     }
 }
+
+/// A row of [`outbox_relation`] with every column set: id `6f1c0d3e-…-000000000001`, aggregate
+/// `order` `o-17`, event type `created`, payload `{"total": 12}`, these headers, created at
+/// 2026-11-22 14:59:17.5 UTC.
+pub(crate) fn outbox_row(headers: &str) -> TupleData {
+    row(&[
+        Some("6f1c0d3e-0000-4000-8000-000000000001"),
+        Some("order"),
+        Some("o-17"),
+        Some("created"),
+        Some(r#"{"total": 12}"#),
+        Some(headers),
+        Some("2026-11-22 14:59:17.5+00"),
+    ])
+}
