@@ -7,6 +7,7 @@ use crate::control::{Control, Ensured, SlotCreation};
 use crate::error::Result;
 use crate::publish::Publisher;
 use crate::publish::amqp::AmqpPublisher;
+use crate::publish::stream;
 
 pub(crate) async fn setup(config: &Config) -> Result<()> {
     let control = Control::connect(config).await?;
@@ -39,6 +40,25 @@ pub(crate) async fn setup(config: &Config) -> Result<()> {
         ),
     }
     super::failover::explain(&control, config, &prepared.slot_info).await?;
+    if let Some(target) = &config.stream {
+        let nodes: Vec<String> = target.nodes.iter().map(ToString::to_string).collect();
+        if !target.declare {
+            println!(
+                "stream {}: not declared (--stream-declare none); nodes {}",
+                target.stream,
+                nodes.join(",")
+            );
+        } else if stream::declare(target).await? {
+            println!("stream {}: created at {}", target.stream, nodes.join(","));
+        } else {
+            println!(
+                "stream {}: already exists at {}",
+                target.stream,
+                nodes.join(",")
+            );
+        }
+        return Ok(());
+    }
     let publisher = AmqpPublisher::connect(config).await?;
     publisher.close().await;
     let node = AmqpPublisher::node(config);

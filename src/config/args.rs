@@ -38,6 +38,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    Amqp,
+    Stream,
+}
+
+/// `--stream-declare`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StreamDeclare {
+    Create,
+    None,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the server, create the publication and the slot if missing, declare the exchange.
@@ -111,6 +125,22 @@ pub struct CommonArgs {
     /// What rows become on the wire: preset, columns, exchange, routing key, body, headers.
     #[command(flatten)]
     pub mapping: MappingArgs,
+
+    /// Where events go: amqp (an exchange, at least once) or stream (a RabbitMQ stream over its own protocol, deduplicated on the WAL position: each event stored once).
+    #[arg(long, env = "WALBOX_TARGET", value_enum, default_value_t = TargetKind::Amqp)]
+    pub target: TargetKind,
+
+    /// The stream `--target stream` publishes to.
+    #[arg(long, env = "WALBOX_STREAM")]
+    pub stream: Option<String>,
+
+    /// Stream protocol URL (rabbitmq-stream://user:password@host:5552/vhost); for a cluster, one per node, comma-separated or repeated. Default: the hosts and credentials of --amqp-url on port 5552.
+    #[arg(long, env = "WALBOX_STREAM_URL")]
+    pub stream_url: Vec<String>,
+
+    /// With --target stream: create the stream when it is missing (create), or only use it (none).
+    #[arg(long, env = "WALBOX_STREAM_DECLARE", value_enum, default_value_t = StreamDeclare::Create)]
+    pub stream_declare: StreamDeclare,
 
     /// Messages published but not yet confirmed by the broker, at most.
     #[arg(long, env = "WALBOX_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_535))]

@@ -7,7 +7,7 @@
 //! (exit 2) with a message saying what is wrong; nothing else in walbox parses user text.
 //!
 //! One job per file: [`args`] the flags, [`amqp_urls`] the broker nodes, [`file`] the TOML file, [`names`] identifiers and
-//! derived slot names, [`secrets`] passwords and CA files, [`postgres`] the PostgreSQL URL
+//! derived slot names, [`secrets`] passwords and CA files, [`stream`] the stream target, [`postgres`] the PostgreSQL URL
 //! and its TLS settings, [`replay`] the replay settings, [`validate`] flags → settings, and
 //! [`reference`] the README's options table; [`mapping`] and [`preset`] what rows become on
 //! the wire (#11's flags), [`exchange`] how the exchange is declared.
@@ -23,10 +23,12 @@ pub mod preset;
 pub mod reference;
 mod replay;
 mod secrets;
+mod stream;
 mod validate;
 
 pub use args::{
     Cli, Command, CommonArgs, ConfigCommand, LogFormat, ReplayArgs, RunArgs, StatusArgs,
+    StreamDeclare, TargetKind,
 };
 pub use exchange::{DeclareMode, ExchangeSpec, Kind};
 pub use mapping::MappingArgs;
@@ -34,6 +36,7 @@ pub(crate) use names::{Identifier, TableName, bookmark_name, copy_name};
 pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};
 pub(crate) use replay::{ReplayConfig, ReplayWindow};
 pub(crate) use secrets::{SecretUrl, redact_url};
+pub(crate) use stream::{StreamNode, StreamTarget};
 pub(crate) use validate::{Config, RunConfig};
 
 /// A configuration that failed validation: a usage error.

@@ -69,6 +69,10 @@ pub(crate) fn redact_url(url: &str) -> String {
 pub(crate) struct Secret(String);
 
 impl Secret {
+    pub(crate) fn new(secret: String) -> Self {
+        Secret(secret)
+    }
+
     /// The password itself, for connecting only.
     pub(crate) fn expose(&self) -> &str {
         &self.0

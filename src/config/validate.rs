@@ -9,11 +9,13 @@ use std::time::Duration;
 use super::ConfigError;
 use super::amqp_urls::AmqpUrls;
 use super::args::{CommonArgs, ReplayArgs, RunArgs};
+use super::args::{StreamDeclare, TargetKind};
 use super::mapping::ExchangeSpec;
 use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
 use super::postgres::{self, PostgresTls};
 use super::replay::{ReplayConfig, ReplayWindow};
 use super::secrets::{CaFile, Secret, SecretUrl, redact_url};
+use super::stream::StreamTarget;
 use crate::lsn::Lsn;
 use crate::outbox::Mapping;
 
@@ -37,6 +39,8 @@ pub(crate) struct Config {
     /// How the exchange is declared.
     pub(crate) exchange_spec: ExchangeSpec,
     pub(crate) max_in_flight: usize,
+    /// `--target stream`: where events go instead of an exchange.
+    pub(crate) stream: Option<StreamTarget>,
 }
 
 /// `walbox run`'s own settings.
@@ -93,6 +97,26 @@ impl Config {
         }
         let mapping = args.mapping.mapping()?;
         let exchange_spec = args.mapping.exchange_spec()?;
+        let stream = match (args.target, &args.stream) {
+            (TargetKind::Amqp, None) if args.stream_url.is_empty() => None,
+            (TargetKind::Amqp, _) => {
+                return Err(ConfigError(
+                    "--stream and --stream-url need --target stream".into(),
+                ));
+            }
+            (TargetKind::Stream, None) => {
+                return Err(ConfigError(
+                    "--target stream needs --stream, the stream's name".into(),
+                ));
+            }
+            (TargetKind::Stream, Some(name)) => Some(StreamTarget::parse(
+                name,
+                &args.stream_url,
+                &args.amqp_url,
+                amqp_password.as_ref(),
+                args.stream_declare == StreamDeclare::Create,
+            )?),
+        };
         Ok(Config {
             postgres_url: SecretUrl::new(args.postgres_url.clone()),
             postgres,
@@ -106,6 +130,7 @@ impl Config {
             mapping,
             exchange_spec,
             max_in_flight: args.max_in_flight as usize,
+            stream,
         })
     }
 }
@@ -128,6 +153,13 @@ impl RunConfig {
                 ))
             })?),
         };
+        if args.common.target == TargetKind::Stream && args.dead_letter_exchange.is_some() {
+            return Err(ConfigError(
+                "--dead-letter-exchange works with --target amqp only: a stream has no \
+                 dead-letter exchange"
+                    .into(),
+            ));
+        }
         let dead_letter_exchange = match args.dead_letter_exchange.as_deref() {
             None => None,
             Some("") => {
@@ -168,6 +200,14 @@ impl RunConfig {
 
 impl ReplayConfig {
     pub(crate) fn from_args(args: &ReplayArgs) -> Result<Self, ConfigError> {
+        if args.common.target == TargetKind::Stream {
+            return Err(ConfigError(
+                "walbox replay publishes to exchanges (--target amqp): a stream would drop the \
+                 replayed events as duplicates of what it holds; read the stream again from \
+                 an offset instead"
+                    .into(),
+            ));
+        }
         let lsn = |flag: &str, text: &str| {
             Lsn::from_str(text).map_err(|error| ConfigError(format!("{flag}: {error}")))
         };

@@ -20,6 +20,8 @@ use crate::error::{Disposition, Error, Result};
 use crate::lsn::Lsn;
 use crate::publish::Publisher;
 use crate::publish::amqp::AmqpPublisher;
+use crate::publish::stream::{StreamPublisher, declare as declare_stream};
+use crate::publish::target::Target;
 use crate::source::{Change, Source};
 use crate::telemetry::{RelayState, Side, Telemetry};
 
@@ -239,15 +241,39 @@ async fn session(
     } else {
         start
     };
-    drop(control);
-
-    let publisher = AmqpPublisher::connect(config).await.map_err(amqp)?;
-    if let Some(dead_letter_exchange) = &run.dead_letter_exchange {
-        publisher
-            .declare_dead_letter(dead_letter_exchange, config.exchange_spec.mode)
+    let publisher = match &config.stream {
+        None => {
+            drop(control);
+            let publisher = AmqpPublisher::connect(config).await.map_err(amqp)?;
+            if let Some(dead_letter_exchange) = &run.dead_letter_exchange {
+                publisher
+                    .declare_dead_letter(dead_letter_exchange, config.exchange_spec.mode)
+                    .await
+                    .map_err(amqp)?;
+            }
+            Target::Amqp(publisher)
+        }
+        Some(target) => {
+            // The end of this server's WAL, for the rewound-LSN check.
+            let ceiling = control.current_wal_lsn().await.map_err(postgres)?;
+            drop(control);
+            if first && target.declare && declare_stream(target).await.map_err(amqp)? {
+                info!(stream = %target.stream, "created stream");
+            }
+            let publisher = StreamPublisher::connect(
+                target,
+                config.slot.as_str(),
+                ceiling,
+                telemetry.metrics.stream_deduplicated(),
+            )
             .await
             .map_err(amqp)?;
-    }
+            telemetry
+                .metrics
+                .stream_stored(publisher.stored().commit_lsn());
+            Target::Stream(publisher)
+        }
+    };
     let source = Source::start(config, start).await.map_err(postgres)?;
     if first && run.start_lsn.is_some_and(|skip_to| skip_to > confirmed) {
         warn!(from = %confirmed, to = %start, "skipping ahead: events committed before --start-lsn are not relayed");

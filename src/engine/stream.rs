@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::outbox::{OutboxShape, Transaction};
 use crate::pgoutput::Message;
-use crate::publish::Publisher;
 use crate::publish::confirm::{EventRef, Pending, Published};
+use crate::publish::{Position, Publisher};
 use crate::source::Change;
 use crate::telemetry::{Side, Telemetry};
 
@@ -216,7 +216,15 @@ impl<'a, P: Publisher> Stream<'a, P> {
                     dead_letter,
                 };
                 self.published_through = self.published_through.max(transaction.commit_lsn);
-                let confirm = self.publisher.publish(message).await.map_err(amqp)?;
+                let position = Position {
+                    commit_lsn: transaction.commit_lsn,
+                    index,
+                };
+                let confirm = self
+                    .publisher
+                    .publish(message, position)
+                    .await
+                    .map_err(amqp)?;
                 self.telemetry.metrics.published();
                 self.pending
                     .send(Pending::Published(Published {

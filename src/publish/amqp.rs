@@ -20,7 +20,7 @@ use tokio::time::timeout;
 use tracing::{info, warn};
 
 use super::topology::Topology;
-use super::{Outcome, Publisher, Refused};
+use super::{Outcome, Position, Publisher, Refused};
 use crate::config::{Config, DeclareMode, ExchangeSpec, SecretUrl};
 use crate::error::{Disposition, Error, Result};
 use crate::outbox::OutboxMessage;
@@ -234,7 +234,7 @@ impl Publisher for AmqpPublisher {
     /// then waits for the I/O loop to write them. Polling once here fixes the message's place
     /// in the channel's order at once; the write and the broker's answer are awaited later by
     /// the confirm tracker, so publishing never waits for a round trip.
-    async fn publish(&self, message: OutboxMessage) -> Result<LapinConfirm> {
+    async fn publish(&self, message: OutboxMessage, _position: Position) -> Result<LapinConfirm> {
         let channel = self.channel.clone();
         let exchange = match message.exchange {
             Some(exchange) => {

@@ -164,6 +164,14 @@ fn confirmed(outcome: Outcome, event: &EventRef) -> Result<()> {
             "the broker closed the channel while confirming event {event_id} (commit \
              {commit_lsn}): {reply_code} {reply_text}"
         )),
+        Refused::StreamError { code } => Error::transient(format!(
+            "the stream refused event {event_id} (commit {commit_lsn}): {code}; retrying"
+        )),
+        Refused::Rejected { reason } => Error::Refused(Refusal {
+            event_id: event_id.clone(),
+            commit_lsn: *commit_lsn,
+            reason,
+        }),
         Refused::Lost(error) => error,
     })
 }

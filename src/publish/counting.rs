@@ -4,7 +4,7 @@
 use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Outcome, Publisher};
+use super::{Outcome, Position, Publisher};
 use crate::error::Result;
 use crate::outbox::OutboxMessage;
 
@@ -17,7 +17,7 @@ pub(crate) struct CountingPublisher {
 impl Publisher for CountingPublisher {
     type Confirm = Ready<Outcome>;
 
-    async fn publish(&self, _message: OutboxMessage) -> Result<Self::Confirm> {
+    async fn publish(&self, _message: OutboxMessage, _position: Position) -> Result<Self::Confirm> {
         self.messages.fetch_add(1, Ordering::Relaxed);
         Ok(ready(Outcome::Confirmed))
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::{Outcome, Publisher, Refused};
+use super::{Outcome, Position, Publisher, Refused};
 use crate::error::{Error, Result};
 use crate::outbox::OutboxMessage;
 
@@ -77,7 +77,7 @@ pub(crate) async fn answered(receiver: oneshot::Receiver<Outcome>) -> Outcome {
 impl Publisher for MemoryPublisher {
     type Confirm = std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
-    async fn publish(&self, message: OutboxMessage) -> Result<Self::Confirm> {
+    async fn publish(&self, message: OutboxMessage, _position: Position) -> Result<Self::Confirm> {
         if self.broker.lost.load(Ordering::SeqCst) {
             return Err(Error::transient("publishing: the connection is closed"));
         }

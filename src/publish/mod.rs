@@ -8,30 +8,39 @@
 //! completion can never look like success. The [`confirm`] tracker feeds the outcomes, in
 //! order, to the watermark; nothing else moves the flush LSN.
 //!
-//! Implementations: [`amqp::AmqpPublisher`] (RabbitMQ over AMQP 0-9-1), [`counting`] (the
-//! dry run: counts and confirms at once) and, for tests, [`memory`] (answers as told).
+//! Implementations: [`amqp::AmqpPublisher`] (RabbitMQ over AMQP 0-9-1),
+//! [`stream::StreamPublisher`] (a RabbitMQ stream, deduplicated on the WAL position),
+//! [`target::Target`] (whichever `--target` names), [`counting`] (the dry run: counts and
+//! confirms at once) and, for tests, [`memory`] (answers as told).
 
 pub(crate) mod amqp;
 pub(crate) mod confirm;
 pub(crate) mod counting;
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod stream;
+pub(crate) mod target;
 pub(crate) mod topology;
 
 use std::future::Future;
 
 use crate::error::{Error, Result};
 use crate::outbox::OutboxMessage;
+pub(crate) use stream::id::Position;
 
 /// Where the engine sends messages.
 pub(crate) trait Publisher: Send + Sync {
     /// Resolves to the broker's verdict on one published message.
     type Confirm: Future<Output = Outcome> + Send + 'static;
 
-    /// Dispatch `message`: when this returns, its place in the order is fixed. An error means
-    /// the publisher can take nothing more (the session ends).
-    fn publish(&self, message: OutboxMessage)
-    -> impl Future<Output = Result<Self::Confirm>> + Send;
+    /// Dispatch `message`, the event at `position` in the WAL: when this returns, its place in
+    /// the order is fixed. An error means the publisher can take nothing more (the session
+    /// ends). Only the stream target uses the position (its publishing id).
+    fn publish(
+        &self,
+        message: OutboxMessage,
+        position: Position,
+    ) -> impl Future<Output = Result<Self::Confirm>> + Send;
 
     /// The connection is still up (checked by the engine's heartbeat, so an idle relay
     /// notices a dead link too).
@@ -64,6 +73,10 @@ pub(crate) enum Refused {
     /// The broker closed the channel with this AMQP reply code in answer to the message (406
     /// PRECONDITION_FAILED: too large, a header it rejects).
     ChannelClosed { reply_code: u16, reply_text: String },
+    /// The stream answered the message with a publish error (its response code).
+    StreamError { code: String },
+    /// walbox refused to send it: the broker could never take it (too large for a frame).
+    Rejected { reason: String },
     /// The link failed before an answer came (connection lost, channel gone, the confirm
     /// dropped unresolved); the error is classified where it was born.
     Lost(Error),

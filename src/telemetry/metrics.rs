@@ -71,6 +71,8 @@ pub struct Metrics {
     synced_standbys: Gauge,
     oldest_unconfirmed_age: Gauge<f64, AtomicU64>,
     state: Family<StateLabel, Gauge>,
+    stream_stored_lsn: Gauge,
+    stream_deduplicated: Counter,
     born: Instant,
     /// Microseconds since `born` at which the oldest message still awaiting its confirm was
     /// published; 0 when none is. Not cleared when a session fails, so the age keeps growing
@@ -108,6 +110,8 @@ impl Metrics {
             synced_standbys: Gauge::default(),
             oldest_unconfirmed_age: Gauge::default(),
             state: Family::default(),
+            stream_stored_lsn: Gauge::default(),
+            stream_deduplicated: Counter::default(),
             born: Instant::now(),
             oldest_unconfirmed_since_us: AtomicU64::new(0),
         };
@@ -212,6 +216,16 @@ impl Metrics {
         self.add("walbox_oldest_unconfirmed_age_seconds", "Age of the oldest event published and not yet confirmed (keeps growing while retrying it)", self.oldest_unconfirmed_age.clone());
         self.add("walbox_state", "1 for the relay's current state: starting, streaming, standing_by, reconnecting, halted (on a poison event), stopping", self.state.clone());
         self.add(
+            "walbox_stream_stored_lsn",
+            "--target stream: the commit LSN of the last event the stream had stored for walbox's producer when the session started (its publishing id, decoded)",
+            self.stream_stored_lsn.clone(),
+        );
+        self.add(
+            "walbox_stream_deduplicated_total",
+            "--target stream: events republished after a restart at or below the stream's stored publishing id, which the broker drops as duplicates",
+            self.stream_deduplicated.clone(),
+        );
+        self.add(
             "walbox_build_info",
             "walbox's version, as a label (always 1)",
             build_info,
@@ -303,6 +317,16 @@ impl Metrics {
     /// The session ended: whatever was in flight is gone (it will be sent again).
     pub(crate) fn session_ended(&self) {
         self.in_flight.set(0);
+    }
+
+    /// The stream's stored position for walbox's producer, at the start of a session.
+    pub(crate) fn stream_stored(&self, lsn: Lsn) {
+        self.stream_stored_lsn.set(lsn_value(lsn));
+    }
+
+    /// The counter of republished events the stream drops as duplicates.
+    pub(crate) fn stream_deduplicated(&self) -> Counter {
+        self.stream_deduplicated.clone()
     }
 
     pub(crate) fn received(&self, lsn: Lsn) {

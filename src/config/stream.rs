@@ -1,0 +1,197 @@
+//! `--target stream`: the stream's name and its broker nodes (`--stream-url`, or the hosts of
+//! `--amqp-url` on the stream port), validated.
+
+use std::fmt;
+
+use super::ConfigError;
+use super::secrets::{Secret, redact_url};
+
+/// RabbitMQ's stream protocol port.
+const STREAM_PORT: u16 = 5552;
+
+/// One broker node speaking the stream protocol.
+#[derive(Clone)]
+pub(crate) struct StreamNode {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) password: Secret,
+    pub(crate) vhost: String,
+}
+
+impl fmt::Display for StreamNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rabbitmq-stream://{}@{}:{}/{}",
+            self.user, self.host, self.port, self.vhost
+        )
+    }
+}
+
+impl fmt::Debug for StreamNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Where `--target stream` publishes.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamTarget {
+    pub(crate) stream: String,
+    /// In the order given; never empty.
+    pub(crate) nodes: Vec<StreamNode>,
+    /// `walbox setup` (and `run`) create the stream when it is missing.
+    pub(crate) declare: bool,
+}
+
+impl StreamTarget {
+    /// `urls`: `--stream-url` entries (each may be comma-separated); empty: the hosts of
+    /// `amqp_urls` on port 5552 with their credentials. `password` replaces every URL's.
+    pub(crate) fn parse(
+        stream: &str,
+        urls: &[String],
+        amqp_urls: &[String],
+        password: Option<&Secret>,
+        declare: bool,
+    ) -> Result<Self, ConfigError> {
+        if stream.is_empty() || stream.len() > 255 {
+            return Err(ConfigError(
+                "--stream must name the stream (1 to 255 bytes) with --target stream".into(),
+            ));
+        }
+        let split = |given: &[String]| -> Vec<String> {
+            given
+                .iter()
+                .flat_map(|entry| entry.split(','))
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut nodes = Vec::new();
+        let (flag, list) = match split(urls) {
+            list if list.is_empty() => ("--amqp-url", split(amqp_urls)),
+            list => ("--stream-url", list),
+        };
+        for text in list {
+            nodes.push(node(flag, &text, password)?);
+        }
+        if nodes.is_empty() {
+            return Err(ConfigError("--stream-url names no broker".into()));
+        }
+        Ok(StreamTarget {
+            stream: stream.to_owned(),
+            nodes,
+            declare,
+        })
+    }
+}
+
+fn node(flag: &str, text: &str, password: Option<&Secret>) -> Result<StreamNode, ConfigError> {
+    let bad = |why: &str| ConfigError(format!("{flag} `{}` {why}", redact_url(text)));
+    let url = url::Url::parse(text).map_err(|error| bad(&format!("is not a URL: {error}")))?;
+    let default_port = match (flag, url.scheme()) {
+        ("--stream-url", "rabbitmq-stream") | ("--amqp-url", "amqp") => STREAM_PORT,
+        ("--stream-url", "rabbitmq-stream+tls") | ("--amqp-url", "amqps") => {
+            return Err(bad(
+                "asks for TLS, which the stream target does not support yet; give a \
+                 rabbitmq-stream:// --stream-url",
+            ));
+        }
+        _ => return Err(bad("must start with rabbitmq-stream://")),
+    };
+    let host = url
+        .host_str()
+        .filter(|host| !host.is_empty())
+        .ok_or_else(|| bad("names no host"))?
+        .to_owned();
+    let port = match flag {
+        "--stream-url" => url.port().unwrap_or(default_port),
+        _ => default_port,
+    };
+    let decode = |text: &str| percent_decode(text).ok_or_else(|| bad("has a malformed %-escape"));
+    let user = match url.username() {
+        "" => "guest".to_owned(),
+        user => decode(user)?,
+    };
+    let password = match (password, url.password()) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(given)) => Secret::new(decode(given)?),
+        (None, None) => Secret::new("guest".to_owned()),
+    };
+    let vhost = match url.path() {
+        "" | "/" => "/".to_owned(),
+        path => decode(&path[1..])?,
+    };
+    Ok(StreamNode {
+        host,
+        port,
+        user,
+        password,
+        vhost,
+    })
+}
+
+/// `%2f` → `/`; None for a malformed escape.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_from_stream_urls_or_amqp_urls() {
+        let target = StreamTarget::parse(
+            "events",
+            &["rabbitmq-stream://u:p%40ss@h1:47552/%2f,rabbitmq-stream://h2".into()],
+            &[],
+            None,
+            true,
+        )
+        .unwrap();
+        let nodes: Vec<String> = target.nodes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            nodes,
+            [
+                "rabbitmq-stream://u@h1:47552//",
+                "rabbitmq-stream://guest@h2:5552//"
+            ]
+        );
+        assert_eq!(target.nodes[0].password.expose(), "p@ss");
+        let derived = StreamTarget::parse(
+            "events",
+            &[],
+            &["amqp://a:b@rabbit:5672/v1".into()],
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            derived.nodes[0].to_string(),
+            "rabbitmq-stream://a@rabbit:5552/v1"
+        );
+        assert!(StreamTarget::parse("", &[], &["amqp://h".into()], None, true).is_err());
+        assert!(
+            StreamTarget::parse("s", &["http://h".into()], &[], None, true)
+                .unwrap_err()
+                .0
+                .contains("rabbitmq-stream://")
+        );
+    }
+}

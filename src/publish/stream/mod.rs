@@ -1,0 +1,561 @@
+//! The RabbitMQ stream publisher: exactly once, keyed on the WAL position.
+//!
+//! Every event is published by a named producer with a publishing id derived from its
+//! position ([`id`]); the stream stores the highest id per name and drops a message whose id
+//! is not above it, so republishing after a crash stores nothing twice. A dropped duplicate
+//! still comes back as a confirm: the event is in the stream once.
+//!
+//! # Why the crate's low-level client, not its `Producer`
+//!
+//! The official crate (`rabbitmq-stream-client` 0.11) has hazards for this use, read in its
+//! source:
+//! - `Producer::send_with_confirm` waits 1 s for the confirm and then fails
+//!   (`src/producer.rs`, `do_send_with_confirm`): a slow broker would look like a refusal.
+//! - A confirm or publish error for a publishing id the producer does not track hits
+//!   `todo!()` (`src/producer.rs`, `ProducerConfirmHandler::handle_message`); the panic is
+//!   caught (`src/client/mod.rs`, `handle_message` wraps the handler in `catch_unwind`) but
+//!   the rest of that confirm frame is then never delivered. Publishing the same id twice
+//!   (two confirms, one waiter) triggers it.
+//! - The producer's batching task packs whatever is queued (up to `batch_size`) into one
+//!   publish frame without checking its size against the negotiated maximum
+//!   (`src/producer.rs`, `schedule_batch_send`; `src/client/codec.rs` encodes any size); the
+//!   broker closes the connection on a frame that is too large, and every retry would do the
+//!   same.
+//! - On a lost connection the producer's waiters are never answered (the `None` branch of
+//!   its handler only calls `on_closed`).
+//! - Sub-entry batching (compressing several messages into one entry) would defeat
+//!   deduplication, which works per entry; walbox never uses it.
+//!
+//! So walbox uses the crate's [`Client`] (`src/client/mod.rs`) with its own confirm handler:
+//! one publish frame per message, checked against the frame limit first; a waiter per
+//! (producer, id) answered by a positive confirm, a publish error, or the loss of the
+//! connection; ids strictly increasing per producer on one connection, so no id is ever
+//! published twice there and an unknown confirm is impossible (and ignored if it came).
+
+pub(crate) mod id;
+pub(crate) mod message;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use rabbitmq_stream_client::types::{MessageResult, ResponseCode, ResponseKind};
+use rabbitmq_stream_client::{Client, ClientOptions};
+use rabbitmq_stream_protocol::Request;
+use rabbitmq_stream_protocol::codec::Encoder;
+use rabbitmq_stream_protocol::commands::publish::PublishCommand;
+use rabbitmq_stream_protocol::types::PublishedMessage;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tracing::{info, warn};
+
+use self::id::{Position, PublishingId, producer_name};
+use super::{Outcome, Publisher, Refused};
+use crate::config::{StreamNode, StreamTarget};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::outbox::OutboxMessage;
+
+/// The largest frame walbox sends: the crate's client asks for 1 MiB
+/// (`src/client/options.rs`, `default_max_frame_size`) and the connection uses the smaller
+/// of that and the broker's `stream.frame_max` (`src/client/mod.rs`, `negotiate_value`);
+/// RabbitMQ's default is also 1 MiB. A broker configured lower closes the connection on a
+/// frame between its limit and this one.
+pub(crate) const MAX_FRAME: u32 = 1_048_576;
+
+/// How long one node may take to accept a connection, and a request its answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Heartbeat asked of the broker (seconds): a dead link is noticed within a few of them.
+const HEARTBEAT_SECS: u32 = 10;
+
+type Waiters = Mutex<HashMap<(u8, u64), oneshot::Sender<Outcome>>>;
+
+/// What the confirm handler and the publisher share.
+struct Shared {
+    waiters: Waiters,
+    /// False once the connection is gone or the stream's topology changed.
+    open: AtomicBool,
+}
+
+impl Shared {
+    /// Answer every waiter with `why`: the connection will answer none of them.
+    fn fail_all(&self, why: &str) {
+        self.open.store(false, Ordering::SeqCst);
+        let waiters: Vec<_> = self.waiters.lock().unwrap().drain().collect();
+        for (_, waiter) in waiters {
+            let _ = waiter.send(Outcome::Refused(Refused::Lost(Error::transient(why))));
+        }
+    }
+
+    fn handle(&self, item: MessageResult) {
+        match item {
+            Some(Ok(response)) => match response.kind_ref() {
+                ResponseKind::PublishConfirm(confirm) => {
+                    let mut waiters = self.waiters.lock().unwrap();
+                    for id in &confirm.publishing_ids {
+                        // An unknown id cannot happen (each id is published once per
+                        // connection); if it did, there is nobody to tell.
+                        if let Some(waiter) = waiters.remove(&(confirm.publisher_id, *id)) {
+                            let _ = waiter.send(Outcome::Confirmed);
+                        }
+                    }
+                }
+                ResponseKind::PublishError(error) => {
+                    let mut waiters = self.waiters.lock().unwrap();
+                    for refused in &error.publishing_errors {
+                        if let Some(waiter) =
+                            waiters.remove(&(error.publisher_id, refused.publishing_id))
+                        {
+                            let _ = waiter.send(Outcome::Refused(Refused::StreamError {
+                                code: format!("{:?}", refused.error_code),
+                            }));
+                        }
+                    }
+                }
+                // The stream's leader moved or the stream was deleted: the broker drops this
+                // connection's publishers, so nothing in flight will be confirmed here.
+                ResponseKind::MetadataUpdate(_) => {
+                    self.fail_all("the stream's leader moved or the stream was deleted");
+                }
+                _ => {}
+            },
+            Some(Err(error)) => {
+                self.fail_all(&format!("reading from the stream connection: {error}"));
+            }
+            None => self.fail_all("the connection to the stream's broker closed"),
+        }
+    }
+}
+
+/// The broker's answer to one message.
+pub(crate) enum StreamConfirm {
+    /// Answered at publish time (refused before it was sent).
+    Ready(Option<Outcome>),
+    Waiting(oneshot::Receiver<Outcome>),
+}
+
+impl Future for StreamConfirm {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut *self {
+            StreamConfirm::Ready(outcome) => Poll::Ready(outcome.take().unwrap_or_else(|| {
+                Outcome::Refused(Refused::Lost(Error::definite(
+                    "a confirm was polled after it resolved (a walbox bug)",
+                )))
+            })),
+            StreamConfirm::Waiting(receiver) => Poll::Ready(
+                std::task::ready!(Pin::new(receiver).poll(cx)).unwrap_or_else(|_| {
+                    Outcome::Refused(Refused::Lost(Error::transient(
+                        "the stream connection closed before the broker answered",
+                    )))
+                }),
+            ),
+        }
+    }
+}
+
+/// One generation's named producer on this connection.
+struct Producer {
+    generation: u16,
+    publisher_id: u8,
+    /// The id of the last message published on this connection: the next must be above it.
+    last_sent: Option<u64>,
+}
+
+/// What the broker had stored for walbox's producer when this connection started.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stored {
+    pub(crate) generation: u16,
+    /// 0: nothing stored yet.
+    pub(crate) publishing_id: u64,
+}
+
+impl Stored {
+    /// The commit LSN of the stored event (zero when none is).
+    pub(crate) fn commit_lsn(self) -> Lsn {
+        if self.publishing_id == 0 {
+            return Lsn::ZERO;
+        }
+        PublishingId {
+            generation: self.generation,
+            id: self.publishing_id,
+        }
+        .position()
+        .commit_lsn
+    }
+}
+
+pub(crate) struct StreamPublisher {
+    client: Client,
+    stream: String,
+    slot: String,
+    shared: Arc<Shared>,
+    producers: tokio::sync::Mutex<Vec<Producer>>,
+    /// The stored id at start, for the dedup count.
+    stored: Stored,
+    /// Events published in this session whose id was at or below the stored one: the broker
+    /// drops them as duplicates (republished after a restart).
+    deduplicated: Counter,
+    /// The same, this session only: logged once the first new event goes out.
+    republished: AtomicU64,
+}
+
+impl StreamPublisher {
+    /// Connect to the stream's leader (through the first node of `--stream-url` that
+    /// answers), declare the producer of the generation `ceiling` lies in, and check that the
+    /// broker's stored id is not beyond `ceiling`, the end of this server's WAL.
+    ///
+    /// # The rewound-LSN check
+    ///
+    /// If the stored id's position lies beyond what this PostgreSQL server has ever written,
+    /// the server is not the one whose WAL walbox published (a failover to a standby that
+    /// lacked it, or a new cluster under the same slot name): its new events would reuse
+    /// positions, and the broker would drop them as duplicates. walbox stops with a definite
+    /// error instead of losing them. What it cannot see: a server that has already written
+    /// past the stored position again (the reused range then lies below the stored id, and
+    /// only `synchronized_standby_slots` prevents that).
+    pub(crate) async fn connect(
+        target: &StreamTarget,
+        slot: &str,
+        ceiling: Lsn,
+        deduplicated: Counter,
+    ) -> Result<Self> {
+        let (client, shared) = connect_leader(target).await?;
+        let generation = (ceiling.as_u64() >> 48) as u16;
+        let stored_id = timeout(
+            REQUEST_TIMEOUT,
+            client.query_publisher_sequence(&producer_name(slot, generation), &target.stream),
+        )
+        .await
+        .map_err(|_| Error::transient("the stream broker did not answer a sequence query"))?
+        .map_err(|e| stream_error("querying the producer's stored publishing id", &e))?;
+        let stored = Stored {
+            generation,
+            publishing_id: stored_id,
+        };
+        if stored_id != 0 {
+            let position = PublishingId {
+                generation,
+                id: stored_id,
+            }
+            .position();
+            if position.commit_lsn > ceiling {
+                let _ = timeout(Duration::from_secs(2), client.close()).await;
+                return Err(Error::definite(format!(
+                    "stream `{}` already holds events of slot `{slot}` up to commit {} (producer \
+                     `{}`, publishing id {stored_id}), beyond the end of this PostgreSQL \
+                     server's WAL ({ceiling}). This server is not the one those events came \
+                     from (a failover to a standby that lacked that WAL, or a new cluster \
+                     under the same slot name): its events would reuse those positions and \
+                     the stream would drop them as duplicates. Fail over only to standbys \
+                     listed in synchronized_standby_slots (README, \"High availability\"); to \
+                     start afresh, relay this server into a new stream (--stream) or under a \
+                     new slot name",
+                    target.stream,
+                    position.commit_lsn,
+                    producer_name(slot, generation),
+                )));
+            }
+            info!(stream = %target.stream, producer = %producer_name(slot, generation),
+                stored_publishing_id = stored_id, stored_through = %position.commit_lsn,
+                "the stream holds this slot's events up to here; republished ones at or before it are dropped by the broker");
+        }
+        Ok(StreamPublisher {
+            client,
+            stream: target.stream.clone(),
+            slot: slot.to_owned(),
+            shared,
+            producers: tokio::sync::Mutex::new(Vec::new()),
+            stored,
+            deduplicated,
+            republished: AtomicU64::new(0),
+        })
+    }
+
+    /// What the broker had stored when this connection started.
+    pub(crate) fn stored(&self) -> Stored {
+        self.stored
+    }
+
+    /// The publisher id of `generation`'s producer on this connection, declared on first use.
+    async fn producer<'a>(
+        &self,
+        producers: &'a mut Vec<Producer>,
+        generation: u16,
+    ) -> Result<&'a mut Producer> {
+        if let Some(index) = producers.iter().position(|p| p.generation == generation) {
+            return Ok(&mut producers[index]);
+        }
+        let publisher_id = u8::try_from(producers.len())
+            .map_err(|_| Error::definite("too many producer generations on one connection"))?;
+        let name = producer_name(&self.slot, generation);
+        let response = timeout(
+            REQUEST_TIMEOUT,
+            self.client
+                .declare_publisher(publisher_id, Some(name.clone()), &self.stream),
+        )
+        .await
+        .map_err(|_| Error::transient("the stream broker did not answer declare-publisher"))?
+        .map_err(|e| stream_error("declaring the producer", &e))?;
+        if !response.is_ok() {
+            return Err(response_error(
+                &format!("declaring producer `{name}` on stream `{}`", self.stream),
+                response.code(),
+            ));
+        }
+        producers.push(Producer {
+            generation,
+            publisher_id,
+            last_sent: None,
+        });
+        Ok(producers.last_mut().expect("just pushed"))
+    }
+}
+
+/// Connect to the first node that answers, then to the stream's leader if that is another
+/// node (publishing through another node works, but every message then makes an extra hop).
+async fn connect_leader(target: &StreamTarget) -> Result<(Client, Arc<Shared>)> {
+    let mut failures = Vec::new();
+    for node in &target.nodes {
+        match connect_node(node, &node.host, node.port).await {
+            Ok(client) => {
+                let metadata = timeout(
+                    REQUEST_TIMEOUT,
+                    client.metadata(vec![target.stream.clone()]),
+                )
+                .await
+                .map_err(|_| Error::transient("the stream broker did not answer a metadata query"))?
+                .map_err(|e| stream_error("asking for the stream's leader", &e))?;
+                let client = match metadata.get(&target.stream) {
+                    Some(meta)
+                        if (meta.leader.host.as_str(), meta.leader.port)
+                            != (node.host.as_str(), u32::from(node.port)) =>
+                    {
+                        let port = u16::try_from(meta.leader.port).unwrap_or(node.port);
+                        match connect_node(node, &meta.leader.host, port).await {
+                            Ok(leader) => {
+                                let _ = timeout(Duration::from_secs(2), client.close()).await;
+                                leader
+                            }
+                            Err(error) => {
+                                warn!(%error, leader = %meta.leader.host, port,
+                                    "cannot reach the stream's leader; publishing through another node");
+                                client
+                            }
+                        }
+                    }
+                    _ => client,
+                };
+                let shared = Arc::new(Shared {
+                    waiters: Mutex::new(HashMap::new()),
+                    open: AtomicBool::new(true),
+                });
+                let handler = Arc::clone(&shared);
+                client
+                    .set_handler(move |item: MessageResult| {
+                        let handler = Arc::clone(&handler);
+                        async move {
+                            handler.handle(item);
+                            Ok(())
+                        }
+                    })
+                    .await;
+                return Ok((client, shared));
+            }
+            Err(error) => {
+                if target.nodes.len() > 1 {
+                    warn!(node = %node, %error, "stream node failed; trying the next");
+                }
+                failures.push(error.to_string());
+            }
+        }
+    }
+    Err(Error::transient(format!(
+        "no stream node answered: {}",
+        failures.join("; ")
+    )))
+}
+
+async fn connect_node(node: &StreamNode, host: &str, port: u16) -> Result<Client> {
+    let options = ClientOptions::builder()
+        .host(host)
+        .port(port)
+        .user(&node.user)
+        .password(node.password.expose())
+        .v_host(&node.vhost)
+        .heartbeat(HEARTBEAT_SECS)
+        .max_frame_size(MAX_FRAME)
+        .client_provided_name("walbox".to_owned())
+        .build();
+    let connecting = format!("connecting to rabbitmq-stream://{host}:{port}");
+    timeout(REQUEST_TIMEOUT, Client::connect(options))
+        .await
+        .map_err(|_| {
+            Error::transient(format!(
+                "{connecting}: no answer within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| stream_error(&connecting, &e))
+}
+
+/// A client error: a refused login is definite, anything else (a cut, a timeout) transient.
+fn stream_error(context: &str, error: &rabbitmq_stream_client::error::ClientError) -> Error {
+    use rabbitmq_stream_client::error::ClientError;
+    match error {
+        ClientError::RequestError(code) => response_error(context, code),
+        other => Error::transient(format!("{context}: {other}")),
+    }
+}
+
+/// A response code: what configuration can fix is definite, the rest transient.
+fn response_error(context: &str, code: &ResponseCode) -> Error {
+    match code {
+        ResponseCode::AuthenticationFailure
+        | ResponseCode::SaslMechanismNotSupported
+        | ResponseCode::VirtualHostAccessFailure
+        | ResponseCode::AccessRefused => Error::definite(format!(
+            "{context}: the broker refused access ({code:?}); check the stream URL's user, \
+             password and vhost and their permissions"
+        )),
+        ResponseCode::StreamDoesNotExist => Error::definite(format!(
+            "{context}: the stream does not exist ({code:?}); run `walbox setup --target \
+             stream` to declare it, or create it"
+        )),
+        other => Error::transient(format!("{context}: {other:?}")),
+    }
+}
+
+/// The size of `message`'s publish frame, with the 4-byte length in front.
+fn frame_size(publisher_id: u8, id: u64, message: &rabbitmq_stream_client::types::Message) -> u32 {
+    let command = PublishCommand::new(
+        publisher_id,
+        vec![PublishedMessage::new(id, message.clone(), None)],
+        1,
+    );
+    4 + Request::from(command).encoded_size()
+}
+
+impl Publisher for StreamPublisher {
+    type Confirm = StreamConfirm;
+
+    /// Send one message in a publish frame of its own, numbered by its position.
+    async fn publish(&self, message: OutboxMessage, position: Position) -> Result<StreamConfirm> {
+        let numbered = position
+            .publishing_id()
+            .map_err(|unnumbered| Error::definite(unnumbered.to_string()))?;
+        let mut producers = self.producers.lock().await;
+        let producer = self.producer(&mut producers, numbered.generation).await?;
+        // Never the same id twice on one connection (two confirms for one waiter) and never
+        // out of order (the broker would drop the later-sent, lower id).
+        if producer.last_sent.is_some_and(|last| numbered.id <= last) {
+            return Err(Error::definite(format!(
+                "event {} (commit {}, index {}) is not after the event published before it on \
+                 this connection (a walbox bug); stopping rather than lose it to \
+                 deduplication",
+                message.id, position.commit_lsn, position.index
+            )));
+        }
+        producer.last_sent = Some(numbered.id);
+        let publisher_id = producer.publisher_id;
+        let stream_message = message::stream_message(&message, numbered.id);
+        let size = frame_size(publisher_id, numbered.id, &stream_message);
+        if size > MAX_FRAME {
+            return Ok(StreamConfirm::Ready(Some(Outcome::Refused(
+                Refused::Rejected {
+                    reason: format!(
+                        "the message needs a {size}-byte frame, above the stream connection's \
+                         {MAX_FRAME}-byte limit"
+                    ),
+                },
+            ))));
+        }
+        if numbered.generation == self.stored.generation && numbered.id <= self.stored.publishing_id
+        {
+            self.deduplicated.inc();
+            self.republished.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let republished = self.republished.swap(0, Ordering::Relaxed);
+            if republished > 0 {
+                info!(stream = %self.stream, republished,
+                    "republished events the stream already held; the broker drops them as duplicates");
+            }
+        }
+        let (sender, receiver) = oneshot::channel();
+        let key = (publisher_id, numbered.id);
+        self.shared.waiters.lock().unwrap().insert(key, sender);
+        // The handler marks the connection closed before it answers the waiters: either it
+        // saw this one, or this check sees the mark.
+        let sent = self
+            .client
+            .publish(publisher_id, vec![stream_message], 1)
+            .await;
+        drop(producers);
+        if let Err(error) = sent {
+            self.shared.waiters.lock().unwrap().remove(&key);
+            return Err(Error::transient(format!(
+                "publishing to the stream: {error}"
+            )));
+        }
+        if !self.shared.open.load(Ordering::SeqCst) {
+            self.shared.waiters.lock().unwrap().remove(&key);
+        }
+        Ok(StreamConfirm::Waiting(receiver))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared.open.load(Ordering::SeqCst) && !self.client.is_closed()
+    }
+
+    async fn close(self) {
+        if self.is_connected() {
+            let _ = timeout(Duration::from_secs(2), self.client.close()).await;
+        }
+        self.shared.fail_all("walbox closed the stream connection");
+    }
+}
+
+/// Create the stream when it is missing (`--stream-declare create`): true when this call
+/// created it. The broker's defaults apply (replicated across the cluster's nodes).
+pub(crate) async fn declare(target: &StreamTarget) -> Result<bool> {
+    let client = connect_any(target).await?;
+    let created = timeout(
+        REQUEST_TIMEOUT,
+        client.create_stream(&target.stream, HashMap::new()),
+    )
+    .await;
+    let _ = timeout(Duration::from_secs(2), client.close()).await;
+    let response = created
+        .map_err(|_| Error::transient("the stream broker did not answer create-stream"))?
+        .map_err(|e| stream_error("creating the stream", &e))?;
+    match response.code() {
+        ResponseCode::Ok => Ok(true),
+        ResponseCode::StreamAlreadyExists => Ok(false),
+        code => Err(response_error(
+            &format!("creating stream `{}`", target.stream),
+            code,
+        )),
+    }
+}
+
+/// Any node that answers (the stream may not exist yet, so it has no leader).
+async fn connect_any(target: &StreamTarget) -> Result<Client> {
+    let mut failures = Vec::new();
+    for node in &target.nodes {
+        match connect_node(node, &node.host, node.port).await {
+            Ok(client) => return Ok(client),
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
+    Err(Error::transient(format!(
+        "no stream node answered: {}",
+        failures.join("; ")
+    )))
+}

@@ -1,0 +1,509 @@
+//! `--target stream` on PostgreSQL 17 and a three-node RabbitMQ 4.0 cluster
+//! (scripts/trixie-servers.sh): exactly once, keyed on the WAL position.
+//!
+//! - Exactly once under faults: writers commit transactions of 1 to 7 rows while walbox is
+//!   killed with SIGKILL at random moments and the node leading the stream is stopped and
+//!   started again (the leader moves); then the whole stream is read back: every committed
+//!   event exactly once, in commit order, zero duplicates. `WALBOX_STREAM_ROUNDS` (default 3)
+//!   is the number of kills; the long mode uses 20 or more.
+//! - A rewound LSN: the stream holds an id beyond the end of this server's WAL (as after a
+//!   failover to a standby that lacked it): walbox stops with the definite error, exit 1.
+//!
+//! Ignored by a plain `cargo test`; scripts/test.sh runs them after tests/ha.rs on the same
+//! servers (`--ignored --test-threads=1`; each test resets the PostgreSQL pair).
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rabbitmq_stream_client::types::{Message, OffsetSpecification, SimpleValue};
+use rabbitmq_stream_client::{Client, ClientOptions, Environment};
+use tokio_postgres::NoTls;
+use walbox::lsn::Lsn;
+
+const DATABASE: &str = "stream_relay";
+
+fn base() -> u16 {
+    std::env::var("WALBOX_HA_PORT_BASE")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(46000)
+}
+
+fn primary_url(database: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:{}/{database}", base() + 432)
+}
+
+fn stream_port(node: u16) -> u16 {
+    base() + 551 + node
+}
+
+fn stream_urls() -> String {
+    (1..=3)
+        .map(|node| {
+            format!(
+                "rabbitmq-stream://guest:guest@127.0.0.1:{}/%2f",
+                stream_port(node)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn rounds() -> usize {
+    std::env::var("WALBOX_STREAM_ROUNDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Names of this run's own: slot, stream.
+fn name(what: &str) -> String {
+    format!("stream_{what}_{}", std::process::id())
+}
+
+fn servers(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/trixie-servers.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run trixie-servers.sh");
+    assert!(
+        output.status.success(),
+        "trixie-servers.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// A fresh primary with the outbox table in its own database.
+async fn fresh_postgres() {
+    servers(&["pg-reset"]);
+    let admin = connect(&primary_url("postgres")).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+        .await
+        .unwrap();
+    let db = connect(&primary_url(DATABASE)).await;
+    db.batch_execute(common::OUTBOX_SQL).await.unwrap();
+}
+
+fn walbox_args(slot: &str, stream: &str) -> Vec<String> {
+    vec![
+        "--postgres-url".into(),
+        primary_url(DATABASE),
+        "--slot".into(),
+        slot.into(),
+        "--publication".into(),
+        slot.into(),
+        "--target".into(),
+        "stream".into(),
+        "--stream".into(),
+        stream.into(),
+        "--stream-url".into(),
+        stream_urls(),
+    ]
+}
+
+fn walbox(subcommand: &str, args: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_walbox"))
+        .arg(subcommand)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `walbox run` in the background, its log appended to a file under target/.
+fn spawn_run(args: &[String], log: &std::path::Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_walbox"))
+        .arg("run")
+        .args(args)
+        .args([
+            "--max-retry-delay-ms",
+            "1000",
+            "--metrics-addr",
+            "none",
+            "--log-format",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap()
+}
+
+/// Writers committing transactions of 1 to 7 rows until stopped; returns the ids whose
+/// commit PostgreSQL acknowledged.
+fn start_writers(
+    writers: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..writers)
+        .map(|writer| {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut db = connect(&primary_url(DATABASE)).await;
+                let mut committed = Vec::new();
+                let mut round = 0i32;
+                while !stop.load(Ordering::Relaxed) {
+                    let size = 1 + (round * 5 + writer as i32 * 3) % 7;
+                    round += 1;
+                    let transaction = db.transaction().await.unwrap();
+                    let rows = transaction
+                        .query(
+                            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+                             SELECT 'stream', $1, 'e', jsonb_build_object('n', n) \
+                             FROM generate_series(1, $2) n RETURNING id::text",
+                            &[&format!("w{writer}"), &size],
+                        )
+                        .await
+                        .unwrap();
+                    transaction.commit().await.unwrap();
+                    committed.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                committed
+            })
+        })
+        .collect()
+}
+
+fn message_id(message: &Message) -> String {
+    let id = message
+        .properties()
+        .and_then(|p| p.message_id.clone())
+        .expect("a message id");
+    id.try_into().expect("a string message id")
+}
+
+fn commit_lsn(message: &Message) -> Lsn {
+    match message
+        .application_properties()
+        .and_then(|a| a.get("x-commit-lsn"))
+    {
+        Some(SimpleValue::String(text)) => text.parse().expect("an LSN"),
+        other => panic!("x-commit-lsn is {other:?}"),
+    }
+}
+
+/// Every message of `stream`, from its first offset, until `expected` have come or nothing
+/// new came for 10 s.
+async fn read_stream(stream: &str, expected: usize) -> Vec<(String, Lsn)> {
+    let environment = Environment::builder()
+        .host("127.0.0.1")
+        .port(stream_port(1))
+        .build()
+        .await
+        .expect("stream environment");
+    let mut consumer = environment
+        .consumer()
+        .offset(OffsetSpecification::First)
+        .build(stream)
+        .await
+        .expect("a consumer");
+    let mut seen = Vec::new();
+    while seen.len() < expected {
+        match tokio::time::timeout(Duration::from_secs(10), consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                let message = delivery.message();
+                seen.push((message_id(message), commit_lsn(message)));
+            }
+            Ok(Some(Err(error))) => panic!("consuming the stream: {error:?}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Anything beyond what was expected would be a duplicate: look for it a little longer.
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
+    {
+        let message = delivery.message();
+        seen.push((message_id(message), commit_lsn(message)));
+    }
+    let _ = consumer.handle().close().await;
+    seen
+}
+
+async fn stream_client(node: u16) -> Option<Client> {
+    let options = ClientOptions::builder()
+        .host("127.0.0.1")
+        .port(stream_port(node))
+        .build();
+    match tokio::time::timeout(Duration::from_secs(5), Client::connect(options)).await {
+        Ok(Ok(client)) => Some(client),
+        _ => None,
+    }
+}
+
+/// The node (1..=3) leading `stream`, asking the nodes that answer; None while none knows.
+async fn leader(stream: &str) -> Option<u16> {
+    for node in 1..=3 {
+        let Some(client) = stream_client(node).await else {
+            continue;
+        };
+        let metadata = client.metadata(vec![stream.to_owned()]).await;
+        let _ = client.close().await;
+        if let Some(meta) = metadata.ok().and_then(|mut m| m.remove(stream)) {
+            return Some((meta.leader.port as u16) - base() - 551);
+        }
+    }
+    None
+}
+
+/// Stop the node leading `stream`, wait until another node leads it, start the node again.
+async fn move_leader(stream: &str) -> (u16, u16) {
+    let node = leader(stream).await.expect("the stream has a leader");
+    servers(&["rabbit-stop", &node.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let moved = loop {
+        match leader(stream).await {
+            Some(now) if now != node => break now,
+            _ => {
+                assert!(Instant::now() < deadline, "no new leader for {stream}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    servers(&["rabbit-start", &node.to_string()]);
+    (node, moved)
+}
+
+async fn delete_stream(stream: &str) {
+    for node in 1..=3 {
+        if let Some(client) = stream_client(node).await {
+            let _ = client.delete_stream(stream).await;
+            let _ = client.close().await;
+            return;
+        }
+    }
+}
+
+async fn drop_slot(slot: &str) {
+    let admin = connect(&primary_url("postgres")).await;
+    let _ = admin
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await;
+}
+
+async fn slot_confirmed(slot: &str) -> Option<Lsn> {
+    let admin = connect(&primary_url("postgres")).await;
+    let row = admin
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()?;
+    row.get::<_, Option<String>>(0)
+        .map(|text| text.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (run by scripts/test.sh)"]
+async fn exactly_once_across_kills_and_a_leader_move() {
+    fresh_postgres().await;
+    let slot = name("slot");
+    let stream = name("events");
+    let args = walbox_args(&slot, &stream);
+    let setup = walbox("setup", &args);
+    assert!(
+        setup.status.success(),
+        "walbox setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&setup.stdout));
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stream-exactly-once.log");
+    let _ = std::fs::remove_file(&log);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(3, Arc::clone(&stop));
+    let mut relay = spawn_run(&args, &log);
+    let kills = rounds();
+    // A pseudo-random but repeatable pause before each kill: 0.3 to 2.2 s.
+    let mut seed = u64::from(std::process::id());
+    let leader_move_at = kills / 2;
+    for round in 0..kills {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pause = 300 + (seed >> 33) % 1900;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        relay.kill().unwrap();
+        relay.wait().unwrap();
+        if round == leader_move_at {
+            // walbox restarts while the leader's node is down, and publishes to the new one.
+            relay = spawn_run(&args, &log);
+            let (node, moved) = move_leader(&stream).await;
+            println!(
+                "stopped node {node}, the stream's leader; node {moved} took over; node {node} is back"
+            );
+        } else {
+            relay = spawn_run(&args, &log);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = Vec::new();
+    for writer in writers {
+        committed.extend(writer.await.unwrap());
+    }
+    // Wait until walbox confirmed everything written.
+    let end = {
+        let admin = connect(&primary_url("postgres")).await;
+        let row = admin
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap();
+        row.get::<_, String>(0).parse::<Lsn>().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while slot_confirmed(&slot).await.is_none_or(|lsn| lsn < end) {
+        assert!(
+            Instant::now() < deadline,
+            "walbox did not confirm up to {end}; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = Command::new("kill").arg(relay.id().to_string()).status();
+    let status = relay.wait().unwrap();
+
+    let seen = read_stream(&stream, committed.len()).await;
+    let committed_set: HashSet<&String> = committed.iter().collect();
+    let mut distinct = HashSet::new();
+    let duplicates = seen.iter().filter(|(id, _)| !distinct.insert(id)).count();
+    let missing = committed_set
+        .iter()
+        .filter(|id| !distinct.contains(**id))
+        .count();
+    let unaligned = seen.iter().filter(|(_, lsn)| lsn.as_u64() % 8 != 0).count();
+    let out_of_order = seen.windows(2).filter(|pair| pair[1].1 < pair[0].1).count();
+    println!(
+        "stream exactly-once: kills={kills} leader_moves=1 committed={} in_stream={} \
+         duplicates={duplicates} missing={missing} out_of_order={out_of_order} \
+         unaligned_commit_lsns={unaligned}",
+        committed.len(),
+        seen.len()
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let republished: u64 = log_text
+        .lines()
+        .filter(|line| line.contains("the broker drops them as duplicates"))
+        .filter_map(|line| {
+            let start = line.find("\"republished\":")? + "\"republished\":".len();
+            let digits: String = line[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<u64>().ok()
+        })
+        .sum();
+    println!(
+        "events republished after kills and dropped by the broker as duplicates: {republished}"
+    );
+
+    delete_stream(&stream).await;
+    drop_slot(&slot).await;
+    assert!(status.success(), "walbox exited {status} on SIGTERM");
+    assert_eq!(duplicates, 0, "duplicates in the stream");
+    assert_eq!(missing, 0, "committed events missing from the stream");
+    assert_eq!(
+        seen.len(),
+        committed.len(),
+        "the stream holds what was committed"
+    );
+    assert_eq!(out_of_order, 0, "the stream is in commit order");
+    assert_eq!(unaligned, 0, "every commit LSN is 8-byte aligned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (run by scripts/test.sh)"]
+async fn a_rewound_lsn_stops_walbox() {
+    fresh_postgres().await;
+    let slot = name("rewound");
+    let stream = name("rewound");
+    let args = walbox_args(&slot, &stream);
+    let setup = walbox("setup", &args);
+    assert!(
+        setup.status.success(),
+        "walbox setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    // The stream holds an event of this slot's producer at commit FF/0, far beyond this
+    // fresh server's WAL: what a failover to a standby lacking that WAL would look like.
+    let environment = Environment::builder()
+        .host("127.0.0.1")
+        .port(stream_port(1))
+        .build()
+        .await
+        .unwrap();
+    let mut producer = environment
+        .producer()
+        .name(&format!("walbox-{slot}-g0"))
+        .build(&stream)
+        .await
+        .unwrap();
+    let ahead: u64 = (0xFF_0000_0000u64 >> 3) << 19;
+    let confirmed = producer
+        .send_with_confirm(
+            Message::builder()
+                .body(b"from another timeline".to_vec())
+                .publishing_id(ahead)
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert!(confirmed.confirmed());
+    producer.close().await.unwrap();
+
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_walbox"))
+        .arg("run")
+        .args(&args)
+        .args(["--metrics-addr", "none"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!(
+        "walbox exited {} after {:?}",
+        output.status,
+        started.elapsed()
+    );
+    delete_stream(&stream).await;
+    drop_slot(&slot).await;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a definite error; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("beyond the end of this PostgreSQL server's WAL")
+            && stderr.contains("FF/0"),
+        "stderr:\n{stderr}"
+    );
+}
