@@ -53,7 +53,8 @@ cargo test --locked --test frameworks -- --ignored --test-threads=2
   trap 'bash scripts/trixie-servers.sh stop >/dev/null 2>&1 || true' EXIT
   bash scripts/trixie-servers.sh start
   cargo test --locked --test ha -- --ignored --test-threads=1 --nocapture
-  # The stream target on the same servers: exactly once across kills and a leader move (3
-  # kills; WALBOX_STREAM_ROUNDS=N for more), and the rewound-LSN stop. About 30 s.
+  # The stream target on the same servers: exactly once across kills and a leader move, a
+  # super stream across kills (3 kills each; WALBOX_STREAM_ROUNDS=N for more), and the
+  # rewound-LSN stop. About 75 s.
   cargo test --locked --test stream -- --ignored --test-threads=1 --nocapture
 )

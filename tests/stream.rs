@@ -6,6 +6,8 @@
 //!   started again (the leader moves); then the whole stream is read back: every committed
 //!   event exactly once, in commit order, zero duplicates. `WALBOX_STREAM_ROUNDS` (default 3)
 //!   is the number of kills; the long mode uses 20 or more.
+//! - Super stream: the same faults (kills only) with three partitions and twelve aggregates:
+//!   each aggregate's events in one partition, in commit order, zero duplicates per partition.
 //! - A rewound LSN: the stream holds an id beyond the end of this server's WAL (as after a
 //!   failover to a standby that lacked it): walbox stops with the definite error, exit 1.
 //!
@@ -170,12 +172,15 @@ fn start_writers(
                     let size = 1 + (round * 5 + writer as i32 * 3) % 7;
                     round += 1;
                     let transaction = db.transaction().await.unwrap();
+                    // Twelve aggregates, each written by every writer.
+                    let spread = round * 3 + writer as i32;
                     let rows = transaction
                         .query(
                             "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
-                             SELECT 'stream', $1, 'e', jsonb_build_object('n', n) \
+                             SELECT 'stream', 'k' || ((n * 7 + $1) % 12), 'e', \
+                             jsonb_build_object('n', n) \
                              FROM generate_series(1, $2) n RETURNING id::text",
-                            &[&format!("w{writer}"), &size],
+                            &[&spread, &size],
                         )
                         .await
                         .unwrap();
@@ -208,8 +213,38 @@ fn commit_lsn(message: &Message) -> Lsn {
 }
 
 /// Every message of `stream`, from its first offset, until `expected` have come or nothing
-/// new came for 10 s.
+/// new came for 10 s: (event id, commit LSN).
 async fn read_stream(stream: &str, expected: usize) -> Vec<(String, Lsn)> {
+    read_events(stream, expected)
+        .await
+        .into_iter()
+        .map(|event| (event.id, event.commit))
+        .collect()
+}
+
+/// One event as read back from a stream.
+struct Event {
+    id: String,
+    commit: Lsn,
+    aggregate: String,
+}
+
+fn event(message: &Message) -> Event {
+    let aggregate = match message
+        .application_properties()
+        .and_then(|a| a.get("x-aggregate-id"))
+    {
+        Some(SimpleValue::String(text)) => text.clone(),
+        other => panic!("x-aggregate-id is {other:?}"),
+    };
+    Event {
+        id: message_id(message),
+        commit: commit_lsn(message),
+        aggregate,
+    }
+}
+
+async fn read_events(stream: &str, expected: usize) -> Vec<Event> {
     let environment = Environment::builder()
         .host("127.0.0.1")
         .port(stream_port(1))
@@ -225,10 +260,7 @@ async fn read_stream(stream: &str, expected: usize) -> Vec<(String, Lsn)> {
     let mut seen = Vec::new();
     while seen.len() < expected {
         match tokio::time::timeout(Duration::from_secs(10), consumer.next()).await {
-            Ok(Some(Ok(delivery))) => {
-                let message = delivery.message();
-                seen.push((message_id(message), commit_lsn(message)));
-            }
+            Ok(Some(Ok(delivery))) => seen.push(event(delivery.message())),
             Ok(Some(Err(error))) => panic!("consuming the stream: {error:?}"),
             Ok(None) | Err(_) => break,
         }
@@ -237,8 +269,7 @@ async fn read_stream(stream: &str, expected: usize) -> Vec<(String, Lsn)> {
     while let Ok(Some(Ok(delivery))) =
         tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
     {
-        let message = delivery.message();
-        seen.push((message_id(message), commit_lsn(message)));
+        seen.push(event(delivery.message()));
     }
     let _ = consumer.handle().close().await;
     seen
@@ -371,24 +402,7 @@ async fn exactly_once_across_kills_and_a_leader_move() {
     for writer in writers {
         committed.extend(writer.await.unwrap());
     }
-    // Wait until walbox confirmed everything written.
-    let end = {
-        let admin = connect(&primary_url("postgres")).await;
-        let row = admin
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap();
-        row.get::<_, String>(0).parse::<Lsn>().unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while slot_confirmed(&slot).await.is_none_or(|lsn| lsn < end) {
-        assert!(
-            Instant::now() < deadline,
-            "walbox did not confirm up to {end}; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_caught_up(&slot, &log).await;
     let _ = Command::new("kill").arg(relay.id().to_string()).status();
     let status = relay.wait().unwrap();
 
@@ -410,18 +424,7 @@ async fn exactly_once_across_kills_and_a_leader_move() {
         seen.len()
     );
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    let republished: u64 = log_text
-        .lines()
-        .filter(|line| line.contains("the broker drops them as duplicates"))
-        .filter_map(|line| {
-            let start = line.find("\"republished\":")? + "\"republished\":".len();
-            let digits: String = line[start..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse::<u64>().ok()
-        })
-        .sum();
+    let republished = republished(&log_text);
     println!(
         "events republished after kills and dropped by the broker as duplicates: {republished}"
     );
@@ -506,4 +509,140 @@ async fn a_rewound_lsn_stops_walbox() {
             && stderr.contains("FF/0"),
         "stderr:\n{stderr}"
     );
+}
+
+/// Wait until walbox confirmed everything written so far.
+async fn wait_caught_up(slot: &str, log: &std::path::Path) {
+    let end = {
+        let admin = connect(&primary_url("postgres")).await;
+        let row = admin
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap();
+        row.get::<_, String>(0).parse::<Lsn>().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while slot_confirmed(slot).await.is_none_or(|lsn| lsn < end) {
+        assert!(
+            Instant::now() < deadline,
+            "walbox did not confirm up to {end}; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (run by scripts/test.sh)"]
+async fn super_stream_keeps_each_key_in_order_in_one_partition() {
+    fresh_postgres().await;
+    let slot = name("super");
+    let super_stream = name("super");
+    let mut args = walbox_args(&slot, &super_stream);
+    let at = args.iter().position(|arg| arg == "--stream").unwrap();
+    args[at] = "--super-stream".into();
+    args.extend(["--super-stream-partitions".into(), "3".into()]);
+    let setup = walbox("setup", &args);
+    assert!(
+        setup.status.success(),
+        "walbox setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stream-super.log");
+    let _ = std::fs::remove_file(&log);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(3, Arc::clone(&stop));
+    let mut relay = spawn_run(&args, &log);
+    let kills = rounds();
+    let mut seed = u64::from(std::process::id()) ^ 0x5eed;
+    for _ in 0..kills {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        tokio::time::sleep(Duration::from_millis(300 + (seed >> 33) % 1900)).await;
+        relay.kill().unwrap();
+        relay.wait().unwrap();
+        relay = spawn_run(&args, &log);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = Vec::new();
+    for writer in writers {
+        committed.extend(writer.await.unwrap());
+    }
+    wait_caught_up(&slot, &log).await;
+    let _ = Command::new("kill").arg(relay.id().to_string()).status();
+    let status = relay.wait().unwrap();
+
+    let mut in_stream = 0;
+    let mut duplicates = 0;
+    let mut out_of_order = 0;
+    let mut distinct = HashSet::new();
+    // key → the partition it was seen in.
+    let mut home: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut split_keys = 0;
+    let mut per_partition = Vec::new();
+    for partition in 0..3 {
+        let events = read_events(&format!("{super_stream}-{partition}"), committed.len()).await;
+        per_partition.push(events.len());
+        in_stream += events.len();
+        let mut last: std::collections::HashMap<&str, Lsn> = std::collections::HashMap::new();
+        for event in &events {
+            if !distinct.insert(event.id.clone()) {
+                duplicates += 1;
+            }
+            if *home.entry(event.aggregate.clone()).or_insert(partition) != partition {
+                split_keys += 1;
+            }
+            let previous = last.insert(event.aggregate.as_str(), event.commit);
+            if previous.is_some_and(|previous| previous > event.commit) {
+                out_of_order += 1;
+            }
+        }
+    }
+    let missing = committed
+        .iter()
+        .filter(|id| !distinct.contains(*id))
+        .count();
+    println!(
+        "super stream: kills={kills} partitions={per_partition:?} keys={} committed={} \
+         in_stream={in_stream} duplicates={duplicates} missing={missing} \
+         keys_in_two_partitions={split_keys} out_of_order_per_key={out_of_order} \
+         republished_and_dropped={}",
+        home.len(),
+        committed.len(),
+        republished(&std::fs::read_to_string(&log).unwrap_or_default())
+    );
+
+    if let Some(client) = stream_client(1).await {
+        let _ = client.delete_super_stream(&super_stream).await;
+        let _ = client.close().await;
+    }
+    drop_slot(&slot).await;
+    assert!(status.success(), "walbox exited {status} on SIGTERM");
+    assert_eq!(duplicates, 0, "duplicates in the partitions");
+    assert_eq!(missing, 0, "committed events missing from the partitions");
+    assert_eq!(in_stream, committed.len());
+    assert_eq!(split_keys, 0, "each key lives in one partition");
+    assert_eq!(out_of_order, 0, "each key's events are in commit order");
+    assert!(
+        per_partition.iter().filter(|&&count| count > 0).count() > 1,
+        "the keys spread over the partitions: {per_partition:?}"
+    );
+}
+
+/// The events walbox's log says it republished and the broker dropped as duplicates.
+fn republished(log: &str) -> u64 {
+    log.lines()
+        .filter(|line| line.contains("the broker drops them as duplicates"))
+        .filter_map(|line| {
+            let start = line.find("\"republished\":")? + "\"republished\":".len();
+            let digits: String = line[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<u64>().ok()
+        })
+        .sum()
 }

@@ -134,6 +134,22 @@ pub struct CommonArgs {
     #[arg(long, env = "WALBOX_STREAM")]
     pub stream: Option<String>,
 
+    /// With --target stream: publish to this super stream (partitioned) instead of --stream; each event goes to the partition its --partition-key-header picks (RabbitMQ's hash routing), so one key's events stay in order in one partition.
+    #[arg(long, env = "WALBOX_SUPER_STREAM")]
+    pub super_stream: Option<String>,
+
+    /// The header whose value is a super stream's partition key (default: the aggregate id).
+    #[arg(
+        long,
+        env = "WALBOX_PARTITION_KEY_HEADER",
+        default_value = "x-aggregate-id"
+    )]
+    pub partition_key_header: String,
+
+    /// Partitions `walbox setup` creates a missing super stream with (NAME-0 … NAME-<N-1>).
+    #[arg(long, env = "WALBOX_SUPER_STREAM_PARTITIONS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=255))]
+    pub super_stream_partitions: u16,
+
     /// Stream protocol URL (rabbitmq-stream://user:password@host:5552/vhost); for a cluster, one per node, comma-separated or repeated. Default: the hosts and credentials of --amqp-url on port 5552.
     #[arg(long, env = "WALBOX_STREAM_URL")]
     pub stream_url: Vec<String>,

@@ -43,6 +43,10 @@ pub(crate) struct StreamTarget {
     pub(crate) nodes: Vec<StreamNode>,
     /// `walbox setup` (and `run`) create the stream when it is missing.
     pub(crate) declare: bool,
+    /// `--super-stream`: the header whose value picks the partition; None: a plain stream.
+    pub(crate) partition_key: Option<String>,
+    /// Partitions a missing super stream is created with.
+    pub(crate) partitions: u16,
 }
 
 impl StreamTarget {
@@ -57,7 +61,7 @@ impl StreamTarget {
     ) -> Result<Self, ConfigError> {
         if stream.is_empty() || stream.len() > 255 {
             return Err(ConfigError(
-                "--stream must name the stream (1 to 255 bytes) with --target stream".into(),
+                "--stream (or --super-stream) must name the stream, 1 to 255 bytes".into(),
             ));
         }
         let split = |given: &[String]| -> Vec<String> {
@@ -84,6 +88,8 @@ impl StreamTarget {
             stream: stream.to_owned(),
             nodes,
             declare,
+            partition_key: None,
+            partitions: 1,
         })
     }
 }

@@ -97,25 +97,45 @@ impl Config {
         }
         let mapping = args.mapping.mapping()?;
         let exchange_spec = args.mapping.exchange_spec()?;
-        let stream = match (args.target, &args.stream) {
-            (TargetKind::Amqp, None) if args.stream_url.is_empty() => None,
-            (TargetKind::Amqp, _) => {
+        let stream = match (args.target, &args.stream, &args.super_stream) {
+            (TargetKind::Amqp, None, None) if args.stream_url.is_empty() => None,
+            (TargetKind::Amqp, ..) => {
                 return Err(ConfigError(
-                    "--stream and --stream-url need --target stream".into(),
+                    "--stream, --super-stream and --stream-url need --target stream".into(),
                 ));
             }
-            (TargetKind::Stream, None) => {
+            (TargetKind::Stream, None, None) => {
                 return Err(ConfigError(
-                    "--target stream needs --stream, the stream's name".into(),
+                    "--target stream needs --stream (or --super-stream), the stream's name".into(),
                 ));
             }
-            (TargetKind::Stream, Some(name)) => Some(StreamTarget::parse(
-                name,
-                &args.stream_url,
-                &args.amqp_url,
-                amqp_password.as_ref(),
-                args.stream_declare == StreamDeclare::Create,
-            )?),
+            (TargetKind::Stream, Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "give --stream or --super-stream, not both".into(),
+                ));
+            }
+            (TargetKind::Stream, stream, super_stream) => {
+                let mut target = StreamTarget::parse(
+                    stream
+                        .as_ref()
+                        .or(super_stream.as_ref())
+                        .expect("one is given"),
+                    &args.stream_url,
+                    &args.amqp_url,
+                    amqp_password.as_ref(),
+                    args.stream_declare == StreamDeclare::Create,
+                )?;
+                if super_stream.is_some() {
+                    if args.partition_key_header.is_empty() {
+                        return Err(ConfigError(
+                            "--partition-key-header is empty; name a header".into(),
+                        ));
+                    }
+                    target.partition_key = Some(args.partition_key_header.clone());
+                    target.partitions = args.super_stream_partitions;
+                }
+                Some(target)
+            }
         };
         Ok(Config {
             postgres_url: SecretUrl::new(args.postgres_url.clone()),

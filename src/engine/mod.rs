@@ -268,9 +268,7 @@ async fn session(
             )
             .await
             .map_err(amqp)?;
-            telemetry
-                .metrics
-                .stream_stored(publisher.stored().commit_lsn());
+            telemetry.metrics.stream_stored(publisher.stored_through());
             Target::Stream(publisher)
         }
     };

@@ -34,6 +34,7 @@
 
 pub(crate) mod id;
 pub(crate) mod message;
+pub(crate) mod partition;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -161,15 +162,17 @@ impl Future for StreamConfirm {
     }
 }
 
-/// One generation's named producer on this connection.
+/// One generation's named producer of one partition on this connection.
 struct Producer {
     generation: u16,
+    /// Index into the partitions (0 for a plain stream).
+    partition: usize,
     publisher_id: u8,
     /// The id of the last message published on this connection: the next must be above it.
     last_sent: Option<u64>,
 }
 
-/// What the broker had stored for walbox's producer when this connection started.
+/// What the broker had stored for one of walbox's producers when this connection started.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Stored {
     pub(crate) generation: u16,
@@ -194,12 +197,15 @@ impl Stored {
 
 pub(crate) struct StreamPublisher {
     client: Client,
-    stream: String,
+    /// The stream, or the super stream's partitions in the broker's order.
+    partitions: Vec<String>,
+    /// `--super-stream`: the header whose value picks the partition.
+    partition_key: Option<String>,
     slot: String,
     shared: Arc<Shared>,
     producers: tokio::sync::Mutex<Vec<Producer>>,
-    /// The stored id at start, for the dedup count.
-    stored: Stored,
+    /// The stored id of each partition's producer at start, for the dedup count.
+    stored: Vec<Stored>,
     /// Events published in this session whose id was at or below the stored one: the broker
     /// drops them as duplicates (republished after a restart).
     deduplicated: Counter,
@@ -209,8 +215,9 @@ pub(crate) struct StreamPublisher {
 
 impl StreamPublisher {
     /// Connect to the stream's leader (through the first node of `--stream-url` that
-    /// answers), declare the producer of the generation `ceiling` lies in, and check that the
-    /// broker's stored id is not beyond `ceiling`, the end of this server's WAL.
+    /// answers; for a super stream, to that node), and check for each partition that the
+    /// broker's stored id for walbox's producer is not beyond `ceiling`, the end of this
+    /// server's WAL.
     ///
     /// # The rewound-LSN check
     ///
@@ -228,48 +235,18 @@ impl StreamPublisher {
         deduplicated: Counter,
     ) -> Result<Self> {
         let (client, shared) = connect_leader(target).await?;
-        let generation = (ceiling.as_u64() >> 48) as u16;
-        let stored_id = timeout(
-            REQUEST_TIMEOUT,
-            client.query_publisher_sequence(&producer_name(slot, generation), &target.stream),
-        )
-        .await
-        .map_err(|_| Error::transient("the stream broker did not answer a sequence query"))?
-        .map_err(|e| stream_error("querying the producer's stored publishing id", &e))?;
-        let stored = Stored {
-            generation,
-            publishing_id: stored_id,
-        };
-        if stored_id != 0 {
-            let position = PublishingId {
-                generation,
-                id: stored_id,
-            }
-            .position();
-            if position.commit_lsn > ceiling {
+        let checked = check_partitions(&client, target, slot, ceiling).await;
+        let (partitions, stored) = match checked {
+            Ok(checked) => checked,
+            Err(error) => {
                 let _ = timeout(Duration::from_secs(2), client.close()).await;
-                return Err(Error::definite(format!(
-                    "stream `{}` already holds events of slot `{slot}` up to commit {} (producer \
-                     `{}`, publishing id {stored_id}), beyond the end of this PostgreSQL \
-                     server's WAL ({ceiling}). This server is not the one those events came \
-                     from (a failover to a standby that lacked that WAL, or a new cluster \
-                     under the same slot name): its events would reuse those positions and \
-                     the stream would drop them as duplicates. Fail over only to standbys \
-                     listed in synchronized_standby_slots (README, \"High availability\"); to \
-                     start afresh, relay this server into a new stream (--stream) or under a \
-                     new slot name",
-                    target.stream,
-                    position.commit_lsn,
-                    producer_name(slot, generation),
-                )));
+                return Err(error);
             }
-            info!(stream = %target.stream, producer = %producer_name(slot, generation),
-                stored_publishing_id = stored_id, stored_through = %position.commit_lsn,
-                "the stream holds this slot's events up to here; republished ones at or before it are dropped by the broker");
-        }
+        };
         Ok(StreamPublisher {
             client,
-            stream: target.stream.clone(),
+            partitions,
+            partition_key: target.partition_key.clone(),
             slot: slot.to_owned(),
             shared,
             producers: tokio::sync::Mutex::new(Vec::new()),
@@ -279,44 +256,169 @@ impl StreamPublisher {
         })
     }
 
-    /// What the broker had stored when this connection started.
-    pub(crate) fn stored(&self) -> Stored {
+    /// The furthest stored position over the partitions when this connection started.
+    pub(crate) fn stored_through(&self) -> Lsn {
         self.stored
+            .iter()
+            .map(|stored| stored.commit_lsn())
+            .max()
+            .unwrap_or(Lsn::ZERO)
     }
 
-    /// The publisher id of `generation`'s producer on this connection, declared on first use.
+    /// The producer's name: per generation, and per partition of a super stream.
+    fn producer_name(&self, generation: u16, partition: usize) -> String {
+        name_of(
+            &self.slot,
+            generation,
+            self.partition_key.is_some().then_some(partition),
+        )
+    }
+
+    /// The partition `message` goes to: RabbitMQ's hash routing of its key.
+    fn partition_of(&self, message: &OutboxMessage) -> usize {
+        let Some(header) = &self.partition_key else {
+            return 0;
+        };
+        let key = message
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get(header.as_str()).map(header_text))
+            .unwrap_or_default();
+        partition::route(&key, self.partitions.len())
+    }
+
+    /// The publisher id of one generation's producer of `partition` on this connection,
+    /// declared on first use.
     async fn producer<'a>(
         &self,
         producers: &'a mut Vec<Producer>,
         generation: u16,
+        partition: usize,
     ) -> Result<&'a mut Producer> {
-        if let Some(index) = producers.iter().position(|p| p.generation == generation) {
+        if let Some(index) = producers
+            .iter()
+            .position(|p| p.generation == generation && p.partition == partition)
+        {
             return Ok(&mut producers[index]);
         }
         let publisher_id = u8::try_from(producers.len())
-            .map_err(|_| Error::definite("too many producer generations on one connection"))?;
-        let name = producer_name(&self.slot, generation);
+            .map_err(|_| Error::definite("more than 256 producers on one stream connection"))?;
+        let name = self.producer_name(generation, partition);
+        let stream = &self.partitions[partition];
         let response = timeout(
             REQUEST_TIMEOUT,
             self.client
-                .declare_publisher(publisher_id, Some(name.clone()), &self.stream),
+                .declare_publisher(publisher_id, Some(name.clone()), stream),
         )
         .await
         .map_err(|_| Error::transient("the stream broker did not answer declare-publisher"))?
         .map_err(|e| stream_error("declaring the producer", &e))?;
         if !response.is_ok() {
             return Err(response_error(
-                &format!("declaring producer `{name}` on stream `{}`", self.stream),
+                &format!("declaring producer `{name}` on stream `{stream}`"),
                 response.code(),
             ));
         }
         producers.push(Producer {
             generation,
+            partition,
             publisher_id,
             last_sent: None,
         });
         Ok(producers.last_mut().expect("just pushed"))
     }
+}
+
+/// `walbox-<slot>-g<generation>`, with `-p<partition>` on a super stream.
+fn name_of(slot: &str, generation: u16, partition: Option<usize>) -> String {
+    match partition {
+        None => producer_name(slot, generation),
+        Some(partition) => format!("{}-p{partition}", producer_name(slot, generation)),
+    }
+}
+
+/// A header's value as the text hash routing reads.
+fn header_text(value: &lapin::types::AMQPValue) -> String {
+    use lapin::types::AMQPValue;
+    match value {
+        AMQPValue::LongString(text) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
+        AMQPValue::ShortString(text) => text.as_str().to_owned(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Boolean(flag) => flag.to_string(),
+        AMQPValue::Void => String::new(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The partitions to publish to, and for each the stored id of walbox's producer, checked
+/// against `ceiling` (see [`StreamPublisher::connect`]).
+async fn check_partitions(
+    client: &Client,
+    target: &StreamTarget,
+    slot: &str,
+    ceiling: Lsn,
+) -> Result<(Vec<String>, Vec<Stored>)> {
+    let partitions = match target.partition_key {
+        None => vec![target.stream.clone()],
+        Some(_) => {
+            let response = timeout(REQUEST_TIMEOUT, client.partitions(target.stream.clone()))
+                .await
+                .map_err(|_| {
+                    Error::transient("the stream broker did not answer a partitions query")
+                })?
+                .map_err(|e| stream_error("asking for the super stream's partitions", &e))?;
+            if response.streams.is_empty() {
+                return Err(Error::definite(format!(
+                    "super stream `{}` has no partitions (or does not exist); run `walbox \
+                     setup` to declare it, or create it",
+                    target.stream
+                )));
+            }
+            response.streams
+        }
+    };
+    let generation = (ceiling.as_u64() >> 48) as u16;
+    let mut stored = Vec::new();
+    for (index, partition) in partitions.iter().enumerate() {
+        let name = name_of(
+            slot,
+            generation,
+            target.partition_key.as_ref().map(|_| index),
+        );
+        let stored_id = timeout(
+            REQUEST_TIMEOUT,
+            client.query_publisher_sequence(&name, partition),
+        )
+        .await
+        .map_err(|_| Error::transient("the stream broker did not answer a sequence query"))?
+        .map_err(|e| stream_error("querying the producer's stored publishing id", &e))?;
+        let here = Stored {
+            generation,
+            publishing_id: stored_id,
+        };
+        if stored_id != 0 {
+            let through = here.commit_lsn();
+            if through > ceiling {
+                return Err(Error::definite(format!(
+                    "stream `{partition}` already holds events of slot `{slot}` up to commit \
+                     {through} (producer `{name}`, publishing id {stored_id}), beyond the end \
+                     of this PostgreSQL server's WAL ({ceiling}). This server is not the one \
+                     those events came from (a failover to a standby that lacked that WAL, or \
+                     a new cluster under the same slot name): its events would reuse those \
+                     positions and the stream would drop them as duplicates. Fail over only to \
+                     standbys listed in synchronized_standby_slots (README, \"High \
+                     availability\"); to start afresh, relay this server into a new stream or \
+                     under a new slot name"
+                )));
+            }
+            info!(stream = %partition, producer = %name, stored_publishing_id = stored_id,
+                stored_through = %through,
+                "the stream holds this slot's events up to here; republished ones at or before it are dropped by the broker");
+        }
+        stored.push(here);
+    }
+    Ok((partitions, stored))
 }
 
 /// Connect to the first node that answers, then to the stream's leader if that is another
@@ -451,8 +553,11 @@ impl Publisher for StreamPublisher {
         let numbered = position
             .publishing_id()
             .map_err(|unnumbered| Error::definite(unnumbered.to_string()))?;
+        let partition = self.partition_of(&message);
         let mut producers = self.producers.lock().await;
-        let producer = self.producer(&mut producers, numbered.generation).await?;
+        let producer = self
+            .producer(&mut producers, numbered.generation, partition)
+            .await?;
         // Never the same id twice on one connection (two confirms for one waiter) and never
         // out of order (the broker would drop the later-sent, lower id).
         if producer.last_sent.is_some_and(|last| numbered.id <= last) {
@@ -477,14 +582,14 @@ impl Publisher for StreamPublisher {
                 },
             ))));
         }
-        if numbered.generation == self.stored.generation && numbered.id <= self.stored.publishing_id
-        {
+        let stored = self.stored[partition];
+        if numbered.generation == stored.generation && numbered.id <= stored.publishing_id {
             self.deduplicated.inc();
             self.republished.fetch_add(1, Ordering::Relaxed);
         } else {
             let republished = self.republished.swap(0, Ordering::Relaxed);
             if republished > 0 {
-                info!(stream = %self.stream, republished,
+                info!(stream = %self.partitions[partition], republished,
                     "republished events the stream already held; the broker drops them as duplicates");
             }
         }
@@ -526,11 +631,23 @@ impl Publisher for StreamPublisher {
 /// created it. The broker's defaults apply (replicated across the cluster's nodes).
 pub(crate) async fn declare(target: &StreamTarget) -> Result<bool> {
     let client = connect_any(target).await?;
-    let created = timeout(
-        REQUEST_TIMEOUT,
-        client.create_stream(&target.stream, HashMap::new()),
-    )
-    .await;
+    let creating = async {
+        match target.partition_key {
+            None => client.create_stream(&target.stream, HashMap::new()).await,
+            // RabbitMQ's convention: partitions NAME-0 … NAME-<N-1>, bound with keys 0 … N-1.
+            Some(_) => {
+                let keys: Vec<String> = (0..target.partitions).map(|n| n.to_string()).collect();
+                let partitions = keys
+                    .iter()
+                    .map(|key| format!("{}-{key}", target.stream))
+                    .collect();
+                client
+                    .create_super_stream(&target.stream, partitions, keys, HashMap::new())
+                    .await
+            }
+        }
+    };
+    let created = timeout(REQUEST_TIMEOUT, creating).await;
     let _ = timeout(Duration::from_secs(2), client.close()).await;
     let response = created
         .map_err(|_| Error::transient("the stream broker did not answer create-stream"))?
