@@ -481,6 +481,16 @@ async fn a_rewound_lsn_stops_walbox() {
     assert!(confirmed.confirmed());
     producer.close().await.unwrap();
 
+    // `walbox status` shows what the stream stored for the producer.
+    let status = walbox("status", &args);
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success()
+            && status_text.contains(&format!("stored publishing id {ahead} (commit FF/0)")),
+        "walbox status: {status_text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_walbox"))
         .arg("run")

@@ -7,6 +7,7 @@ use crate::control::failover::{StandbyCopy, standby_copies};
 use crate::control::{Control, SlotInfo};
 use crate::error::Result;
 use crate::lsn::Lsn;
+use crate::publish::stream::{self, StoredFor};
 
 #[derive(Serialize)]
 struct Status {
@@ -22,6 +23,9 @@ struct Status {
     replay_window: Option<ReplayRange>,
     /// The slot's copy on each standby among --postgres-url's hosts (failover slots).
     standbys: Vec<StandbyCopy>,
+    /// `--target stream`: what the stream stored for walbox's producer(s), by partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<Vec<StoredFor>>,
 }
 
 #[derive(Serialize)]
@@ -67,6 +71,12 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
         publication_tables: control.publication_tables(&config.publication).await?,
         replay_window,
         standbys: standby_copies(config).await,
+        stream: match &config.stream {
+            Some(target) => {
+                Some(stream::stored_positions(target, config.slot.as_str(), current).await?)
+            }
+            None => None,
+        },
     };
     if json {
         println!(
@@ -158,6 +168,13 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
                 .map_or_else(|| "-".to_owned(), |bytes| bytes.to_string())
         ),
         None => println!("replay window:     none (walbox run --replay-window keeps one)"),
+    }
+    for stored in status.stream.iter().flatten() {
+        println!(
+            "stream {}: producer {} stored publishing id {} (commit {}); the broker drops \
+             what walbox republishes at or before it",
+            stored.stream, stored.producer, stored.publishing_id, stored.commit_lsn
+        );
     }
     Ok(())
 }

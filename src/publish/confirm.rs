@@ -213,6 +213,21 @@ mod tests {
     }
 
     #[test]
+    fn a_message_walbox_refused_to_send_is_a_refusal_and_a_stream_error_is_transient() {
+        let rejected = Outcome::Refused(Refused::Rejected {
+            reason: "too large".into(),
+        });
+        assert!(matches!(
+            confirmed(rejected, &event()),
+            Err(Error::Refused(refusal)) if refusal.reason == "too large"
+        ));
+        let error = Outcome::Refused(Refused::StreamError {
+            code: "PublisherDoesNotExist".into(),
+        });
+        assert!(confirmed(error, &event()).unwrap_err().is_transient());
+    }
+
+    #[test]
     fn only_a_positive_confirm_confirms() {
         assert!(confirmed(Outcome::Confirmed, &event()).is_ok());
         for outcome in [

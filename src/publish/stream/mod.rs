@@ -351,9 +351,49 @@ fn header_text(value: &lapin::types::AMQPValue) -> String {
     }
 }
 
-/// The partitions to publish to, and for each the stored id of walbox's producer, checked
-/// against `ceiling` (see [`StreamPublisher::connect`]).
-async fn check_partitions(
+/// One partition's producer and what the broker stored for it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct StoredFor {
+    pub(crate) stream: String,
+    pub(crate) producer: String,
+    /// 0: nothing stored yet.
+    pub(crate) publishing_id: u64,
+    /// The commit LSN the id stands for ("0/0" when none).
+    pub(crate) commit_lsn: String,
+}
+
+/// For `walbox status`: what the broker stored for each of walbox's producers (the
+/// generation of `ceiling`).
+pub(crate) async fn stored_positions(
+    target: &StreamTarget,
+    slot: &str,
+    ceiling: Lsn,
+) -> Result<Vec<StoredFor>> {
+    let (client, shared) = connect_leader(target).await?;
+    let queried = stored_ids(&client, target, slot, ceiling).await;
+    let _ = timeout(Duration::from_secs(2), client.close()).await;
+    shared.fail_all("status query finished");
+    let (partitions, stored) = queried?;
+    Ok(partitions
+        .iter()
+        .zip(&stored)
+        .enumerate()
+        .map(|(index, (stream, here))| StoredFor {
+            stream: stream.clone(),
+            producer: name_of(
+                slot,
+                here.generation,
+                target.partition_key.as_ref().map(|_| index),
+            ),
+            publishing_id: here.publishing_id,
+            commit_lsn: here.commit_lsn().to_string(),
+        })
+        .collect())
+}
+
+/// The partitions to publish to (the stream itself, or the super stream's partitions in
+/// the broker's order), and what the broker stored for walbox's producer of each.
+async fn stored_ids(
     client: &Client,
     target: &StreamTarget,
     slot: &str,
@@ -386,37 +426,56 @@ async fn check_partitions(
             generation,
             target.partition_key.as_ref().map(|_| index),
         );
-        let stored_id = timeout(
+        let publishing_id = timeout(
             REQUEST_TIMEOUT,
             client.query_publisher_sequence(&name, partition),
         )
         .await
         .map_err(|_| Error::transient("the stream broker did not answer a sequence query"))?
         .map_err(|e| stream_error("querying the producer's stored publishing id", &e))?;
-        let here = Stored {
+        stored.push(Stored {
             generation,
-            publishing_id: stored_id,
-        };
-        if stored_id != 0 {
-            let through = here.commit_lsn();
-            if through > ceiling {
-                return Err(Error::definite(format!(
-                    "stream `{partition}` already holds events of slot `{slot}` up to commit \
-                     {through} (producer `{name}`, publishing id {stored_id}), beyond the end \
-                     of this PostgreSQL server's WAL ({ceiling}). This server is not the one \
-                     those events came from (a failover to a standby that lacked that WAL, or \
-                     a new cluster under the same slot name): its events would reuse those \
-                     positions and the stream would drop them as duplicates. Fail over only to \
-                     standbys listed in synchronized_standby_slots (README, \"High \
-                     availability\"); to start afresh, relay this server into a new stream or \
-                     under a new slot name"
-                )));
-            }
-            info!(stream = %partition, producer = %name, stored_publishing_id = stored_id,
-                stored_through = %through,
-                "the stream holds this slot's events up to here; republished ones at or before it are dropped by the broker");
+            publishing_id,
+        });
+    }
+    Ok((partitions, stored))
+}
+
+/// The partitions to publish to, and for each the stored id of walbox's producer, checked
+/// against `ceiling` (see [`StreamPublisher::connect`]).
+async fn check_partitions(
+    client: &Client,
+    target: &StreamTarget,
+    slot: &str,
+    ceiling: Lsn,
+) -> Result<(Vec<String>, Vec<Stored>)> {
+    let (partitions, stored) = stored_ids(client, target, slot, ceiling).await?;
+    for (index, (partition, here)) in partitions.iter().zip(&stored).enumerate() {
+        if here.publishing_id == 0 {
+            continue;
         }
-        stored.push(here);
+        let name = name_of(
+            slot,
+            here.generation,
+            target.partition_key.as_ref().map(|_| index),
+        );
+        let stored_id = here.publishing_id;
+        let through = here.commit_lsn();
+        if through > ceiling {
+            return Err(Error::definite(format!(
+                "stream `{partition}` already holds events of slot `{slot}` up to commit \
+                 {through} (producer `{name}`, publishing id {stored_id}), beyond the end of \
+                 this PostgreSQL server's WAL ({ceiling}). This server is not the one those \
+                 events came from (a failover to a standby that lacked that WAL, or a new \
+                 cluster under the same slot name): its events would reuse those positions \
+                 and the stream would drop them as duplicates. Fail over only to standbys \
+                 listed in synchronized_standby_slots (README, \"High availability\"); to \
+                 start afresh, relay this server into a new stream or under a new slot name"
+            )));
+        }
+        info!(stream = %partition, producer = %name, stored_publishing_id = stored_id,
+            stored_through = %through,
+            "the stream holds this slot's events up to here; republished ones at or before it are dropped by the broker");
     }
     Ok((partitions, stored))
 }
@@ -675,4 +734,38 @@ async fn connect_any(target: &StreamTarget) -> Result<Client> {
         "no stream node answered: {}",
         failures.join("; ")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rabbitmq_stream_client::types::Message;
+
+    #[test]
+    fn frames_are_measured_with_their_header() {
+        let small = Message::builder().body(vec![0u8; 100]).build();
+        let size = frame_size(0, 1, &small);
+        // length 4, key 2, version 2, publisher 1, count 4, id 8, message length 4, message.
+        assert!(size > 100 + 25 && size < 100 + 40, "{size}");
+        let large = Message::builder()
+            .body(vec![0u8; MAX_FRAME as usize])
+            .build();
+        assert!(frame_size(0, 1, &large) > MAX_FRAME);
+    }
+
+    #[test]
+    fn a_lost_connection_answers_every_waiter() {
+        let shared = Shared {
+            waiters: Mutex::new(HashMap::new()),
+            open: AtomicBool::new(true),
+        };
+        let (sender, mut receiver) = oneshot::channel();
+        shared.waiters.lock().unwrap().insert((0, 7), sender);
+        shared.handle(None);
+        assert!(!shared.open.load(Ordering::SeqCst));
+        match receiver.try_recv() {
+            Ok(Outcome::Refused(Refused::Lost(error))) => assert!(error.is_transient()),
+            other => panic!("expected a lost confirm, got {other:?}"),
+        }
+    }
 }
