@@ -197,6 +197,46 @@ fn config_check_redacts_every_broker_node_of_the_list() {
 }
 
 #[test]
+fn config_check_redacts_every_stream_node_and_checks_the_stream_flags() {
+    let checked = walbox(
+        &[
+            "config",
+            "check",
+            "--target",
+            "stream",
+            "--stream",
+            "orders",
+            "--stream-url",
+            "rabbitmq-stream://relay:first-secret@mq1:5552/%2f,rabbitmq-stream://relay:second-secret@mq2:5552/%2f",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}");
+    assert!(!stdout.contains("-secret"), "{stdout}");
+    // A stream without --target stream, and a stream target without a stream, are usage errors.
+    for args in [
+        &["config", "check", "--stream", "orders"][..],
+        &["config", "check", "--target", "stream"][..],
+        &[
+            "config",
+            "check",
+            "--target",
+            "stream",
+            "--stream",
+            "orders",
+            "--stream-url",
+            "http://relay:third-secret@mq3/",
+        ][..],
+    ] {
+        let bad = walbox(args, &[]);
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(bad.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("-secret"), "{stderr}");
+    }
+}
+
+#[test]
 fn password_and_ca_files_come_from_the_file_too_and_only_their_paths_show() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-tests");
     std::fs::create_dir_all(&dir).unwrap();

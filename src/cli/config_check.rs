@@ -86,7 +86,7 @@ fn leaf(matches: &ArgMatches) -> &ArgMatches {
 
 /// URLs lose their password; anything named like a password (not a password file) is hidden.
 fn redacted(flag: &str, value: &str) -> String {
-    if flag == "amqp-url" {
+    if flag == "amqp-url" || flag == "stream-url" {
         // A list of broker nodes: every one loses its password.
         value
             .split(',')
