@@ -8,6 +8,8 @@
 //!   is the number of kills; the long mode uses 20 or more.
 //! - Super stream: the same faults (kills only) with three partitions and twelve aggregates:
 //!   each aggregate's events in one partition, in commit order, zero duplicates per partition.
+//! - A failover to a standby holding a synchronized slot (`synchronized_standby_slots`): the
+//!   stream holds exactly the final primary's table, no duplicates, in commit order.
 //! - A rewound LSN: the stream holds an id beyond the end of this server's WAL (as after a
 //!   failover to a standby that lacked it): walbox stops with the definite error, exit 1.
 //!
@@ -161,31 +163,67 @@ fn start_writers(
     writers: usize,
     stop: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    start_writers_at(&primary_url(DATABASE), writers, stop)
+}
+
+/// The same against `url`, reconnecting (to whichever host is the primary) when a
+/// connection fails.
+fn start_writers_at(
+    url: &str,
+    writers: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
     (0..writers)
         .map(|writer| {
             let stop = Arc::clone(&stop);
+            let url = url.to_owned();
             tokio::spawn(async move {
-                let mut db = connect(&primary_url(DATABASE)).await;
+                let mut client: Option<tokio_postgres::Client> = None;
                 let mut committed = Vec::new();
                 let mut round = 0i32;
                 while !stop.load(Ordering::Relaxed) {
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = match tokio_postgres::connect(&url, NoTls).await {
+                            Ok((client, connection)) => {
+                                tokio::spawn(connection);
+                                Some(client)
+                            }
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                continue;
+                            }
+                        };
+                    }
+                    let db = client.as_mut().expect("connected");
                     let size = 1 + (round * 5 + writer as i32 * 3) % 7;
-                    round += 1;
-                    let transaction = db.transaction().await.unwrap();
                     // Twelve aggregates, each written by every writer.
                     let spread = round * 3 + writer as i32;
-                    let rows = transaction
-                        .query(
-                            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
-                             SELECT 'stream', 'k' || ((n * 7 + $1) % 12), 'e', \
-                             jsonb_build_object('n', n) \
-                             FROM generate_series(1, $2) n RETURNING id::text",
-                            &[&spread, &size],
+                    round += 1;
+                    let outcome = async {
+                        let transaction = db.transaction().await?;
+                        let rows = transaction
+                            .query(
+                                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, \
+                                 payload) SELECT 'stream', 'k' || ((n * 7 + $1) % 12), 'e', \
+                                 jsonb_build_object('n', n) \
+                                 FROM generate_series(1, $2) n RETURNING id::text",
+                                &[&spread, &size],
+                            )
+                            .await?;
+                        transaction.commit().await?;
+                        Ok::<_, tokio_postgres::Error>(
+                            rows.iter()
+                                .map(|row| row.get::<_, String>(0))
+                                .collect::<Vec<_>>(),
                         )
-                        .await
-                        .unwrap();
-                    transaction.commit().await.unwrap();
-                    committed.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+                    };
+                    match outcome.await {
+                        Ok(ids) => committed.extend(ids),
+                        Err(_) => {
+                            client = None;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
                     tokio::time::sleep(Duration::from_millis(15)).await;
                 }
                 committed
@@ -655,4 +693,119 @@ fn republished(log: &str) -> u64 {
             digits.parse::<u64>().ok()
         })
         .sum()
+}
+
+/// Both PostgreSQL servers, primary first: libpq's multi-host form.
+fn multi_host_url() -> String {
+    format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{DATABASE}?target_session_attrs=read-write",
+        base() + 432,
+        base() + 433
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (run by scripts/test.sh)"]
+async fn exactly_once_across_a_failover_to_a_synchronized_standby() {
+    fresh_postgres().await;
+    let slot = name("failover");
+    let stream = name("failover");
+    let mut args = walbox_args(&slot, &stream);
+    args[1] = multi_host_url();
+    let setup = walbox("setup", &args);
+    assert!(
+        setup.status.success(),
+        "walbox setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stream-failover.log");
+    let _ = std::fs::remove_file(&log);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers_at(&multi_host_url(), 3, Arc::clone(&stop));
+    let mut relay = spawn_run(&args, &log);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    servers(&["pg-wait-synced", &slot, "120"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    servers(&["pg-stop", "primary"]);
+    servers(&["pg-promote"]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    // What must be in the stream: the final primary's table.
+    let db = connect(&multi_host_url()).await;
+    let in_table: Vec<String> = db
+        .query("SELECT id::text FROM outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let end: Lsn = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while confirmed_on(&db, &slot).await.is_none_or(|lsn| lsn < end) {
+        assert!(
+            Instant::now() < deadline,
+            "walbox did not confirm up to {end} on the new primary; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = Command::new("kill").arg(relay.id().to_string()).status();
+    let status = relay.wait().unwrap();
+    let seen = read_stream(&stream, in_table.len()).await;
+    let mut distinct = HashSet::new();
+    let duplicates = seen.iter().filter(|(id, _)| !distinct.insert(id)).count();
+    let missing = in_table.iter().filter(|id| !distinct.contains(*id)).count();
+    let out_of_order = seen.windows(2).filter(|pair| pair[1].1 < pair[0].1).count();
+    let table: HashSet<&String> = in_table.iter().collect();
+    let not_in_table = acknowledged.iter().filter(|id| !table.contains(id)).count();
+    println!(
+        "stream failover: in_table={} in_stream={} duplicates={duplicates} missing={missing} \
+         out_of_order={out_of_order} acknowledged_not_on_new_primary={not_in_table} \
+         republished_and_dropped={}",
+        in_table.len(),
+        seen.len(),
+        republished(&std::fs::read_to_string(&log).unwrap_or_default())
+    );
+    let _ = db
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await;
+    delete_stream(&stream).await;
+    assert!(status.success(), "walbox exited {status} on SIGTERM");
+    assert_eq!(duplicates, 0, "duplicates in the stream");
+    assert_eq!(
+        missing, 0,
+        "rows of the new primary missing from the stream"
+    );
+    assert_eq!(
+        seen.len(),
+        in_table.len(),
+        "the stream holds the new primary's table"
+    );
+    assert_eq!(out_of_order, 0, "the stream is in commit order");
+}
+
+async fn confirmed_on(db: &tokio_postgres::Client, slot: &str) -> Option<Lsn> {
+    db.query_opt(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .ok()
+    .flatten()
+    .and_then(|row| row.get::<_, Option<String>>(0))
+    .and_then(|text| text.parse::<Lsn>().ok())
 }
