@@ -55,6 +55,7 @@ cargo test --locked --test frameworks -- --ignored --test-threads=2
   cargo test --locked --test ha -- --ignored --test-threads=1 --nocapture
   # The stream target on the same servers: exactly once across kills and a leader move, a
   # super stream across kills (3 kills each; WALBOX_STREAM_ROUNDS=N for more), a failover to
-  # the synchronized standby, and the rewound-LSN stop. About 75 s.
+  # the synchronized standby, an event too large for a frame, and the rewound-LSN stop.
+  # About 85 s.
   cargo test --locked --test stream -- --ignored --test-threads=1 --nocapture
 )

@@ -10,6 +10,8 @@
 //!   each aggregate's events in one partition, in commit order, zero duplicates per partition.
 //! - A failover to a standby holding a synchronized slot (`synchronized_standby_slots`): the
 //!   stream holds exactly the final primary's table, no duplicates, in commit order.
+//! - An event too large for a publish frame: refused before it is sent, nothing after it is
+//!   published, walbox halts on it as a poison event.
 //! - A rewound LSN: the stream holds an id beyond the end of this server's WAL (as after a
 //!   failover to a standby that lacked it): walbox stops with the definite error, exit 1.
 //!
@@ -808,4 +810,56 @@ async fn confirmed_on(db: &tokio_postgres::Client, slot: &str) -> Option<Lsn> {
     .flatten()
     .and_then(|row| row.get::<_, Option<String>>(0))
     .and_then(|text| text.parse::<Lsn>().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (run by scripts/test.sh)"]
+async fn an_event_too_large_for_a_frame_is_poison_and_nothing_after_it_is_lost() {
+    fresh_postgres().await;
+    let slot = name("large");
+    let stream = name("large");
+    let args = walbox_args(&slot, &stream);
+    let setup = walbox("setup", &args);
+    assert!(setup.status.success());
+    let db = connect(&primary_url(DATABASE)).await;
+    let insert = |payload: String| {
+        format!(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+             VALUES ('stream', 'k', 'e', '{payload}'::jsonb)"
+        )
+    };
+    db.batch_execute(&insert("{\"n\": 1}".into()))
+        .await
+        .unwrap();
+    // Above the 1 MiB frame the stream connection allows.
+    let large = format!("{{\"blob\": \"{}\"}}", "x".repeat(1_100_000));
+    db.batch_execute(&insert(large)).await.unwrap();
+    db.batch_execute(&insert("{\"n\": 3}".into()))
+        .await
+        .unwrap();
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stream-large.log");
+    let _ = std::fs::remove_file(&log);
+    let mut relay_args = args.clone();
+    relay_args.extend(["--poison-after".into(), "1".into()]);
+    let mut relay = spawn_run(&relay_args, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("halted on a poison event") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let seen = read_stream(&stream, 1).await;
+    println!("stream too large: in_stream={}", seen.len());
+    delete_stream(&stream).await;
+    drop_slot(&slot).await;
+    assert!(
+        text.contains("halted on a poison event") && text.contains("-byte limit"),
+        "log:\n{text}"
+    );
+    // The first event went out; the refused one did not, and nothing after it either.
+    assert_eq!(seen.len(), 1, "{seen:?}");
 }

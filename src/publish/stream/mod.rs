@@ -211,6 +211,10 @@ pub(crate) struct StreamPublisher {
     deduplicated: Counter,
     /// The same, this session only: logged once the first new event goes out.
     republished: AtomicU64,
+    /// An event was refused before it was sent: nothing after it may go out on this session,
+    /// or the stream would store later ids and then drop the refused event as a duplicate
+    /// should it ever become sendable.
+    refused: AtomicBool,
 }
 
 impl StreamPublisher {
@@ -253,6 +257,7 @@ impl StreamPublisher {
             stored,
             deduplicated,
             republished: AtomicU64::new(0),
+            refused: AtomicBool::new(false),
         })
     }
 
@@ -609,6 +614,11 @@ impl Publisher for StreamPublisher {
 
     /// Send one message in a publish frame of its own, numbered by its position.
     async fn publish(&self, message: OutboxMessage, position: Position) -> Result<StreamConfirm> {
+        if self.refused.load(Ordering::SeqCst) {
+            return Err(Error::transient(
+                "an earlier event of this session was refused; nothing after it is published",
+            ));
+        }
         let numbered = position
             .publishing_id()
             .map_err(|unnumbered| Error::definite(unnumbered.to_string()))?;
@@ -632,6 +642,7 @@ impl Publisher for StreamPublisher {
         let stream_message = message::stream_message(&message, numbered.id);
         let size = frame_size(publisher_id, numbered.id, &stream_message);
         if size > MAX_FRAME {
+            self.refused.store(true, Ordering::SeqCst);
             return Ok(StreamConfirm::Ready(Some(Outcome::Refused(
                 Refused::Rejected {
                     reason: format!(
