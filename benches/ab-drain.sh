@@ -11,30 +11,40 @@
 # Runs alternate (a, b, a, b, ...) so a busy moment on a shared machine hits every binary
 # alike; compare medians. Every run makes and drops its own database, slot, publication,
 # queue and exchange (wbab_<n>).
+#
+# Private servers (scripts/fault-servers.sh) instead of the machine's own: the same
+# WALBOX_TEST_PG_PORT, WALBOX_TEST_AMQP_PORT and WALBOX_TEST_RABBIT_NODE as the tests.
+# EVENTS=N changes the backlog (default 200000, a multiple of 20). WALBOX_AB_WRAP='CMD ...'
+# runs `walbox run` under CMD (e.g. 'valgrind --tool=callgrind --callgrind-out-file=...');
+# its CPU figure is then the wrapper's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
-EVENTS=200000
-TAIL=target/debug/examples/tail
+EVENTS=${EVENTS:-200000}
+TAIL=${TAIL:-target/debug/examples/tail}
+export PGHOST=127.0.0.1 PGUSER=postgres PGPORT=${WALBOX_TEST_PG_PORT:-5432}
+AMQP_URL="amqp://guest:guest@127.0.0.1:${WALBOX_TEST_AMQP_PORT:-5672}/%2f"
+RABBITMQCTL=(rabbitmqctl ${WALBOX_TEST_RABBIT_NODE:+-n "$WALBOX_TEST_RABBIT_NODE"})
+read -r -a WRAP <<<"${WALBOX_AB_WRAP:-}"
 [ -x "$TAIL" ] || { echo "build the queue helper first: cargo build --example tail" >&2; exit 2; }
 TICK=$(getconf CLK_TCK)
 
 drain() { # binary, run name
   local bin=$1 db=$2
-  export WALBOX_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/$db WALBOX_SLOT=$db \
+  export WALBOX_POSTGRES_URL=postgres://postgres@127.0.0.1:$PGPORT/$db WALBOX_AMQP_URL=$AMQP_URL WALBOX_SLOT=$db \
     WALBOX_PUBLICATION=$db WALBOX_EXCHANGE=${db}_x WALBOX_METRICS_ADDR=none WALBOX_LOG_FORMAT=json
   psql -qc "DROP DATABASE IF EXISTS $db" 2>/dev/null
   psql -qc "CREATE DATABASE $db"
   psql -q -d "$db" -f sql/outbox.sql
   "$bin" setup >/dev/null
-  "$TAIL" --exchange "${db}_x" --queue "${db}_q" --count 1 --timeout-secs 1 >/dev/null 2>&1 || true
+  "$TAIL" --amqp-url "$AMQP_URL" --exchange "${db}_x" --queue "${db}_q" --count 1 --timeout-secs 1 >/dev/null 2>&1 || true
   for _ in $(seq 1 20); do
     psql -q -d "$db" -c "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
       SELECT 'order', 'o' || g, 'created', jsonb_build_object('pad', repeat('x', 150), 'n', g) \
       FROM generate_series(1, $((EVENTS / 20))) g"
   done
   local end; end=$(psql -Atc "SELECT pg_current_wal_lsn()")
-  "$bin" run >"target/ab-$db.log" 2>&1 &
+  "${WRAP[@]}" "$bin" run >"target/ab-$db.log" 2>&1 &
   local pid=$! start; start=$(date +%s.%N)
   until [ "$(psql -Atc "SELECT confirmed_flush_lsn >= '$end'::pg_lsn FROM pg_replication_slots WHERE slot_name = '$db'")" = t ]; do
     sleep 0.1
@@ -46,8 +56,8 @@ drain() { # binary, run name
   kill -TERM "$pid"; wait "$pid" || true
   "$bin" teardown >/dev/null
   psql -qc "DROP DATABASE $db"
-  rabbitmqctl -q delete_queue "${db}_q" >/dev/null
-  rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"${db}_x\">>), false, <<\"ab\">>)." >/dev/null
+  "${RABBITMQCTL[@]}" -q delete_queue "${db}_q" >/dev/null
+  "${RABBITMQCTL[@]}" -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"${db}_x\">>), false, <<\"ab\">>)." >/dev/null
   awk -v bin="$bin" -v s="$start" -v e="$stop" -v t="$ticks" -v hz="$TICK" -v n="$EVENTS" -v rss="$rss" -v lag="$lag" \
     'BEGIN { printf "%s: %.0f events/s, %.2f us CPU/event, peak RSS %.1f MB, lag after 2 s idle %d bytes\n", bin, n / (e - s), t * 1e6 / hz / n, rss / 1024, lag }'
 }

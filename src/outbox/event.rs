@@ -427,7 +427,7 @@ impl OutboxShape {
 
         let exchange = match self.exchange_column.and_then(|index| row.text(index)) {
             Some(name) if !name.is_empty() => {
-                Some(short_string("exchange", &String::from_utf8_lossy(name))?)
+                Some(short_string("exchange", &super::filter::utf8(name))?)
             }
             _ => match &self.exchange {
                 Some(template) => {
