@@ -585,6 +585,11 @@ mod tests {
         OutboxShape::from_relation(relation, &Mapping::with_columns(map, template))
     }
 
+    /// The message of the first outbox row of [`TRANSACTION`] with these values.
+    fn message(shape: &OutboxShape, values: &[Option<&str>]) -> Result<OutboxMessage, EventError> {
+        shape.message(&row(values), &TRANSACTION, 0, &mut String::new())
+    }
+
     fn text(value: &str) -> Option<AMQPValue> {
         Some(AMQPValue::LongString(value.into()))
     }
@@ -646,22 +651,19 @@ mod tests {
     #[test]
     fn nulls_give_empty_parts_and_commit_time() {
         let shape = shape(&outbox_relation(), "", "{aggregate_type}.{event_type}").unwrap();
-        let message = shape
-            .message(
-                &row(&[
-                    Some("1"),
-                    None,
-                    Some("a"),
-                    Some("e"),
-                    None,
-                    Some("[1]"),
-                    None,
-                ]),
-                &TRANSACTION,
-                0,
-                &mut String::new(),
-            )
-            .unwrap();
+        let message = message(
+            &shape,
+            &[
+                Some("1"),
+                None,
+                Some("a"),
+                Some("e"),
+                None,
+                Some("[1]"),
+                None,
+            ],
+        )
+        .unwrap();
         assert_eq!(message.routing_key.as_str(), ".e");
         assert!(message.body.is_empty());
         assert_eq!(message.properties.timestamp(), &Some(946_684_801));
@@ -681,20 +683,17 @@ mod tests {
             ("payload", oid::BYTEA),
         ]);
         let shape = shape(&table, "", "x").unwrap();
-        let message = shape
-            .message(
-                &row(&[
-                    Some("1"),
-                    Some("a"),
-                    Some("b"),
-                    Some("c"),
-                    Some("\\x00ff41"),
-                ]),
-                &TRANSACTION,
-                0,
-                &mut String::new(),
-            )
-            .unwrap();
+        let message = message(
+            &shape,
+            &[
+                Some("1"),
+                Some("a"),
+                Some("b"),
+                Some("c"),
+                Some("\\x00ff41"),
+            ],
+        )
+        .unwrap();
         assert_eq!(&message.body[..], &[0x00, 0xff, 0x41]);
         assert_eq!(
             message
@@ -729,19 +728,14 @@ mod tests {
         ];
         let mut with = values.to_vec();
         with.push(Some("billing"));
-        let message = shape
-            .message(&row(&with), &TRANSACTION, 0, &mut String::new())
-            .unwrap();
+        let routed = message(&shape, &with).unwrap();
         assert_eq!(
-            message.exchange.as_ref().map(ShortString::as_str),
+            routed.exchange.as_ref().map(ShortString::as_str),
             Some("billing")
         );
         let mut without = values.to_vec();
         without.push(None);
-        let message = shape
-            .message(&row(&without), &TRANSACTION, 0, &mut String::new())
-            .unwrap();
-        assert_eq!(message.exchange, None);
+        assert_eq!(message(&shape, &without).unwrap().exchange, None);
     }
 
     #[test]
@@ -807,20 +801,17 @@ mod tests {
             ("payload", oid::JSONB),
         ]);
         let shape = shape(&table, "debezium", "{aggregate_type}.{event_type}").unwrap();
-        let message = shape
-            .message(
-                &row(&[
-                    Some("1"),
-                    Some("Order"),
-                    Some("9"),
-                    Some("Shipped"),
-                    Some("{}"),
-                ]),
-                &TRANSACTION,
-                0,
-                &mut String::new(),
-            )
-            .unwrap();
+        let message = message(
+            &shape,
+            &[
+                Some("1"),
+                Some("Order"),
+                Some("9"),
+                Some("Shipped"),
+                Some("{}"),
+            ],
+        )
+        .unwrap();
         assert_eq!(message.routing_key.as_str(), "Order.Shipped");
     }
 
@@ -828,7 +819,7 @@ mod tests {
     fn short_rows_are_an_error_not_a_panic() {
         let shape = shape(&outbox_relation(), "", "k").unwrap();
         assert!(matches!(
-            shape.message(&row(&[Some("1")]), &TRANSACTION, 0, &mut String::new()),
+            message(&shape, &[Some("1")]),
             Err(EventError::ColumnCount { .. })
         ));
     }
@@ -896,20 +887,17 @@ mod tests {
         };
         let shape = OutboxShape::from_relation(&ef_core_relation(), &mapping).unwrap();
         let content = r#"{"orderId": 7, "note": "say \"hi\""}"#;
-        let message = shape
-            .message(
-                &row(&[
-                    Some("6f1c0d3e-0000-4000-8000-000000000001"),
-                    Some("2026-11-22 14:59:17.5+00"),
-                    Some(ORDER_CREATED),
-                    Some(content),
-                    None,
-                ]),
-                &TRANSACTION,
-                0,
-                &mut String::new(),
-            )
-            .unwrap();
+        let message = message(
+            &shape,
+            &[
+                Some("6f1c0d3e-0000-4000-8000-000000000001"),
+                Some("2026-11-22 14:59:17.5+00"),
+                Some(ORDER_CREATED),
+                Some(content),
+                None,
+            ],
+        )
+        .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&message.body).unwrap();
         assert_eq!(
             body,
@@ -952,22 +940,19 @@ mod tests {
                 ..Mapping::with_columns("", "{aggregate_type}.{event_type}")
             };
             let shape = OutboxShape::from_relation(&outbox_relation(), &mapping).unwrap();
-            let message = shape
-                .message(
-                    &row(&[
-                        Some("1"),
-                        Some("order"),
-                        Some("o-1"),
-                        Some(ORDER_CREATED),
-                        Some(r#"{"n": 1}"#),
-                        Some(r#"{"trace": "t"}"#),
-                        None,
-                    ]),
-                    &TRANSACTION,
-                    0,
-                    &mut String::new(),
-                )
-                .unwrap();
+            let message = message(
+                &shape,
+                &[
+                    Some("1"),
+                    Some("order"),
+                    Some("o-1"),
+                    Some(ORDER_CREATED),
+                    Some(r#"{"n": 1}"#),
+                    Some(r#"{"trace": "t"}"#),
+                    None,
+                ],
+            )
+            .unwrap();
             assert_eq!(
                 message
                     .properties
