@@ -5,7 +5,8 @@
 //! draining a committed backlog (events/s, CPU per event, peak RSS); commit → delivery latency
 //! at steady loads of 50% and 10% of the ceiling; a small polling relay on the same workloads,
 //! with the load each relay puts on PostgreSQL; and drain vs ceiling across payload sizes,
-//! transaction sizes and queue types. It writes target/bench-report.md (or benches/RESULTS.md
+//! transaction sizes and queue types; and, when asked (`WALBOX_BENCH_ONLY=targets`), walbox and
+//! the raw ceiling per target: a classic queue, a quorum queue and a stream. It writes target/bench-report.md (or benches/RESULTS.md
 //! with `WALBOX_BENCH_WRITE_RESULTS=1`) and prints it.
 //!
 //! The raw publisher and the polling relay run as processes of their own, like walbox (this
@@ -25,6 +26,8 @@ mod poller;
 mod procfs;
 #[path = "relay/report.rs"]
 mod report;
+#[path = "relay/stream.rs"]
+mod stream;
 #[path = "relay/world.rs"]
 mod world;
 
@@ -48,6 +51,8 @@ const WARMUP: Duration = Duration::from_secs(2);
 fn main() -> ExitCode {
     if !std::env::args().any(|arg| arg == "--bench") {
         report::self_check();
+        amqp::self_check();
+        stream::self_check();
         println!("relay bench: run with `cargo bench --bench relay` (see benches/README.md)");
         return ExitCode::SUCCESS;
     }
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
     let outcome = match std::env::var(world::ROLE).as_deref() {
         Ok("poller") => runtime.block_on(poller::run()),
         Ok("publisher") => runtime.block_on(amqp::publisher_role()),
+        Ok("stream-publisher") => runtime.block_on(stream::publisher_role()),
         _ => runtime.block_on(bench()),
     };
     match outcome {
@@ -93,6 +99,8 @@ struct Options {
     scaling_events: usize,
     /// Which parts and relays to run (see [`Options::runs`]).
     only: Vec<String>,
+    /// The `targets` part's targets, in their order within a round.
+    targets: Vec<QueueKind>,
     write_results: bool,
     statements: bool,
     log_dir: PathBuf,
@@ -147,6 +155,17 @@ impl Options {
                 .filter(|part| !part.is_empty())
                 .map(str::to_owned)
                 .collect(),
+            targets: env_or("WALBOX_BENCH_TARGETS", "classic,quorum,stream".to_owned())?
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(|name| match name {
+                    "classic" | "quorum" | "stream" => Ok(QueueKind::named(name)),
+                    other => {
+                        bail!("WALBOX_BENCH_TARGETS: {other} is not classic, quorum or stream")
+                    }
+                })
+                .collect::<Result<_>>()?,
             write_results: env_or::<u8>("WALBOX_BENCH_WRITE_RESULTS", 0)? != 0,
             statements: false,
             log_dir: target_dir.join("bench-logs"),
@@ -158,11 +177,15 @@ impl Options {
     }
 
     /// Whether a part runs: `WALBOX_BENCH_ONLY` lists parts (ceiling, drain, latency,
-    /// scaling) and/or relays (walbox, poller); an empty list or one naming only relays runs
-    /// every part, one naming no relay runs both.
+    /// scaling, targets) and/or relays (walbox, poller); an empty list or one naming only
+    /// relays runs every part but `targets`, one naming no relay runs both. `targets` runs
+    /// only when named: it needs a broker with streams (RabbitMQ 4, not the machine's 3.10).
     fn runs(&self, part: &str) -> bool {
         let listed = |names: &[&str]| self.only.iter().any(|o| names.contains(&o.as_str()));
-        let parts = ["ceiling", "drain", "latency", "scaling"];
+        let parts = ["ceiling", "drain", "latency", "scaling", "targets"];
+        if part == "targets" {
+            return listed(&[part]);
+        }
         (!listed(&parts) || listed(&[part])) && (part != "scaling" || self.scaling)
     }
 
@@ -332,7 +355,12 @@ async fn describe(options: &mut Options) -> Result<report::Setup> {
         commit: format!("{commit}{}", if dirty { " (+ local changes)" } else { "" }),
         machine: format!("{cores} cores, {memory_gib:.0} GiB"),
         postgres: version,
-        rabbitmq: command("rabbitmqctl", &["version"]).unwrap_or("(rabbitmqctl not found)".into()),
+        rabbitmq: match stream::broker_version(world::stream_url()).await {
+            Some(version) => version,
+            None => {
+                command("rabbitmqctl", &["version"]).unwrap_or("(rabbitmqctl not found)".into())
+            }
+        },
         events: options.events,
         reps: options.reps,
         payload_bytes: options.payload_bytes,
@@ -439,6 +467,9 @@ async fn measure(options: &Options, results: &mut Results) -> Result<()> {
     if options.runs("scaling") {
         scaling(options, results).await?;
     }
+    if options.runs("targets") {
+        targets(options, results).await?;
+    }
     Ok(())
 }
 
@@ -543,6 +574,16 @@ async fn drain(options: &Options, shape: Shape, relay: Relay) -> Result<Drain> {
     let machine_end = procfs::machine_ticks();
     let rss_kib = procfs::peak_rss_kib(pid);
     let pg_cpu = pg_pid.and_then(procfs::cpu_micros);
+    let mut publisher_seconds = None;
+    if relay == Relay::Publisher {
+        // It prints its own timing right after its last confirm, which may come a moment
+        // after the consumer's last delivery.
+        let until = Instant::now() + Duration::from_secs(10);
+        while publisher_seconds.is_none() && Instant::now() < until {
+            publisher_seconds = amqp::publisher_seconds(&world.log_tail(relay.name()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     if received.count < shape.events {
         bail!(
             "{} delivered {} of {} events before the deadline; its log:\n{}",
@@ -579,6 +620,7 @@ async fn drain(options: &Options, shape: Shape, relay: Relay) -> Result<Drain> {
         rate: received.rate(),
         seconds: received.span().as_secs_f64(),
         fill_seconds: fill.as_secs_f64(),
+        publisher_rate: publisher_seconds.map(|seconds| events / seconds.max(1e-6)),
         startup_seconds: received
             .first
             .map_or(0.0, |first| (first - started).as_secs_f64()),
@@ -731,11 +773,7 @@ async fn scaling(options: &Options, results: &mut Results) -> Result<()> {
                 events: row.events,
                 payload_bytes: row.payload_bytes,
                 tx_rows: row.tx_rows,
-                queue: if row.queue == "quorum" {
-                    QueueKind::Quorum
-                } else {
-                    QueueKind::Classic
-                },
+                queue: QueueKind::named(row.queue),
             };
             // The ceiling does not depend on the transaction size: measure it once per
             // payload and queue and share it.
@@ -759,6 +797,68 @@ async fn scaling(options: &Options, results: &mut Results) -> Result<()> {
             );
             row.ceilings.extend(ceiling_run);
             row.drains.push(drain_run);
+        }
+    }
+    Ok(())
+}
+
+/// The same backlog drained by walbox into a classic queue, a quorum queue (both `--target
+/// amqp`, through the exchange) and a stream (`--target stream`), each next to its raw ceiling
+/// (lapin for the queues, the stream client for the stream). Every round runs all six, the
+/// targets in a rotating order so a busy moment of the shared machine hits each alike.
+async fn targets(options: &Options, results: &mut Results) -> Result<()> {
+    let kinds = &options.targets;
+    let stream_target = stream::walbox_has_stream_target();
+    if !stream_target {
+        results.targets_note = Some(
+            "this walbox has no `--target` option yet, so the stream has its raw ceiling only"
+                .into(),
+        );
+    }
+    for &kind in kinds {
+        results.targets.push(Scaling {
+            label: kind.name().into(),
+            events: options.events,
+            payload_bytes: options.payload_bytes,
+            tx_rows: options.tx_rows,
+            queue: kind.name(),
+            ..Scaling::default()
+        });
+    }
+    for rep in 1..=options.reps {
+        for offset in 0..kinds.len() {
+            let index = (offset + rep - 1) % kinds.len();
+            let kind = kinds[index];
+            let shape = Shape {
+                events: options.events,
+                payload_bytes: options.payload_bytes,
+                tx_rows: options.tx_rows,
+                queue: kind,
+            };
+            let ceiling_run = ceiling(options, shape).await?;
+            let drain_run = match kind {
+                QueueKind::Stream if !stream_target => None,
+                _ => Some(drain(options, shape, Relay::Walbox).await?),
+            };
+            eprintln!(
+                "relay bench: [{rep}/{}] target {}: ceiling {:.0} events/s ({:.1} µs/event; \
+                 {:.0} events/s first publish → last confirm), walbox {} events/s ({} µs/event)",
+                options.reps,
+                kind.name(),
+                ceiling_run.rate,
+                ceiling_run.relay_cpu_us.unwrap_or(f64::NAN),
+                ceiling_run.publisher_rate.unwrap_or(f64::NAN),
+                drain_run
+                    .as_ref()
+                    .map_or("–".into(), |d| format!("{:.0}", d.rate)),
+                drain_run
+                    .as_ref()
+                    .and_then(|d| d.relay_cpu_us)
+                    .map_or("–".into(), |us| format!("{us:.1}")),
+            );
+            let row = &mut results.targets[index];
+            row.ceilings.push(ceiling_run);
+            row.drains.extend(drain_run);
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! The AMQP side of the bench: a publisher with walbox's in-flight window (used by the ceiling
-//! and by the polling relay), and a consumer that counts deliveries and their latency.
+//! and by the polling relay), and a consumer that counts deliveries (of a queue, or of a stream
+//! through benches/relay/stream.rs) and their latency.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
@@ -175,6 +176,31 @@ impl Received {
     }
 }
 
+/// What the counter needs of one delivery: its body's size and its commit stamp, read where
+/// the delivery arrives so no body is copied.
+#[derive(Debug)]
+pub struct Seen {
+    pub bytes: usize,
+    pub stamp: Option<u64>,
+}
+
+impl Seen {
+    pub fn of(body: &[u8]) -> Seen {
+        Seen {
+            bytes: body.len(),
+            stamp: commit_stamp(body),
+        }
+    }
+}
+
+/// The deliveries of a queue or a stream, as the counter reads them.
+pub type Deliveries = Pin<Box<dyn Stream<Item = Result<Seen>> + Send>>;
+
+/// A queue's deliveries (no-ack consumer).
+pub fn deliveries(consumer: Consumer) -> Deliveries {
+    Box::pin(consumer.map(|delivery| -> Result<Seen> { Ok(Seen::of(&delivery?.data)) }))
+}
+
 /// A running consumer; set `target` to the number of messages to wait for.
 pub struct Counter {
     pub target: Arc<AtomicUsize>,
@@ -196,7 +222,7 @@ impl Counter {
 /// sample for events stamped at or after it. `watch` are pids whose CPU is read at the first
 /// delivery.
 pub fn count(
-    mut consumer: Consumer,
+    mut consumer: Deliveries,
     target: usize,
     deadline: Instant,
     latency_from: Option<u64>,
@@ -225,9 +251,9 @@ pub fn count(
             }
             received.last = Some(at);
             received.count += 1;
-            received.bytes += delivery.data.len() as u64;
+            received.bytes += delivery.bytes as u64;
             if let Some(from) = latency_from
-                && let Some(stamp) = commit_stamp(&delivery.data)
+                && let Some(stamp) = delivery.stamp
                 && stamp >= from
             {
                 received.latencies.push(unix_micros().saturating_sub(stamp));
@@ -264,6 +290,7 @@ pub async fn publisher_role() -> Result<()> {
     )
     .await?;
     let stamp = unix_micros();
+    let started = Instant::now();
     for seq in 0..events {
         let id = format!("00000000-0000-4000-8000-{seq:012}");
         let body = super::load::json_body(body_size, stamp, seq);
@@ -272,6 +299,37 @@ pub async fn publisher_role() -> Result<()> {
             .await?;
     }
     publisher.flush().await?;
+    println!("{}", confirmed_line(events, started.elapsed()));
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// The line a raw publisher prints once every message is confirmed: its own view of the rate,
+/// first publish to last confirm, to compare with the consumer's (read back by
+/// [`publisher_seconds`]).
+pub fn confirmed_line(events: u64, took: Duration) -> String {
+    format!(
+        "publisher: {events} confirmed in {:.6} s (first publish to last confirm)",
+        took.as_secs_f64()
+    )
+}
+
+/// The seconds in a raw publisher's [`confirmed_line`], from its log.
+pub fn publisher_seconds(log: &str) -> Option<f64> {
+    log.lines().find_map(|line| {
+        let rest = line.strip_prefix("publisher: ")?;
+        let (_, rest) = rest.split_once(" confirmed in ")?;
+        rest.split_once(' ')?.0.parse().ok()
+    })
+}
+
+/// Checks of this module's own logic, run by `cargo test --all-targets` (see `main`).
+pub fn self_check() {
+    let line = confirmed_line(200_000, Duration::from_millis(12_345));
+    assert_eq!(publisher_seconds(&format!("log\n{line}\n")), Some(12.345));
+    assert_eq!(publisher_seconds("nothing here"), None);
+    assert_eq!(
+        commit_stamp(br#"{"t": 1795359557123456, "pad": ""}"#),
+        Some(1795359557123456)
+    );
 }

@@ -37,16 +37,28 @@ fn ticks_per_second() -> u64 {
     })
 }
 
-/// The RabbitMQ broker's Erlang VM processes (beam.smp) on this machine.
+/// The RabbitMQ broker's Erlang VM processes (beam.smp) on this machine; with
+/// `WALBOX_BENCH_BROKER_ROOT` only those running under that root directory (the chroot of one
+/// private cluster, e.g. scripts/trixie-servers.sh's `$WALBOX_HA_ROOT/rootfs`, all its nodes),
+/// so other brokers on the machine are not counted.
 pub fn broker_pids() -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let root = std::env::var("WALBOX_BENCH_BROKER_ROOT")
+        .ok()
+        .filter(|root| !root.trim().is_empty())
+        .map(|root| std::fs::canonicalize(&root).unwrap_or_else(|_| root.into()));
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|comm| comm.trim() == "beam.smp")
+        })
+        .filter(|pid| {
+            root.as_ref().is_none_or(|root| {
+                std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|dir| &dir == root)
+            })
         })
         .collect()
 }

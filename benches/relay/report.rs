@@ -13,6 +13,8 @@ pub struct Drain {
     pub fill_seconds: f64,
     /// Relay started → first delivery.
     pub startup_seconds: f64,
+    /// A raw publisher's own rate: events / (first publish → last confirm), from its log.
+    pub publisher_rate: Option<f64>,
     /// Average body size seen by the consumer.
     pub body_bytes: f64,
     /// Relay process CPU per event (first to last delivery), µs.
@@ -192,6 +194,10 @@ pub struct Results {
     pub poller: Vec<Drain>,
     pub latency: Vec<LatencyRow>,
     pub scaling: Vec<Scaling>,
+    /// Ceiling and walbox drain per target (classic queue, quorum queue, stream).
+    pub targets: Vec<Scaling>,
+    /// Why a target has no walbox runs, when it has none.
+    pub targets_note: Option<String>,
 }
 
 pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
@@ -281,6 +287,26 @@ pub fn markdown(results: &Results, svg_name: Option<&str>) -> String {
         s.reps, s.events, s.payload_bytes, s.tx_rows, s.window
     );
 
+    if !(results.ceilings.is_empty() && results.walbox.is_empty() && results.poller.is_empty()) {
+        throughput(w, results);
+    }
+    if !results.latency.is_empty() {
+        latency(w, results);
+    }
+    if !(results.walbox.is_empty() && results.poller.is_empty()) {
+        postgres_load(w, results);
+    }
+    if !results.scaling.is_empty() {
+        scaling(w, results, svg_name);
+    }
+    if !results.targets.is_empty() {
+        targets(w, results);
+    }
+    settings(w, results);
+    out
+}
+
+fn throughput(w: &mut String, results: &Results) {
     let ceiling = median_of(&results.ceilings, |c| Some(c.rate));
     let _ = writeln!(w, "## Throughput\n");
     let _ = writeln!(
@@ -331,50 +357,54 @@ pub fn markdown(results: &Results, svg_name: Option<&str>) -> String {
         num(median_of(&results.poller, |d| Some(d.startup_seconds)), 2),
         num(median_of(&results.walbox, |d| Some(d.body_bytes)), 0),
     );
+}
 
-    if !results.latency.is_empty() {
-        let _ = writeln!(w, "## Latency, commit → delivery\n");
-        let _ = writeln!(
-            w,
-            "Steady load in transactions of {} events, {:.0} s measured after a {:.0} s \
-             warm-up; each payload carries `clock_timestamp()` at insert and the consumer \
-             subtracts it from its own clock on delivery (same machine).\n",
-            s.latency_tx_rows, s.latency_seconds, s.latency_warmup_seconds
-        );
-        let _ = writeln!(
-            w,
-            "| relay | load | events/s asked / achieved | samples | p50 ms | p90 ms | p99 ms | max ms | relay CPU (% of a core) | PostgreSQL backend CPU (% of a core) | broker CPU (% of a core) | machine CPU busy (% of all cores) |"
-        );
-        let _ = writeln!(
-            w,
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        );
-        for row in &results.latency {
-            let runs = &row.runs;
-            if runs.is_empty() {
-                continue;
-            }
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                row.relay,
-                row.load,
-                num(median_of(runs, |l| Some(l.target_rate)), 0),
-                num(median_of(runs, |l| Some(l.achieved_rate)), 0),
-                num(median_of(runs, |l| Some(l.samples as f64)), 0),
-                num(median_of(runs, |l| Some(l.p50)), 1),
-                num(median_of(runs, |l| Some(l.p90)), 1),
-                num(median_of(runs, |l| Some(l.p99)), 1),
-                num(median_of(runs, |l| Some(l.max)), 1),
-                pct(median_of(runs, |l| l.relay_cpu)),
-                pct(median_of(runs, |l| l.pg_cpu)),
-                pct(median_of(runs, |l| l.broker_cpu)),
-                pct(median_of(runs, |l| l.machine_busy)),
-            );
+fn latency(w: &mut String, results: &Results) {
+    let s = &results.setup;
+    let _ = writeln!(w, "## Latency, commit → delivery\n");
+    let _ = writeln!(
+        w,
+        "Steady load in transactions of {} events, {:.0} s measured after a {:.0} s \
+         warm-up; each payload carries `clock_timestamp()` at insert and the consumer \
+         subtracts it from its own clock on delivery (same machine).\n",
+        s.latency_tx_rows, s.latency_seconds, s.latency_warmup_seconds
+    );
+    let _ = writeln!(
+        w,
+        "| relay | load | events/s asked / achieved | samples | p50 ms | p90 ms | p99 ms | max ms | relay CPU (% of a core) | PostgreSQL backend CPU (% of a core) | broker CPU (% of a core) | machine CPU busy (% of all cores) |"
+    );
+    let _ = writeln!(
+        w,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for row in &results.latency {
+        let runs = &row.runs;
+        if runs.is_empty() {
+            continue;
         }
-        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.relay,
+            row.load,
+            num(median_of(runs, |l| Some(l.target_rate)), 0),
+            num(median_of(runs, |l| Some(l.achieved_rate)), 0),
+            num(median_of(runs, |l| Some(l.samples as f64)), 0),
+            num(median_of(runs, |l| Some(l.p50)), 1),
+            num(median_of(runs, |l| Some(l.p90)), 1),
+            num(median_of(runs, |l| Some(l.p99)), 1),
+            num(median_of(runs, |l| Some(l.max)), 1),
+            pct(median_of(runs, |l| l.relay_cpu)),
+            pct(median_of(runs, |l| l.pg_cpu)),
+            pct(median_of(runs, |l| l.broker_cpu)),
+            pct(median_of(runs, |l| l.machine_busy)),
+        );
     }
+    let _ = writeln!(w);
+}
 
+fn postgres_load(w: &mut String, results: &Results) {
+    let s = &results.setup;
     let _ = writeln!(w, "## Load on PostgreSQL while draining the backlog\n");
     let _ = writeln!(
         w,
@@ -439,45 +469,105 @@ pub fn markdown(results: &Results, svg_name: Option<&str>) -> String {
             );
         }
     }
+}
 
-    if !results.scaling.is_empty() {
-        let _ = writeln!(w, "## Scaling: walbox drain vs ceiling\n");
+fn scaling(w: &mut String, results: &Results, svg_name: Option<&str>) {
+    let _ = writeln!(w, "## Scaling: walbox drain vs ceiling\n");
+    let _ = writeln!(
+        w,
+        "Smaller backlogs (events column) so each configuration takes seconds; medians of \
+         the same number of repetitions. MB/s counts message bodies.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| configuration | events | ceiling events/s | walbox events/s | walbox / ceiling | ceiling MB/s | walbox MB/s | walbox CPU µs/event |"
+    );
+    let _ = writeln!(
+        w,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for row in &results.scaling {
+        let c = median_of(&row.ceilings, |c| Some(c.rate));
+        let d = median_of(&row.drains, |d| Some(d.rate));
+        let mb = |rate: Option<f64>| rate.map(|r| r * row.payload_bytes as f64 / 1e6);
         let _ = writeln!(
             w,
-            "Smaller backlogs (events column) so each configuration takes seconds; medians of \
-             the same number of repetitions. MB/s counts message bodies.\n"
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.label,
+            row.events,
+            num(c, 0),
+            num(d, 0),
+            pct(ratio(d, c)),
+            num(mb(c), 1),
+            num(mb(d), 1),
+            num(median_of(&row.drains, |d| d.relay_cpu_us), 1),
         );
-        let _ = writeln!(
-            w,
-            "| configuration | events | ceiling events/s | walbox events/s | walbox / ceiling | ceiling MB/s | walbox MB/s | walbox CPU µs/event |"
-        );
-        let _ = writeln!(
-            w,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        );
-        for row in &results.scaling {
-            let c = median_of(&row.ceilings, |c| Some(c.rate));
-            let d = median_of(&row.drains, |d| Some(d.rate));
-            let mb = |rate: Option<f64>| rate.map(|r| r * row.payload_bytes as f64 / 1e6);
+    }
+    if let Some(svg) = svg_name {
+        let _ = writeln!(w, "\n![walbox drain vs ceiling]({svg})");
+    }
+    let _ = writeln!(w);
+}
+
+fn targets(w: &mut String, results: &Results) {
+    let s = &results.setup;
+    let _ = writeln!(w, "## Targets: classic queue, quorum queue, stream\n");
+    let _ = writeln!(
+        w,
+        "The same backlog ({} events of ~{} B, {} per transaction) drained by walbox into each \
+         target, next to that target's raw ceiling (no PostgreSQL): lapin to the exchange for \
+         the queues, the stream client to the stream (one named producer, explicit publishing \
+         ids, confirms). {} messages in flight everywhere. Rounds rotate the order of the \
+         targets. A rate is counted by a consumer in the bench process: no-ack AMQP for the \
+         queues, the stream client from the first offset for the stream. The raw publishers \
+         also time themselves, first publish to last confirm (their own events/s), which \
+         shows whether the consumer kept up.\n",
+        s.events, s.payload_bytes, s.tx_rows, s.window
+    );
+    let _ = writeln!(
+        w,
+        "| target | publisher | events/s | vs ceiling | CPU µs/event | peak RSS MiB | walsender CPU µs/event | broker CPU (% of a core) | machine busy (% of all cores) | publisher's own events/s | runs | each run, events/s |"
+    );
+    let _ = writeln!(
+        w,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for row in &results.targets {
+        let ceiling = median_of(&row.ceilings, |c| Some(c.rate));
+        let raw = match row.queue {
+            "stream" => "raw stream publisher",
+            _ => "raw lapin publisher",
+        };
+        for (publisher, runs) in [(raw, &row.ceilings), ("walbox", &row.drains)] {
+            if runs.is_empty() {
+                continue;
+            }
+            let rate = median_of(runs, |d| Some(d.rate));
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {publisher} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.label,
-                row.events,
-                num(c, 0),
-                num(d, 0),
-                pct(ratio(d, c)),
-                num(mb(c), 1),
-                num(mb(d), 1),
-                num(median_of(&row.drains, |d| d.relay_cpu_us), 1),
+                num(rate, 0),
+                pct(ratio(rate, ceiling)),
+                num(median_of(runs, |d| d.relay_cpu_us), 1),
+                num(median_of(runs, |d| d.relay_rss_mib), 1),
+                num(median_of(runs, |d| d.pg_cpu_us), 1),
+                pct(median_of(runs, |d| d.broker_cpu)),
+                pct(median_of(runs, |d| d.machine_busy)),
+                num(median_of(runs, |d| d.publisher_rate), 0),
+                runs.len(),
+                spread(runs, |d| d.rate),
             );
         }
-        if let Some(svg) = svg_name {
-            let _ = writeln!(w, "\n![walbox drain vs ceiling]({svg})");
-        }
-        let _ = writeln!(w);
     }
+    if let Some(note) = &results.targets_note {
+        let _ = writeln!(w, "\nNote: {note}.");
+    }
+    let _ = writeln!(w);
+}
 
+fn settings(w: &mut String, results: &Results) {
+    let s = &results.setup;
     let _ = writeln!(w, "## Settings\n");
     let _ = writeln!(
         w,
@@ -496,7 +586,6 @@ pub fn markdown(results: &Results, svg_name: Option<&str>) -> String {
         "- the machine is shared: other work running at the same time lowers every number \
          of a repetition alike, which is why each figure is a same-run ratio of medians"
     );
-    out
 }
 
 /// A horizontal bar chart: walbox's drain as a share of the ceiling, per configuration, with

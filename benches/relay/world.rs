@@ -1,6 +1,6 @@
-//! One measurement's private world on the local servers: a database holding the outbox table
-//! (also the slot's and publication's name), a durable topic exchange and a durable queue bound
-//! to it with `#`, and the relay processes started for it. Every name starts with
+//! One measurement's private world on the bench's servers: a database holding the outbox table
+//! (also the slot's and publication's name), a durable topic exchange and a durable queue (or
+//! stream) bound to it with `#`, and the relay processes started for it. Every name starts with
 //! `wbb_<pid>_`; everything is dropped when the [`World`] is dropped (also while a failed
 //! measurement unwinds), by [`cleanup_all`] on Ctrl-C, and by [`sweep_stale`] at the next
 //! start if this process was killed outright. A replication slot left behind would pin WAL
@@ -9,8 +9,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -22,11 +22,59 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio_postgres::{Client, NoTls};
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use super::amqp::{self, Deliveries};
+use super::stream;
+
+/// The servers, from `WALBOX_BENCH_POSTGRES` (a URL without database), `WALBOX_BENCH_AMQP_URL`
+/// and `WALBOX_BENCH_STREAM_URL`; by default the machine's own PostgreSQL and RabbitMQ.
+struct Servers {
+    postgres: String,
+    amqp: String,
+    stream: String,
+}
+
+fn servers() -> &'static Servers {
+    static SERVERS: OnceLock<Servers> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        Servers {
+            postgres: var(
+                "WALBOX_BENCH_POSTGRES",
+                "postgres://postgres@127.0.0.1:5432",
+            )
+            .trim_end_matches('/')
+            .to_owned(),
+            amqp: var(
+                "WALBOX_BENCH_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+            stream: var(
+                "WALBOX_BENCH_STREAM_URL",
+                "rabbitmq-stream://guest:guest@127.0.0.1:5552/%2f",
+            ),
+        }
+    })
+}
+
+/// The broker's AMQP 0-9-1 URL (its first node, where queues and streams are declared).
+pub fn amqp_url() -> &'static str {
+    &servers().amqp
+}
+
+/// The broker's stream protocol URL (same node).
+pub fn stream_url() -> &'static str {
+    &servers().stream
+}
 const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");
 
 /// The environment variable that makes this bench binary a helper process: `poller` (the
-/// polling relay) or `publisher` (the ceiling's raw publisher).
+/// polling relay), `publisher` (the ceiling's raw lapin publisher) or `stream-publisher` (the
+/// raw stream publisher).
 pub const ROLE: &str = "WALBOX_BENCH_ROLE";
 
 /// The walbox binary cargo built for this bench (the release one under `cargo bench`).
@@ -36,7 +84,7 @@ pub const WALBOX: &str = env!("CARGO_BIN_EXE_walbox");
 /// (`prefer`, as in libpq) would encrypt its connections to a server with ssl=on and the
 /// others not, which is no like-for-like comparison.
 pub fn pg_url(database: &str) -> String {
-    format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable")
+    format!("{}/{database}?sslmode=disable", servers().postgres)
 }
 
 pub async fn pg_connect(url: &str) -> Result<Client> {
@@ -61,6 +109,9 @@ fn prefix() -> String {
 pub enum QueueKind {
     Classic,
     Quorum,
+    /// A stream, written over the stream protocol (walbox `--target stream`, the raw stream
+    /// publisher) and read by a stream consumer.
+    Stream,
 }
 
 impl QueueKind {
@@ -68,6 +119,24 @@ impl QueueKind {
         match self {
             QueueKind::Classic => "classic",
             QueueKind::Quorum => "quorum",
+            QueueKind::Stream => "stream",
+        }
+    }
+
+    /// The kind [`QueueKind::name`] names (classic for an unknown name).
+    pub fn named(name: &str) -> QueueKind {
+        match name {
+            "quorum" => QueueKind::Quorum,
+            "stream" => QueueKind::Stream,
+            _ => QueueKind::Classic,
+        }
+    }
+
+    fn x_queue_type(self) -> Option<&'static str> {
+        match self {
+            QueueKind::Classic => None,
+            QueueKind::Quorum => Some("quorum"),
+            QueueKind::Stream => Some("stream"),
         }
     }
 }
@@ -77,6 +146,7 @@ pub struct World {
     pub queue: String,
     /// The world's own database (absent for a measurement without PostgreSQL).
     pub db: Option<Client>,
+    pub kind: QueueKind,
     pub channel: Channel,
     _amqp: Connection,
     children: Vec<Child>,
@@ -89,7 +159,7 @@ impl World {
         let name = format!("{}{}_{tag}", prefix(), NEXT.fetch_add(1, Ordering::Relaxed));
         LIVE.lock().unwrap().insert(name.clone());
         // From here on, Drop cleans up whatever was created.
-        let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        let amqp = Connection::connect(amqp_url(), ConnectionProperties::default())
             .await
             .context("connecting to RabbitMQ")?;
         let channel = amqp.create_channel().await?;
@@ -97,6 +167,7 @@ impl World {
             queue: format!("{name}_q"),
             name,
             db: None,
+            kind: queue,
             channel,
             _amqp: amqp,
             children: Vec::new(),
@@ -127,11 +198,8 @@ impl World {
             )
             .await?;
         let mut arguments = FieldTable::default();
-        if queue == QueueKind::Quorum {
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
+        if let Some(kind) = queue.x_queue_type() {
+            arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
         }
         world
             .channel
@@ -165,9 +233,13 @@ impl World {
         pg_url(&self.name)
     }
 
-    /// Start consuming the queue; the broker forgets each message as it sends it.
-    pub async fn consume(&self) -> Result<Consumer> {
-        Ok(self
+    /// Start consuming the queue (the broker forgets each message as it sends it), or the
+    /// stream from its first offset.
+    pub async fn consume(&self) -> Result<Deliveries> {
+        if self.kind == QueueKind::Stream {
+            return stream::consume(stream_url(), &self.queue).await;
+        }
+        let consumer: Consumer = self
             .channel
             .basic_consume(
                 self.queue.as_str().into(),
@@ -178,7 +250,8 @@ impl World {
                 },
                 FieldTable::default(),
             )
-            .await?)
+            .await?;
+        Ok(amqp::deliveries(consumer))
     }
 
     fn walbox_args(&self) -> Vec<String> {
@@ -186,7 +259,7 @@ impl World {
             "--postgres-url",
             &self.pg_url(),
             "--amqp-url",
-            AMQP_URL,
+            amqp_url(),
             "--slot",
             &self.name,
             "--publication",
@@ -224,6 +297,9 @@ impl World {
     pub fn spawn_walbox(&mut self) -> Result<u32> {
         let mut command = Command::new(WALBOX);
         command.arg("run").args(self.walbox_args());
+        if self.kind == QueueKind::Stream {
+            command.args(stream::walbox_args(stream_url(), &self.queue));
+        }
         self.spawn(command, "walbox")
     }
 
@@ -237,20 +313,27 @@ impl World {
                 "WALBOX_BENCH_PG_URL",
                 format!("{}&application_name={}", self.pg_url(), self.poller_app()),
             )
-            .env("WALBOX_BENCH_AMQP_URL", AMQP_URL)
+            .env("WALBOX_BENCH_AMQP_URL", amqp_url())
             .env("WALBOX_BENCH_EXCHANGE", &self.name)
             .env("WALBOX_BENCH_POLL_BATCH", batch.to_string())
             .env("WALBOX_BENCH_POLL_INTERVAL_MS", interval_ms.to_string());
         self.spawn(command, "poller")
     }
 
-    /// Start the ceiling's raw publisher (this bench binary in its publisher role).
+    /// Start the ceiling's raw publisher (this bench binary in its publisher role): lapin to
+    /// the exchange, or for a stream the stream client to the stream.
     pub fn spawn_publisher(&mut self, events: usize, bytes: usize, window: usize) -> Result<u32> {
         let mut command = Command::new(std::env::current_exe()?);
+        let role = match self.kind {
+            QueueKind::Stream => "stream-publisher",
+            _ => "publisher",
+        };
         command
             .arg("--bench")
-            .env(ROLE, "publisher")
-            .env("WALBOX_BENCH_AMQP_URL", AMQP_URL)
+            .env(ROLE, role)
+            .env("WALBOX_BENCH_AMQP_URL", amqp_url())
+            .env("WALBOX_BENCH_STREAM_URL", stream_url())
+            .env("WALBOX_BENCH_STREAM", &self.queue)
             .env("WALBOX_BENCH_EXCHANGE", &self.name)
             .env("WALBOX_BENCH_PUBLISH_EVENTS", events.to_string())
             .env("WALBOX_BENCH_PUBLISH_BYTES", bytes.to_string())
@@ -438,7 +521,7 @@ async fn cleanup(name: &str) {
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .await;
     }
-    if let Ok(amqp) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+    if let Ok(amqp) = Connection::connect(amqp_url(), ConnectionProperties::default()).await
         && let Ok(channel) = amqp.create_channel().await
     {
         let _ = channel
