@@ -217,6 +217,9 @@ struct Shape {
 enum Relay {
     /// The ceiling: a raw publisher, no PostgreSQL.
     Publisher,
+    /// The stream ceiling with one message per publish frame, as walbox's stream publisher
+    /// sends them (the crate's producer packs up to 100 per frame).
+    FramePublisher,
     Walbox,
     Poller,
 }
@@ -225,7 +228,7 @@ impl Relay {
     /// Also the name of its log file.
     fn name(self) -> &'static str {
         match self {
-            Relay::Publisher => "publisher",
+            Relay::Publisher | Relay::FramePublisher => "publisher",
             Relay::Walbox => "walbox",
             Relay::Poller => "poller",
         }
@@ -234,9 +237,15 @@ impl Relay {
     fn display(self) -> &'static str {
         match self {
             Relay::Publisher => "raw publisher",
+            Relay::FramePublisher => "raw publisher, one message per frame",
             Relay::Walbox => "walbox",
             Relay::Poller => "polling relay",
         }
+    }
+
+    /// A raw publisher (a ceiling): no PostgreSQL.
+    fn is_raw(self) -> bool {
+        matches!(self, Relay::Publisher | Relay::FramePublisher)
     }
 }
 
@@ -511,7 +520,7 @@ async fn wait_for(world: &mut World, counter: amqp::Counter) -> Result<amqp::Rec
 /// time it from the first delivery to the last. For the ceiling, the raw publisher sends the
 /// same number of events with no PostgreSQL involved.
 async fn drain(options: &Options, shape: Shape, relay: Relay) -> Result<Drain> {
-    let with_db = relay != Relay::Publisher;
+    let with_db = !relay.is_raw();
     let mut world = World::new(relay.name(), with_db, shape.queue, &options.log_dir).await?;
     let mut fill = Duration::ZERO;
     let mut before = None;
@@ -552,7 +561,10 @@ async fn drain(options: &Options, shape: Shape, relay: Relay) -> Result<Drain> {
     let started = Instant::now();
     let pid = match relay {
         Relay::Publisher => {
-            world.spawn_publisher(shape.events, shape.payload_bytes, options.window)?
+            world.spawn_publisher(shape.events, shape.payload_bytes, options.window, None)?
+        }
+        Relay::FramePublisher => {
+            world.spawn_publisher(shape.events, shape.payload_bytes, options.window, Some(1))?
         }
         Relay::Walbox => world.spawn_walbox()?,
         Relay::Poller => world.spawn_poller(options.poll_batch, options.poll_interval_ms)?,
@@ -562,7 +574,7 @@ async fn drain(options: &Options, shape: Shape, relay: Relay) -> Result<Drain> {
     let deadline = Instant::now() + Duration::from_secs(60 + shape.events as u64 / 500);
     let counter = amqp::count(consumer, shape.events, deadline, None, watch.clone());
     let pg_pid = match relay {
-        Relay::Publisher => None,
+        Relay::Publisher | Relay::FramePublisher => None,
         Relay::Walbox => Some(world.walsender_pid(Duration::from_secs(30)).await?),
         Relay::Poller => {
             let app = world.poller_app();
@@ -575,7 +587,7 @@ async fn drain(options: &Options, shape: Shape, relay: Relay) -> Result<Drain> {
     let rss_kib = procfs::peak_rss_kib(pid);
     let pg_cpu = pg_pid.and_then(procfs::cpu_micros);
     let mut publisher_seconds = None;
-    if relay == Relay::Publisher {
+    if relay.is_raw() {
         // It prints its own timing right after its last confirm, which may come a moment
         // after the consumer's last delivery.
         let until = Instant::now() + Duration::from_secs(10);
@@ -642,7 +654,9 @@ async fn latency(options: &Options, relay: Relay, rate: f64) -> Result<Latency> 
     let tag = format!("{}_lat", relay.name());
     let mut world = World::new(&tag, true, QueueKind::Classic, &options.log_dir).await?;
     let (pid, pg_pid) = match relay {
-        Relay::Publisher => bail!("the raw publisher has no commit → delivery latency"),
+        Relay::Publisher | Relay::FramePublisher => {
+            bail!("the raw publisher has no commit → delivery latency")
+        }
         Relay::Walbox => {
             let pid = world.spawn_walbox()?;
             (pid, world.walsender_pid(Duration::from_secs(30)).await?)
@@ -825,6 +839,18 @@ async fn targets(options: &Options, results: &mut Results) -> Result<()> {
             ..Scaling::default()
         });
     }
+    // The stream's second ceiling, one message per frame, in a row of its own after the rest.
+    let framed = kinds.contains(&QueueKind::Stream).then(|| {
+        results.targets.push(Scaling {
+            label: "stream, one message per frame".into(),
+            events: options.events,
+            payload_bytes: options.payload_bytes,
+            tx_rows: options.tx_rows,
+            queue: QueueKind::Stream.name(),
+            ..Scaling::default()
+        });
+        results.targets.len() - 1
+    });
     for rep in 1..=options.reps {
         for offset in 0..kinds.len() {
             let index = (offset + rep - 1) % kinds.len();
@@ -859,6 +885,18 @@ async fn targets(options: &Options, results: &mut Results) -> Result<()> {
             let row = &mut results.targets[index];
             row.ceilings.push(ceiling_run);
             row.drains.extend(drain_run);
+            if let (QueueKind::Stream, Some(framed)) = (kind, framed) {
+                let run = drain(options, shape, Relay::FramePublisher).await?;
+                eprintln!(
+                    "relay bench: [{rep}/{}] target stream: ceiling with one message per frame \
+                     {:.0} events/s ({:.1} µs/event; {:.0} events/s first publish → last confirm)",
+                    options.reps,
+                    run.rate,
+                    run.relay_cpu_us.unwrap_or(f64::NAN),
+                    run.publisher_rate.unwrap_or(f64::NAN),
+                );
+                results.targets[framed].ceilings.push(run);
+            }
         }
     }
     Ok(())

@@ -296,7 +296,11 @@ impl World {
     /// Start `walbox run` (log under target/bench-logs); returns its pid.
     pub fn spawn_walbox(&mut self) -> Result<u32> {
         let mut command = Command::new(WALBOX);
-        command.arg("run").args(self.walbox_args());
+        // No metrics server: another walbox on this shared machine may hold the default port.
+        command
+            .arg("run")
+            .args(self.walbox_args())
+            .env("WALBOX_METRICS_ADDR", "none");
         if self.kind == QueueKind::Stream {
             command.args(stream::walbox_args(stream_url(), &self.queue));
         }
@@ -322,7 +326,15 @@ impl World {
 
     /// Start the ceiling's raw publisher (this bench binary in its publisher role): lapin to
     /// the exchange, or for a stream the stream client to the stream.
-    pub fn spawn_publisher(&mut self, events: usize, bytes: usize, window: usize) -> Result<u32> {
+    /// `stream_batch`: at most this many messages per publish frame (stream only; default the
+    /// crate's producer's 100).
+    pub fn spawn_publisher(
+        &mut self,
+        events: usize,
+        bytes: usize,
+        window: usize,
+        stream_batch: Option<usize>,
+    ) -> Result<u32> {
         let mut command = Command::new(std::env::current_exe()?);
         let role = match self.kind {
             QueueKind::Stream => "stream-publisher",
@@ -334,6 +346,10 @@ impl World {
             .env("WALBOX_BENCH_AMQP_URL", amqp_url())
             .env("WALBOX_BENCH_STREAM_URL", stream_url())
             .env("WALBOX_BENCH_STREAM", &self.queue)
+            .env(
+                "WALBOX_BENCH_STREAM_BATCH",
+                stream_batch.unwrap_or(100).to_string(),
+            )
             .env("WALBOX_BENCH_EXCHANGE", &self.name)
             .env("WALBOX_BENCH_PUBLISH_EVENTS", events.to_string())
             .env("WALBOX_BENCH_PUBLISH_BYTES", bytes.to_string())
