@@ -511,7 +511,10 @@ fn scaling(w: &mut String, results: &Results, svg_name: Option<&str>) {
 
 fn targets(w: &mut String, results: &Results) {
     let s = &results.setup;
-    let _ = writeln!(w, "## Targets: classic queue, quorum queue, stream\n");
+    let _ = writeln!(
+        w,
+        "## Publish targets: classic queue, quorum queue, stream\n"
+    );
     let _ = writeln!(
         w,
         "The same backlog ({} events of ~{} B, {} per transaction) drained by walbox into each \
