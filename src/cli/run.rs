@@ -25,13 +25,24 @@ pub(crate) async fn run(config: &Config, run: &RunConfig) -> Result<()> {
         info!(signal = name, "stop requested");
         let _ = stop_tx.send(true);
     });
-    info!(
-        postgres = %config.postgres_url,
-        amqp = %config.amqp_url,
-        table = %config.table,
-        slot = %config.slot,
-        "walbox starting"
-    );
+    match &config.stream {
+        None => info!(
+            postgres = %config.postgres_url,
+            amqp = %config.amqp_url,
+            table = %config.table,
+            slot = %config.slot,
+            "walbox starting"
+        ),
+        Some(target) => info!(
+            postgres = %config.postgres_url,
+            stream = %target.stream,
+            super_stream = target.partition_key.is_some(),
+            nodes = ?target.nodes,
+            table = %config.table,
+            slot = %config.slot,
+            "walbox starting"
+        ),
+    }
     let telemetry = Arc::new(Telemetry::default());
     if let Some(addr) = run.metrics_addr {
         server::serve(addr, Arc::clone(&telemetry)).await?;

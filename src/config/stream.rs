@@ -21,10 +21,14 @@ pub(crate) struct StreamNode {
 
 impl fmt::Display for StreamNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The vhost as a URL writes it (`/` is `%2f`).
         write!(
             f,
             "rabbitmq-stream://{}@{}:{}/{}",
-            self.user, self.host, self.port, self.vhost
+            self.user,
+            self.host,
+            self.port,
+            self.vhost.replace('%', "%25").replace('/', "%2f")
         )
     }
 }
@@ -175,8 +179,8 @@ mod tests {
         assert_eq!(
             nodes,
             [
-                "rabbitmq-stream://u@h1:47552//",
-                "rabbitmq-stream://guest@h2:5552//"
+                "rabbitmq-stream://u@h1:47552/%2f",
+                "rabbitmq-stream://guest@h2:5552/%2f"
             ]
         );
         assert_eq!(target.nodes[0].password.expose(), "p@ss");

@@ -279,7 +279,14 @@ async fn session(
     if telemetry.health.state() == RelayState::StandingBy {
         info!(slot = %config.slot, "took over: the other walbox released the slot");
     }
-    info!(slot = %config.slot, from = %start, exchange = %config.mapping.exchange, "streaming");
+    match &config.stream {
+        None => {
+            info!(slot = %config.slot, from = %start, exchange = %config.mapping.exchange, "streaming")
+        }
+        Some(target) => {
+            info!(slot = %config.slot, from = %start, stream = %target.stream, "streaming")
+        }
+    }
     telemetry.metrics.flushed(start);
 
     // While isolating a refused message, one in flight at a time; the full window once the
