@@ -37,6 +37,7 @@ pub(crate) async fn run(config: &Config, run: &RunConfig) -> Result<()> {
             postgres = %config.postgres_url,
             stream = %target.stream,
             super_stream = target.partition_key.is_some(),
+            partition_key = target.partition_key.as_ref().map(ToString::to_string).as_deref(),
             nodes = ?target.nodes,
             table = %config.table,
             slot = %config.slot,

@@ -134,17 +134,17 @@ pub struct CommonArgs {
     #[arg(long, env = "WALBOX_STREAM")]
     pub stream: Option<String>,
 
-    /// With --target stream: publish to this super stream (partitioned) instead of --stream; each event goes to the partition its --partition-key-header picks (RabbitMQ's hash routing), so one key's events stay in order in one partition.
+    /// With --target stream: publish to this super stream (partitioned) instead of --stream; each event goes to the partition its key picks (--partition-key; RabbitMQ's hash routing), so one key's events stay in order in one partition.
     #[arg(long, env = "WALBOX_SUPER_STREAM")]
     pub super_stream: Option<String>,
 
-    /// The header whose value is a super stream's partition key (default: the aggregate id).
-    #[arg(
-        long,
-        env = "WALBOX_PARTITION_KEY_HEADER",
-        default_value = "x-aggregate-id"
-    )]
-    pub partition_key_header: String,
+    /// With --super-stream: the partition key, a template over the row like --routing-key (e.g. {aggregate_type}/{aggregate_id}); a NULL renders empty. Default: {aggregate_id}.
+    #[arg(long, env = "WALBOX_PARTITION_KEY")]
+    pub partition_key: Option<String>,
+
+    /// With --super-stream: route by this header's value instead of --partition-key (e.g. a key from the headers column); a message without the header has the empty key.
+    #[arg(long, env = "WALBOX_PARTITION_KEY_HEADER")]
+    pub partition_key_header: Option<String>,
 
     /// Partitions `walbox setup` creates a missing super stream with (NAME-0 … NAME-<N-1>).
     #[arg(long, env = "WALBOX_SUPER_STREAM_PARTITIONS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=255))]

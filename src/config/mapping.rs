@@ -216,6 +216,8 @@ impl MappingArgs {
             ce_source: template("ce-source")?,
             ce_type: template("ce-type")?,
             walbox_headers: !self.no_walbox_headers,
+            // Decided with the target (`--super-stream`), in `Config::from_args`.
+            partition_key: None,
         })
     }
 

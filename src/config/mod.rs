@@ -36,7 +36,7 @@ pub(crate) use names::{Identifier, TableName, bookmark_name, copy_name};
 pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};
 pub(crate) use replay::{ReplayConfig, ReplayWindow};
 pub(crate) use secrets::{SecretUrl, redact_url};
-pub(crate) use stream::{StreamNode, StreamTarget};
+pub(crate) use stream::{PartitionKey, StreamNode, StreamTarget};
 pub(crate) use validate::{Config, RunConfig};
 
 /// A configuration that failed validation: a usage error.

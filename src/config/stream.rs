@@ -5,6 +5,7 @@ use std::fmt;
 
 use super::ConfigError;
 use super::secrets::{Secret, redact_url};
+use crate::outbox::Template;
 
 /// RabbitMQ's stream protocol port.
 const STREAM_PORT: u16 = 5552;
@@ -39,6 +40,54 @@ impl fmt::Debug for StreamNode {
     }
 }
 
+/// The partition key of a super stream when `--partition-key` is not given: the aggregate id,
+/// so one aggregate's events stay in one partition, in commit order.
+const DEFAULT_PARTITION_KEY: &str = "{aggregate_id}";
+
+/// What a super stream's partition key is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PartitionKey {
+    /// `--partition-key` (or its default): a template the outbox renders onto each message
+    /// ([`crate::outbox::OutboxMessage::partition_key`]); the text is for log lines.
+    Template(String),
+    /// `--partition-key-header`: the value of this header.
+    Header(String),
+}
+
+impl PartitionKey {
+    /// From `--partition-key` and `--partition-key-header` (at most one), with the template
+    /// the outbox renders (None when routing by a header).
+    pub(crate) fn parse(
+        template: Option<&str>,
+        header: Option<&str>,
+    ) -> Result<(Self, Option<Template>), ConfigError> {
+        match (template, header) {
+            (Some(_), Some(_)) => Err(ConfigError(
+                "give --partition-key or --partition-key-header, not both".into(),
+            )),
+            (_, Some("")) => Err(ConfigError(
+                "--partition-key-header is empty; name a header".into(),
+            )),
+            (_, Some(header)) => Ok((PartitionKey::Header(header.to_owned()), None)),
+            (template, None) => {
+                let text = template.unwrap_or(DEFAULT_PARTITION_KEY);
+                let parsed = Template::parse(text)
+                    .map_err(|error| ConfigError(format!("--partition-key: {error}")))?;
+                Ok((PartitionKey::Template(text.to_owned()), Some(parsed)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PartitionKey::Template(text) => write!(f, "{text}"),
+            PartitionKey::Header(name) => write!(f, "header {name}"),
+        }
+    }
+}
+
 /// Where `--target stream` publishes.
 #[derive(Clone, Debug)]
 pub(crate) struct StreamTarget {
@@ -47,8 +96,8 @@ pub(crate) struct StreamTarget {
     pub(crate) nodes: Vec<StreamNode>,
     /// `walbox setup` (and `run`) create the stream when it is missing.
     pub(crate) declare: bool,
-    /// `--super-stream`: the header whose value picks the partition; None: a plain stream.
-    pub(crate) partition_key: Option<String>,
+    /// `--super-stream`: what picks the partition; None: a plain stream.
+    pub(crate) partition_key: Option<PartitionKey>,
     /// Partitions a missing super stream is created with.
     pub(crate) partitions: u16,
 }

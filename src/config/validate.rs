@@ -15,7 +15,7 @@ use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
 use super::postgres::{self, PostgresTls};
 use super::replay::{ReplayConfig, ReplayWindow};
 use super::secrets::{CaFile, Secret, SecretUrl, redact_url};
-use super::stream::StreamTarget;
+use super::stream::{PartitionKey, StreamTarget};
 use crate::lsn::Lsn;
 use crate::outbox::Mapping;
 
@@ -95,8 +95,15 @@ impl Config {
                  letters, digits and underscores"
             )));
         }
-        let mapping = args.mapping.mapping()?;
+        let mut mapping = args.mapping.mapping()?;
         let exchange_spec = args.mapping.exchange_spec()?;
+        if args.super_stream.is_none()
+            && (args.partition_key.is_some() || args.partition_key_header.is_some())
+        {
+            return Err(ConfigError(
+                "--partition-key and --partition-key-header need --super-stream".into(),
+            ));
+        }
         let stream = match (args.target, &args.stream, &args.super_stream) {
             (TargetKind::Amqp, None, None) if args.stream_url.is_empty() => None,
             (TargetKind::Amqp, ..) => {
@@ -126,12 +133,12 @@ impl Config {
                     args.stream_declare == StreamDeclare::Create,
                 )?;
                 if super_stream.is_some() {
-                    if args.partition_key_header.is_empty() {
-                        return Err(ConfigError(
-                            "--partition-key-header is empty; name a header".into(),
-                        ));
-                    }
-                    target.partition_key = Some(args.partition_key_header.clone());
+                    let (key, template) = PartitionKey::parse(
+                        args.partition_key.as_deref(),
+                        args.partition_key_header.as_deref(),
+                    )?;
+                    target.partition_key = Some(key);
+                    mapping.partition_key = template;
                     target.partitions = args.super_stream_partitions;
                 }
                 Some(target)
@@ -297,6 +304,72 @@ mod tests {
             config.exchange_spec.mode,
             crate::config::DeclareMode::Declare
         );
+    }
+
+    #[test]
+    fn a_super_streams_partition_key_is_a_template_or_a_header() {
+        let stream = |extra: &[&str]| {
+            let mut argv = vec!["--target", "stream", "--super-stream", "events"];
+            argv.extend_from_slice(extra);
+            Config::from_args(common(&args(&argv).unwrap()))
+        };
+        let key = |config: &Config| config.stream.as_ref().unwrap().partition_key.clone();
+        let rendered =
+            |config: &Config| config.mapping.partition_key.as_ref().map(|t| t.to_string());
+
+        // Default: the aggregate id, rendered by the outbox.
+        let default = stream(&[]).unwrap();
+        assert_eq!(
+            key(&default),
+            Some(PartitionKey::Template("{aggregate_id}".into()))
+        );
+        assert_eq!(rendered(&default).as_deref(), Some("{aggregate_id}"));
+
+        let given = stream(&["--partition-key", "{aggregate_type}/{aggregate_id}"]).unwrap();
+        assert_eq!(
+            rendered(&given).as_deref(),
+            Some("{aggregate_type}/{aggregate_id}")
+        );
+
+        // The header route renders nothing.
+        let header = stream(&["--partition-key-header", "tenant"]).unwrap();
+        assert_eq!(key(&header), Some(PartitionKey::Header("tenant".into())));
+        assert_eq!(rendered(&header), None);
+
+        for (bad, says) in [
+            (&["--partition-key", "{oops"][..], "--partition-key: "),
+            (&["--partition-key-header", ""], "empty"),
+            (
+                &["--partition-key", "{id}", "--partition-key-header", "h"],
+                "not both",
+            ),
+        ] {
+            let error = stream(bad).unwrap_err();
+            assert!(error.0.contains(says), "{bad:?}: {error}");
+        }
+        // A plain stream and the AMQP target have no partitions to route to.
+        for plain in [
+            &[
+                "--target",
+                "stream",
+                "--stream",
+                "s",
+                "--partition-key",
+                "{id}",
+            ][..],
+            &["--partition-key-header", "h"],
+        ] {
+            let error = Config::from_args(common(&args(plain).unwrap())).unwrap_err();
+            assert!(
+                error.0.contains("need --super-stream"),
+                "{plain:?}: {error}"
+            );
+        }
+        let plain = Config::from_args(common(
+            &args(&["--target", "stream", "--stream", "s"]).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(plain.mapping.partition_key, None);
     }
 
     #[test]

@@ -334,6 +334,8 @@ impl DeadLetter {
             properties,
             id: event.id.clone(),
             headers_warning: None,
+            // A super stream keeps the record in its event's partition.
+            partition_key: event.partition_key.clone(),
         }
     }
 }
@@ -478,6 +480,7 @@ mod tests {
                 .with_type("created".into()),
             id: "e-1".into(),
             headers_warning: None,
+            partition_key: None,
         };
         let mut plan = DeadLetter {
             event_id: "e-1".into(),

@@ -97,6 +97,8 @@ pub struct OutboxShape {
     walbox_headers: bool,
     /// Columns read through a JSON path, parsed once per row.
     json_columns: Vec<(usize, String)>,
+    /// `--partition-key`, for a super stream.
+    partition_key: Option<ResolvedTemplate>,
 }
 
 /// A message ready to publish.
@@ -111,6 +113,9 @@ pub struct OutboxMessage {
     pub id: String,
     /// Set when the headers column could not be used (the event still goes out).
     pub headers_warning: Option<String>,
+    /// The rendered `--partition-key` a super stream routes by, carried beside the message
+    /// rather than as a header (the wire stays as the mapping says); None without one.
+    pub partition_key: Option<String>,
 }
 
 impl OutboxMessage {
@@ -214,6 +219,11 @@ impl OutboxShape {
             .as_ref()
             .map(resolve_as("--body-template"))
             .transpose()?;
+        let partition_key = mapping
+            .partition_key
+            .as_ref()
+            .map(resolve_as("--partition-key"))
+            .transpose()?;
         let mut shape = OutboxShape {
             relation_id: relation.relation_id,
             columns: relation.columns.len(),
@@ -242,6 +252,7 @@ impl OutboxShape {
             encoder_reads_headers: mapping.body == encode::Encoding::MassTransit,
             walbox_headers: mapping.walbox_headers,
             json_columns: Vec::new(),
+            partition_key,
         };
         shape.json_columns = shape.columns_read_through_paths(relation);
         Ok(shape)
@@ -283,6 +294,7 @@ impl OutboxShape {
             .chain(self.extra_headers.iter().map(|(_, template)| template))
             .chain(self.ce.iter().flat_map(|(source, kind)| [source, kind]))
             .chain(self.body_template.iter())
+            .chain(self.partition_key.iter())
     }
 
     pub fn relation_id(&self) -> u32 {
@@ -425,6 +437,13 @@ impl OutboxShape {
         }
         .build(headers);
 
+        let partition_key = match &self.partition_key {
+            Some(template) => {
+                template.render(&mut scratch, &row)?;
+                Some(std::mem::take(&mut scratch))
+            }
+            None => None,
+        };
         let exchange = match self.exchange_column.and_then(|index| row.text(index)) {
             Some(name) if !name.is_empty() => {
                 Some(short_string("exchange", &super::filter::utf8(name))?)
@@ -445,6 +464,7 @@ impl OutboxShape {
             properties,
             id,
             headers_warning,
+            partition_key,
         })
     }
 
@@ -496,6 +516,14 @@ impl OutboxShape {
             message_type: read(self.event_type.as_ref()).and_then(|t| ShortString::try_new(t).ok()),
         }
         .build(headers);
+        // A key that cannot be rendered (a JSON path into text that is not JSON) is empty.
+        let partition_key = self.partition_key.as_ref().map(|template| {
+            let mut key = String::new();
+            match template.render(&mut key, &row) {
+                Ok(()) => key,
+                Err(_) => String::new(),
+            }
+        });
         OutboxMessage {
             exchange: None,
             routing_key,
@@ -506,6 +534,7 @@ impl OutboxShape {
             properties,
             id,
             headers_warning: None,
+            partition_key,
         }
     }
 

@@ -25,6 +25,10 @@ pub struct Mapping {
     pub ce_type: Template,
     /// walbox's own headers (`x-aggregate-*`, `x-commit-lsn`, `x-xid`).
     pub walbox_headers: bool,
+    /// `--partition-key`: rendered per event onto [`super::OutboxMessage::partition_key`] for
+    /// a super stream to route by; None: nothing to route by (a plain stream, the AMQP
+    /// target, or `--partition-key-header`).
+    pub partition_key: Option<Template>,
 }
 
 impl Mapping {
@@ -49,6 +53,7 @@ impl Mapping {
             ce_source: template("walbox"),
             ce_type: template("{event_type}"),
             walbox_headers: true,
+            partition_key: None,
         }
     }
 }

@@ -114,6 +114,7 @@ mod tests {
                 .with_headers(headers),
             id: "e-1".into(),
             headers_warning: None,
+            partition_key: None,
         };
         let stream = stream_message(&message, 42);
         assert_eq!(stream.publishing_id(), Some(&42));

@@ -57,7 +57,7 @@ use tracing::{info, warn};
 
 use self::id::{Position, PublishingId, producer_name};
 use super::{Outcome, Publisher, Refused};
-use crate::config::{StreamNode, StreamTarget};
+use crate::config::{PartitionKey, StreamNode, StreamTarget};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::OutboxMessage;
@@ -199,8 +199,8 @@ pub(crate) struct StreamPublisher {
     client: Client,
     /// The stream, or the super stream's partitions in the broker's order.
     partitions: Vec<String>,
-    /// `--super-stream`: the header whose value picks the partition.
-    partition_key: Option<String>,
+    /// `--super-stream`: what picks the partition.
+    partition_key: Option<PartitionKey>,
     slot: String,
     shared: Arc<Shared>,
     producers: tokio::sync::Mutex<Vec<Producer>>,
@@ -281,16 +281,10 @@ impl StreamPublisher {
 
     /// The partition `message` goes to: RabbitMQ's hash routing of its key.
     fn partition_of(&self, message: &OutboxMessage) -> usize {
-        let Some(header) = &self.partition_key else {
-            return 0;
-        };
-        let key = message
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|headers| headers.inner().get(header.as_str()).map(header_text))
-            .unwrap_or_default();
-        partition::route(&key, self.partitions.len())
+        match &self.partition_key {
+            None => 0,
+            Some(key) => partition::route(&partition::key_of(message, key), self.partitions.len()),
+        }
     }
 
     /// The publisher id of one generation's producer of `partition` on this connection,
@@ -340,19 +334,6 @@ fn name_of(slot: &str, generation: u16, partition: Option<usize>) -> String {
     match partition {
         None => producer_name(slot, generation),
         Some(partition) => format!("{}-p{partition}", producer_name(slot, generation)),
-    }
-}
-
-/// A header's value as the text hash routing reads.
-fn header_text(value: &lapin::types::AMQPValue) -> String {
-    use lapin::types::AMQPValue;
-    match value {
-        AMQPValue::LongString(text) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
-        AMQPValue::ShortString(text) => text.as_str().to_owned(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Boolean(flag) => flag.to_string(),
-        AMQPValue::Void => String::new(),
-        other => format!("{other:?}"),
     }
 }
 
