@@ -27,6 +27,8 @@ use lapin::{Connection, ConnectionProperties};
 use tokio_postgres::NoTls;
 use walbox::lsn::Lsn;
 
+use common::pg_connect as connect;
+use common::trixie::{base, env_count, multi_host_url, primary_port, servers};
 use common::{commit_lsn, declare_topic_exchange, message_id};
 
 const DATABASE: &str = "ha";
@@ -39,21 +41,6 @@ fn queue_name(scenario: &str, round: usize) -> String {
     format!("ha_{scenario}_{}_{round}", std::process::id())
 }
 
-fn base() -> u16 {
-    std::env::var("WALBOX_HA_PORT_BASE")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(46000)
-}
-
-fn primary_port() -> u16 {
-    base() + 432
-}
-
-fn standby_port() -> u16 {
-    base() + 433
-}
-
 fn amqp_urls() -> Vec<String> {
     (672..=674)
         .map(|offset| format!("amqp://guest:guest@127.0.0.1:{}/%2f", base() + offset))
@@ -61,35 +48,7 @@ fn amqp_urls() -> Vec<String> {
 }
 
 fn rounds() -> usize {
-    std::env::var("WALBOX_HA_ROUNDS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(1)
-}
-
-/// Both PostgreSQL servers, primary first: libpq's multi-host form.
-fn multi_host_url() -> String {
-    format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{DATABASE}?target_session_attrs=read-write",
-        primary_port(),
-        standby_port()
-    )
-}
-
-/// Run a subcommand of scripts/trixie-servers.sh; it must succeed.
-fn servers(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/trixie-servers.sh");
-    let output = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run trixie-servers.sh");
-    assert!(
-        output.status.success(),
-        "trixie-servers.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    env_count("WALBOX_HA_ROUNDS", 1)
 }
 
 /// Fresh primary and standby with the outbox table; `sync` false leaves the standby without
@@ -108,16 +67,8 @@ async fn fresh_postgres(sync: bool) {
         .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
         .await
         .unwrap();
-    let db = connect(&multi_host_url()).await;
+    let db = connect(&multi_host_url(DATABASE)).await;
     db.batch_execute(common::OUTBOX_SQL).await.unwrap();
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(connection);
-    client
 }
 
 /// A durable quorum queue with a member on each node, bound to the events' exchange.
@@ -181,7 +132,7 @@ async fn connect_any_node() -> Connection {
 fn walbox_args() -> Vec<String> {
     vec![
         "--postgres-url".into(),
-        multi_host_url(),
+        multi_host_url(DATABASE),
         "--amqp-url".into(),
         amqp_urls().join(","),
         "--slot".into(),
@@ -291,7 +242,7 @@ async fn write(writer: usize, stop: Arc<AtomicBool>) -> Vec<String> {
     let mut round = 0usize;
     while !stop.load(Ordering::Relaxed) {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = match tokio_postgres::connect(&multi_host_url(), NoTls).await {
+            client = match tokio_postgres::connect(&multi_host_url(DATABASE), NoTls).await {
                 Ok((client, connection)) => {
                     tokio::spawn(connection);
                     Some(client)
@@ -480,7 +431,7 @@ impl Counts {
 /// gone with it (asynchronous streaming replication), and are counted instead.
 /// The ids in the final primary's outbox table: what must arrive.
 async fn table_ids() -> HashSet<String> {
-    let db = connect(&multi_host_url()).await;
+    let db = connect(&multi_host_url(DATABASE)).await;
     db.query("SELECT id::text FROM outbox", &[])
         .await
         .unwrap()
@@ -543,7 +494,7 @@ fn assert_first_deliveries_in_commit_order(seen: &[Seen]) {
 
 /// A test's end: the slot dropped wherever it is, so nothing keeps WAL.
 async fn drop_slot() {
-    if let Ok((db, connection)) = tokio_postgres::connect(&multi_host_url(), NoTls).await {
+    if let Ok((db, connection)) = tokio_postgres::connect(&multi_host_url(DATABASE), NoTls).await {
         tokio::spawn(connection);
         let _ = db
             .execute(
@@ -676,7 +627,7 @@ async fn failover_to_an_unsynchronized_standby_stops_with_a_definite_error() {
             published_after, 0,
             "walbox published from a slot it must not have"
         );
-        let db = connect(&multi_host_url()).await;
+        let db = connect(&multi_host_url(DATABASE)).await;
         let slots: i64 = db
             .query_one(
                 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",

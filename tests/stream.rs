@@ -32,17 +32,16 @@ use rabbitmq_stream_client::{Client, ClientOptions, Environment};
 use tokio_postgres::NoTls;
 use walbox::lsn::Lsn;
 
+use common::pg_connect as connect;
+use common::trixie::{base, env_count, multi_host_url, primary_port, servers};
+
 const DATABASE: &str = "stream_relay";
 
-fn base() -> u16 {
-    std::env::var("WALBOX_HA_PORT_BASE")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(46000)
-}
-
 fn primary_url(database: &str) -> String {
-    format!("postgres://postgres@127.0.0.1:{}/{database}", base() + 432)
+    format!(
+        "postgres://postgres@127.0.0.1:{}/{database}",
+        primary_port()
+    )
 }
 
 fn stream_port(node: u16) -> u16 {
@@ -62,38 +61,12 @@ fn stream_urls() -> String {
 }
 
 fn rounds() -> usize {
-    std::env::var("WALBOX_STREAM_ROUNDS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(3)
+    env_count("WALBOX_STREAM_ROUNDS", 3)
 }
 
 /// Names of this run's own: slot, stream.
 fn name(what: &str) -> String {
     format!("stream_{what}_{}", std::process::id())
-}
-
-fn servers(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/trixie-servers.sh");
-    let output = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run trixie-servers.sh");
-    assert!(
-        output.status.success(),
-        "trixie-servers.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(connection);
-    client
 }
 
 /// A fresh primary with the outbox table in its own database.
@@ -132,6 +105,24 @@ fn walbox(subcommand: &str, args: &[String]) -> std::process::Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
+}
+
+/// `walbox setup` with these flags; it must succeed.
+fn walbox_setup(args: &[String]) -> std::process::Output {
+    let setup = walbox("setup", args);
+    assert!(
+        setup.status.success(),
+        "walbox setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    setup
+}
+
+/// A test's log file under target/, emptied: each run appends to it.
+fn fresh_log(file: &str) -> std::path::PathBuf {
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(file);
+    let _ = std::fs::remove_file(&log);
+    log
 }
 
 /// `walbox run` in the background, its log appended to a file under target/.
@@ -398,15 +389,9 @@ async fn exactly_once_across_kills_and_a_leader_move() {
     let slot = name("slot");
     let stream = name("events");
     let args = walbox_args(&slot, &stream);
-    let setup = walbox("setup", &args);
-    assert!(
-        setup.status.success(),
-        "walbox setup: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
+    let setup = walbox_setup(&args);
     println!("{}", String::from_utf8_lossy(&setup.stdout));
-    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stream-exactly-once.log");
-    let _ = std::fs::remove_file(&log);
+    let log = fresh_log("stream-exactly-once.log");
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(3, Arc::clone(&stop));
@@ -488,12 +473,7 @@ async fn a_rewound_lsn_stops_walbox() {
     let slot = name("rewound");
     let stream = name("rewound");
     let args = walbox_args(&slot, &stream);
-    let setup = walbox("setup", &args);
-    assert!(
-        setup.status.success(),
-        "walbox setup: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
+    walbox_setup(&args);
     // The stream holds an event of this slot's producer at commit FF/0, far beyond this
     // fresh server's WAL: what a failover to a standby lacking that WAL would look like.
     let environment = Environment::builder()
@@ -590,14 +570,8 @@ async fn super_stream_keeps_each_key_in_order_in_one_partition() {
     let at = args.iter().position(|arg| arg == "--stream").unwrap();
     args[at] = "--super-stream".into();
     args.extend(["--super-stream-partitions".into(), "3".into()]);
-    let setup = walbox("setup", &args);
-    assert!(
-        setup.status.success(),
-        "walbox setup: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stream-super.log");
-    let _ = std::fs::remove_file(&log);
+    walbox_setup(&args);
+    let log = fresh_log("stream-super.log");
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(3, Arc::clone(&stop));
@@ -697,15 +671,6 @@ fn republished(log: &str) -> u64 {
         .sum()
 }
 
-/// Both PostgreSQL servers, primary first: libpq's multi-host form.
-fn multi_host_url() -> String {
-    format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{DATABASE}?target_session_attrs=read-write",
-        base() + 432,
-        base() + 433
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs scripts/trixie-servers.sh (run by scripts/test.sh)"]
 async fn exactly_once_across_a_failover_to_a_synchronized_standby() {
@@ -713,17 +678,11 @@ async fn exactly_once_across_a_failover_to_a_synchronized_standby() {
     let slot = name("failover");
     let stream = name("failover");
     let mut args = walbox_args(&slot, &stream);
-    args[1] = multi_host_url();
-    let setup = walbox("setup", &args);
-    assert!(
-        setup.status.success(),
-        "walbox setup: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stream-failover.log");
-    let _ = std::fs::remove_file(&log);
+    args[1] = multi_host_url(DATABASE);
+    walbox_setup(&args);
+    let log = fresh_log("stream-failover.log");
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = start_writers_at(&multi_host_url(), 3, Arc::clone(&stop));
+    let writers = start_writers_at(&multi_host_url(DATABASE), 3, Arc::clone(&stop));
     let mut relay = spawn_run(&args, &log);
     tokio::time::sleep(Duration::from_secs(3)).await;
     servers(&["pg-wait-synced", &slot, "120"]);
@@ -737,7 +696,7 @@ async fn exactly_once_across_a_failover_to_a_synchronized_standby() {
         acknowledged.extend(writer.await.unwrap());
     }
     // What must be in the stream: the final primary's table.
-    let db = connect(&multi_host_url()).await;
+    let db = connect(&multi_host_url(DATABASE)).await;
     let in_table: Vec<String> = db
         .query("SELECT id::text FROM outbox", &[])
         .await
@@ -819,8 +778,7 @@ async fn an_event_too_large_for_a_frame_is_poison_and_nothing_after_it_is_lost()
     let slot = name("large");
     let stream = name("large");
     let args = walbox_args(&slot, &stream);
-    let setup = walbox("setup", &args);
-    assert!(setup.status.success());
+    walbox_setup(&args);
     let db = connect(&primary_url(DATABASE)).await;
     let insert = |payload: String| {
         format!(
@@ -837,8 +795,7 @@ async fn an_event_too_large_for_a_frame_is_poison_and_nothing_after_it_is_lost()
     db.batch_execute(&insert("{\"n\": 3}".into()))
         .await
         .unwrap();
-    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stream-large.log");
-    let _ = std::fs::remove_file(&log);
+    let log = fresh_log("stream-large.log");
     let mut relay_args = args.clone();
     relay_args.extend(["--poison-after".into(), "1".into()]);
     let mut relay = spawn_run(&relay_args, &log);
