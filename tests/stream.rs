@@ -401,11 +401,7 @@ async fn exactly_once_across_kills_and_a_leader_move() {
     let mut seed = u64::from(std::process::id());
     let leader_move_at = kills / 2;
     for round in 0..kills {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let pause = 300 + (seed >> 33) % 1900;
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        tokio::time::sleep(next_kill_pause(&mut seed)).await;
         relay.kill().unwrap();
         relay.wait().unwrap();
         if round == leader_move_at {
@@ -419,15 +415,7 @@ async fn exactly_once_across_kills_and_a_leader_move() {
             relay = spawn_run(&args, &log);
         }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut committed = Vec::new();
-    for writer in writers {
-        committed.extend(writer.await.unwrap());
-    }
-    wait_caught_up(&slot, &log).await;
-    let _ = Command::new("kill").arg(relay.id().to_string()).status();
-    let status = relay.wait().unwrap();
+    let (committed, status) = stop_writers_and_walbox(&stop, writers, &slot, &log, relay).await;
 
     let seen = read_stream(&stream, committed.len()).await;
     let committed_set: HashSet<&String> = committed.iter().collect();
@@ -539,6 +527,36 @@ async fn a_rewound_lsn_stops_walbox() {
     );
 }
 
+/// The pause before the next kill, pseudo-random but repeatable from `seed`: 0.3 to 2.2 s.
+fn next_kill_pause(seed: &mut u64) -> Duration {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    Duration::from_millis(300 + (*seed >> 33) % 1900)
+}
+
+/// The end of a kill test: one more second of load, the writers stopped and what they
+/// committed collected; once walbox confirmed all of it, walbox is stopped (SIGTERM) and its
+/// exit status returned beside the committed ids.
+async fn stop_writers_and_walbox(
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+    slot: &str,
+    log: &std::path::Path,
+    mut relay: Child,
+) -> (Vec<String>, std::process::ExitStatus) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = Vec::new();
+    for writer in writers {
+        committed.extend(writer.await.unwrap());
+    }
+    wait_caught_up(slot, log).await;
+    let _ = Command::new("kill").arg(relay.id().to_string()).status();
+    let status = relay.wait().unwrap();
+    (committed, status)
+}
+
 /// Wait until walbox confirmed everything written so far.
 async fn wait_caught_up(slot: &str, log: &std::path::Path) {
     let end = {
@@ -579,23 +597,12 @@ async fn super_stream_keeps_each_key_in_order_in_one_partition() {
     let kills = rounds();
     let mut seed = u64::from(std::process::id()) ^ 0x5eed;
     for _ in 0..kills {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        tokio::time::sleep(Duration::from_millis(300 + (seed >> 33) % 1900)).await;
+        tokio::time::sleep(next_kill_pause(&mut seed)).await;
         relay.kill().unwrap();
         relay.wait().unwrap();
         relay = spawn_run(&args, &log);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut committed = Vec::new();
-    for writer in writers {
-        committed.extend(writer.await.unwrap());
-    }
-    wait_caught_up(&slot, &log).await;
-    let _ = Command::new("kill").arg(relay.id().to_string()).status();
-    let status = relay.wait().unwrap();
+    let (committed, status) = stop_writers_and_walbox(&stop, writers, &slot, &log, relay).await;
 
     let mut in_stream = 0;
     let mut duplicates = 0;
