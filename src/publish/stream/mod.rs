@@ -82,6 +82,10 @@ struct Shared {
     waiters: Waiters,
     /// False once the connection is gone or the stream's topology changed.
     open: AtomicBool,
+    /// An event was refused (before it was sent, or by the broker's publish error): nothing
+    /// after it may go out in this session, or the stream would store later ids and then drop
+    /// the refused event as a duplicate when it is published again.
+    refused: AtomicBool,
 }
 
 impl Shared {
@@ -91,6 +95,18 @@ impl Shared {
         let waiters: Vec<_> = self.waiters.lock().unwrap().drain().collect();
         for (_, waiter) in waiters {
             let _ = waiter.send(Outcome::Refused(Refused::Lost(Error::transient(why))));
+        }
+    }
+
+    /// The broker refused these messages: answer their waiters, and publish nothing more in
+    /// this session (see `refused`).
+    fn refuse(&self, publisher_id: u8, refused: impl Iterator<Item = (u64, String)>) {
+        self.refused.store(true, Ordering::SeqCst);
+        let mut waiters = self.waiters.lock().unwrap();
+        for (publishing_id, code) in refused {
+            if let Some(waiter) = waiters.remove(&(publisher_id, publishing_id)) {
+                let _ = waiter.send(Outcome::Refused(Refused::StreamError { code }));
+            }
         }
     }
 
@@ -108,16 +124,10 @@ impl Shared {
                     }
                 }
                 ResponseKind::PublishError(error) => {
-                    let mut waiters = self.waiters.lock().unwrap();
-                    for refused in &error.publishing_errors {
-                        if let Some(waiter) =
-                            waiters.remove(&(error.publisher_id, refused.publishing_id))
-                        {
-                            let _ = waiter.send(Outcome::Refused(Refused::StreamError {
-                                code: format!("{:?}", refused.error_code),
-                            }));
-                        }
-                    }
+                    let refused = error.publishing_errors.iter().map(|refused| {
+                        (refused.publishing_id, format!("{:?}", refused.error_code))
+                    });
+                    self.refuse(error.publisher_id, refused);
                 }
                 // The stream's leader moved or the stream was deleted: the broker drops this
                 // connection's publishers, so nothing in flight will be confirmed here.
@@ -211,10 +221,6 @@ pub(crate) struct StreamPublisher {
     deduplicated: Counter,
     /// The same, this session only: logged once the first new event goes out.
     republished: AtomicU64,
-    /// An event was refused before it was sent: nothing after it may go out on this session,
-    /// or the stream would store later ids and then drop the refused event as a duplicate
-    /// should it ever become sendable.
-    refused: AtomicBool,
 }
 
 impl StreamPublisher {
@@ -257,7 +263,6 @@ impl StreamPublisher {
             stored,
             deduplicated,
             republished: AtomicU64::new(0),
-            refused: AtomicBool::new(false),
         })
     }
 
@@ -503,6 +508,7 @@ async fn connect_leader(target: &StreamTarget) -> Result<(Client, Arc<Shared>)> 
                 let shared = Arc::new(Shared {
                     waiters: Mutex::new(HashMap::new()),
                     open: AtomicBool::new(true),
+                    refused: AtomicBool::new(false),
                 });
                 let handler = Arc::clone(&shared);
                 client
@@ -595,7 +601,7 @@ impl Publisher for StreamPublisher {
 
     /// Send one message in a publish frame of its own, numbered by its position.
     async fn publish(&self, message: OutboxMessage, position: Position) -> Result<StreamConfirm> {
-        if self.refused.load(Ordering::SeqCst) {
+        if self.shared.refused.load(Ordering::SeqCst) {
             return Err(Error::transient(
                 "an earlier event of this session was refused; nothing after it is published",
             ));
@@ -623,7 +629,7 @@ impl Publisher for StreamPublisher {
         let stream_message = message::stream_message(&message, numbered.id);
         let size = frame_size(publisher_id, numbered.id, &stream_message);
         if size > MAX_FRAME {
-            self.refused.store(true, Ordering::SeqCst);
+            self.shared.refused.store(true, Ordering::SeqCst);
             return Ok(StreamConfirm::Ready(Some(Outcome::Refused(
                 Refused::Rejected {
                     reason: format!(
@@ -750,6 +756,7 @@ mod tests {
         let shared = Shared {
             waiters: Mutex::new(HashMap::new()),
             open: AtomicBool::new(true),
+            refused: AtomicBool::new(false),
         };
         let (sender, mut receiver) = oneshot::channel();
         shared.waiters.lock().unwrap().insert((0, 7), sender);
@@ -759,5 +766,32 @@ mod tests {
             Ok(Outcome::Refused(Refused::Lost(error))) => assert!(error.is_transient()),
             other => panic!("expected a lost confirm, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_publish_error_refuses_its_event_and_ends_publishing_for_the_session() {
+        let shared = Shared {
+            waiters: Mutex::new(HashMap::new()),
+            open: AtomicBool::new(true),
+            refused: AtomicBool::new(false),
+        };
+        let (refused_sender, mut refused_receiver) = oneshot::channel();
+        let (later_sender, mut later_receiver) = oneshot::channel();
+        shared
+            .waiters
+            .lock()
+            .unwrap()
+            .insert((0, 7), refused_sender);
+        shared.waiters.lock().unwrap().insert((0, 8), later_sender);
+        shared.refuse(0, [(7, "StreamNotAvailable".to_owned())].into_iter());
+        assert!(shared.refused.load(Ordering::SeqCst));
+        match refused_receiver.try_recv() {
+            Ok(Outcome::Refused(Refused::StreamError { code })) => {
+                assert_eq!(code, "StreamNotAvailable")
+            }
+            other => panic!("expected a stream error, got {other:?}"),
+        }
+        // The later message is still waiting for its own answer: a refusal never confirms it.
+        assert!(later_receiver.try_recv().is_err());
     }
 }
