@@ -2,8 +2,8 @@
 # The container path, built and run for real: build docker/Dockerfile as it is committed, check
 # the image, then run the docker/compose.yml quick start with docker-compose and check that
 # events reach queue `walbox-demo`, that walbox's /healthz, /readyz and /metrics answer from
-# the container, and that walbox stops cleanly on SIGTERM. README "How the container path is
-# tested" says what this proves and what it does not.
+# the container, and that walbox stops cleanly on SIGTERM.
+# docs/src/development/container-test.md says what this proves and what it does not.
 #
 #   bash scripts/container-test.sh          # the whole test (installs what it needs)
 #   bash scripts/container-test.sh clean    # remove everything it keeps between runs

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The one test command (README "Testing"): make this machine ready (PostgreSQL with
-# wal_level=logical, RabbitMQ), then check formatting and lints and run the whole suite against
-# the real servers. Every test makes and drops its own database, slot, publication, exchange
-# and queues; at the end this script checks that no walbox test slot was left behind.
+# The one test command (README "Testing"; docs/src/development/testing.md): make this machine
+# ready (PostgreSQL with wal_level=logical, RabbitMQ), then check formatting and lints and run
+# the whole suite against the real servers. Every test makes and drops its own database, slot,
+# publication, exchange and queues; at the end this script checks that no walbox test slot was
+# left behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,8 +34,8 @@ fi
 
 # The container path (#15): build docker/Dockerfile with podman and run the compose quick start
 # with docker-compose against local stand-in base images; it installs what it needs and keeps
-# its images and build cache between runs (README "Quick start with Docker"). It never touches
-# the machine's own PostgreSQL and RabbitMQ. WALBOX_CONTAINER_TEST=0 skips it.
+# its images and build cache between runs (docs/src/development/container-test.md). It never
+# touches the machine's own PostgreSQL and RabbitMQ. WALBOX_CONTAINER_TEST=0 skips it.
 if [ "${WALBOX_CONTAINER_TEST:-1}" != 0 ]; then
   bash scripts/container-test.sh
 fi
@@ -45,10 +46,10 @@ fi
 bash scripts/consumers.sh
 cargo test --locked --test frameworks -- --ignored --test-threads=2
 
-# High availability (README "High availability"): a PostgreSQL 17 primary with a standby and a
-# three-node RabbitMQ 4.0 cluster on private ports, from a Debian trixie userland that
-# scripts/trixie-servers.sh builds once and caches under /var/cache/walbox. The four failover
-# scenarios run once each (quick mode); WALBOX_HA_ROUNDS=N repeats each N times (long mode).
+# High availability (docs/src/operations/high-availability.md): a PostgreSQL 17 primary with a
+# standby and a three-node RabbitMQ 4.0 cluster on private ports, from a Debian trixie userland
+# that scripts/trixie-servers.sh builds once and caches under /var/cache/walbox. The four
+# failover scenarios run once each (quick mode); WALBOX_HA_ROUNDS=N repeats each N times (long mode).
 (
   trap 'bash scripts/trixie-servers.sh stop >/dev/null 2>&1 || true' EXIT
   bash scripts/trixie-servers.sh start

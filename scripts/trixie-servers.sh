@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Private PostgreSQL 17 and RabbitMQ 4.0 servers for the high-availability tests (README "High
-# availability"), on a machine whose own distribution ships older ones. They run from a Debian
-# trixie userland (debootstrap --variant=minbase, plus postgresql-17 and rabbitmq-server) under
-# chroot, on private ports, beside — never instead of — the machine's own servers:
+# Private PostgreSQL 17 and RabbitMQ 4.0 servers for the high-availability tests
+# (docs/src/operations/high-availability.md), on a machine whose own distribution ships older
+# ones. They run from a Debian trixie userland (debootstrap --variant=minbase, plus
+# postgresql-17 and rabbitmq-server) under chroot, on private ports, beside — never instead
+# of — the machine's own servers:
 #
 #   PostgreSQL 17   primary 127.0.0.1:$BASE+432 (wal_level=logical, synchronized_standby_slots
 #                   naming the standby's physical slot) and a physical standby on $BASE+433

@@ -15,7 +15,7 @@ use walbox::lsn::Lsn;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// uuid5(NAMESPACE_URL, "https://github.com/walbox/walbox#event-position"), as README says.
+/// uuid5(NAMESPACE_URL, "https://github.com/walbox/walbox#event-position"), as docs/src/concepts/outbox-table.md says.
 fn position_id(commit_lsn: Lsn, index: u32) -> String {
     let namespace = uuid::Uuid::new_v5(
         &uuid::Uuid::NAMESPACE_URL,

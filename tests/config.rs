@@ -1,5 +1,6 @@
 //! Configuration: precedence flag > environment > file > default, `config check` redacts
-//! secrets, a bad file is a usage error, and README's option and metric tables match the code.
+//! secrets, a bad file is a usage error, and the docs' option and metric reference tables
+//! match the code.
 
 use std::process::{Command, Output};
 
@@ -315,36 +316,39 @@ fn bad_configuration_is_a_usage_error() {
     }
 }
 
-/// README holds generated text between `<!-- {name}:begin -->` and `<!-- {name}:end -->`.
-/// With WALBOX_BLESS=1 the test rewrites it instead of failing.
+/// The reference page `docs/src/reference/{name}.md` holds generated text between
+/// `<!-- {name}:begin -->` and `<!-- {name}:end -->`. With WALBOX_BLESS=1 the test rewrites it
+/// instead of failing.
 fn check_generated_section(name: &str, generated: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
-    let readme = std::fs::read_to_string(&path).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/src/reference")
+        .join(format!("{name}.md"));
+    let page = std::fs::read_to_string(&path).unwrap();
     let begin = format!("<!-- {name}:begin -->\n");
     let end = format!("<!-- {name}:end -->");
-    let start = readme.find(&begin).expect("README has the begin marker") + begin.len();
-    let stop = readme.find(&end).expect("README has the end marker");
-    if readme[start..stop] == *generated {
+    let start = page.find(&begin).expect("the page has the begin marker") + begin.len();
+    let stop = page.find(&end).expect("the page has the end marker");
+    if page[start..stop] == *generated {
         return;
     }
     if std::env::var_os("WALBOX_BLESS").is_some() {
-        let updated = format!("{}{generated}{}", &readme[..start], &readme[stop..]);
+        let updated = format!("{}{generated}{}", &page[..start], &page[stop..]);
         std::fs::write(&path, updated).unwrap();
         return;
     }
     panic!(
-        "README's {name} table is out of date; run WALBOX_BLESS=1 cargo test --test config.\n\
+        "docs/src/reference/{name}.md is out of date; run WALBOX_BLESS=1 cargo test --test config.\n\
          expected:\n{generated}"
     );
 }
 
 #[test]
-fn readme_documents_every_option() {
+fn reference_documents_every_option() {
     check_generated_section("options", &walbox::config::reference::options_table());
 }
 
 #[test]
-fn readme_documents_every_metric() {
+fn reference_documents_every_metric() {
     let metrics = walbox::telemetry::Metrics::new();
     check_generated_section("metrics", &metrics.reference_table());
 }

@@ -1,5 +1,5 @@
 //! What `setup` says about failover: whether the slot survives a PostgreSQL failover, and
-//! which server settings that needs (README "High availability").
+//! which server settings that needs (docs: operations/postgres-failover.md).
 
 use tracing::warn;
 

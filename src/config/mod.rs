@@ -9,7 +9,7 @@
 //! One job per file: [`args`] the flags, [`amqp_urls`] the broker nodes, [`file`] the TOML file, [`names`] identifiers and
 //! derived slot names, [`secrets`] passwords and CA files, [`stream`] the stream target, [`postgres`] the PostgreSQL URL
 //! and its TLS settings, [`replay`] the replay settings, [`validate`] flags → settings, and
-//! [`reference`] the README's options table; [`mapping`] and [`preset`] what rows become on
+//! [`reference`] the docs' options table; [`mapping`] and [`preset`] what rows become on
 //! the wire (#11's flags), [`exchange`] how the exchange is declared.
 
 mod amqp_urls;

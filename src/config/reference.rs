@@ -1,4 +1,4 @@
-//! The options reference in README, generated from the flags themselves so the two cannot
+//! The options reference in the docs, generated from the flags themselves so the two cannot
 //! drift (a test compares them).
 
 use clap::{Arg, CommandFactory};

@@ -221,7 +221,7 @@ const WHAT_TO_DO: &str = "Events committed on the old primary after walbox's las
     slot if one is left (`walbox teardown`), then run `walbox setup`. For the next failover: \
     PostgreSQL 17, a slot created with failover (walbox does so), and on the standby \
     sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name set, with the \
-    primary's synchronized_standby_slots naming that slot (README \"High availability\")";
+    primary's synchronized_standby_slots naming that slot (walbox docs, \"PostgreSQL failover\")";
 
 /// The slot's copy on every host of the URL that is a standby; hosts that do not answer are
 /// left out. Empty when the URL names one host.

@@ -1,4 +1,4 @@
-//! The message contract (README "The message contract"): the AMQP properties and walbox's own
+//! The message contract (docs: concepts/message-contract.md): the AMQP properties and walbox's own
 //! headers that every message walbox publishes carries. Events ([`super::OutboxShape`]) and
 //! dead-letter records (`crate::engine::poison`) both build them here, so the two cannot drift
 //! apart.

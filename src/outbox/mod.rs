@@ -1,6 +1,6 @@
 //! Outbox rows → AMQP messages: the validated [`Mapping`] (what `crate::config` makes of the
 //! flags), the column map (with JSON paths into columns), templates and their filters, the
-//! message id of id-less tables, and the message contract described in README.md
+//! message id of id-less tables, and the message contract described in the docs
 //! ([`contract`]). The body encodings themselves are in `crate::encode`. Nothing here reads
 //! configuration: `config` depends on `outbox`, never the other way round.
 

@@ -118,7 +118,7 @@ impl Metrics {
         metrics.registered()
     }
 
-    /// Register every metric with its help text; README's metrics table is checked against
+    /// Register every metric with its help text; the docs' metrics reference is checked against
     /// the names registered here.
     fn registered(mut self) -> Self {
         for side in [Side::Postgres, Side::Amqp] {
@@ -249,7 +249,7 @@ impl Metrics {
         self.exposed.iter().map(|(name, _)| name.as_str())
     }
 
-    /// README's metrics table, generated from the registered metrics so it cannot drift.
+    /// The docs' metrics reference table, generated from the registered metrics so it cannot drift.
     pub fn reference_table(&self) -> String {
         let mut table = String::from("| Metric | Meaning |\n|---|---|\n");
         for (name, help) in &self.exposed {

@@ -2,7 +2,7 @@
 //! on PostgreSQL, rows written (and later updated) as the framework writes them, the broker
 //! topology declared as the framework's consumer declares it, `walbox run --preset …`, and an
 //! assertion for every wire fact that framework's consumer relies on. Each assertion names the
-//! framework source file the fact comes from; README "Frameworks" lists the facts per preset.
+//! framework source file the fact comes from; docs/src/frameworks/index.md lists the facts per preset.
 //!
 //! No .NET runtime runs here, so the consumers are not the frameworks' own code: each test
 //! reproduces the consumer's topology with the same declare arguments (so a walbox declare that

@@ -25,8 +25,8 @@
 //! walbox stops on it with a definite error (use the AMQP target for it, or split the
 //! transaction). And the scheme assumes the LSNs never go back: a PostgreSQL failover to a
 //! standby that lacked WAL walbox had already published would reuse positions and the broker
-//! would drop new events as duplicates. `synchronized_standby_slots` prevents that (README,
-//! "High availability"); walbox checks at start that the stream's stored id is not beyond
+//! would drop new events as duplicates. `synchronized_standby_slots` prevents that (docs,
+//! operations/postgres-failover.md); walbox checks at start that the stream's stored id is not beyond
 //! what the server has written (see [`super::StreamPublisher::connect`]).
 
 use crate::lsn::Lsn;

@@ -460,7 +460,7 @@ async fn check_partitions(
                  events came from (a failover to a standby that lacked that WAL, or a new \
                  cluster under the same slot name): its events would reuse those positions \
                  and the stream would drop them as duplicates. Fail over only to standbys \
-                 listed in synchronized_standby_slots (README, \"High availability\"); to \
+                 listed in synchronized_standby_slots (walbox docs, \"PostgreSQL failover\"); to \
                  start afresh, relay this server into a new stream or under a new slot name"
             )));
         }
