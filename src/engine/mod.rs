@@ -44,74 +44,33 @@ pub(crate) async fn run(
     mut shutdown: Shutdown,
     telemetry: Arc<Telemetry>,
 ) -> Result<()> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), run.max_retry_delay);
-    let mut first = true;
-    let mut standing_by = false;
-    // What this process saw the broker confirm, kept across sessions: PostgreSQL before 17
-    // saves a logical slot's confirmed position only at some checkpoints, so after a server
-    // restart the slot can be behind what was already confirmed. Resuming from here instead
-    // avoids re-sending those events.
-    let mut confirmed_here = Lsn::ZERO;
-    let mut poison = Poison::new(run.poison_after, run.dead_letter_exchange.clone());
+    let mut supervisor = Supervisor::new(config, run, &telemetry);
     loop {
-        let outcome = session(
-            config,
-            run,
-            first,
-            &mut confirmed_here,
-            &mut poison,
-            &mut shutdown,
-            &mut backoff,
-            &telemetry,
-        )
-        .await;
+        let outcome = supervisor.session(&mut shutdown).await;
         telemetry.metrics.session_ended();
-        let Err(Failure { side, error }) = outcome else {
+        let Err(failure) = outcome else {
             return Ok(());
         };
-        let delay = match (error.disposition(), error) {
-            (Disposition::Stop | Disposition::Usage, error) => return Err(error),
-            (Disposition::StandBy, reason) => {
-                if !standing_by {
-                    info!(%reason, "standing by: another walbox holds the slot; taking over when it is released");
-                    standing_by = true;
-                }
-                telemetry.health.set_state(RelayState::StandingBy);
-                STANDBY_POLL
-            }
-            (Disposition::Poison, Error::Refused(refusal)) => {
-                standing_by = false;
-                telemetry.metrics.reconnect(side);
-                telemetry.metrics.poison_refusal();
-                let delay = backoff.next_delay();
-                telemetry
-                    .health
-                    .set_state(poison.handle_refusal(refusal, delay));
-                delay
-            }
-            (Disposition::Retry | Disposition::Poison, reason) => {
-                standing_by = false;
-                telemetry.health.set_state(match poison.halted_on() {
-                    Some(_) => RelayState::Halted,
-                    None => RelayState::Reconnecting,
-                });
-                telemetry.metrics.reconnect(side);
-                let delay = backoff.next_delay();
-                warn!(%reason, side = side.name(), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
-                delay
-            }
-        };
-        let waited = tokio::time::sleep(delay);
-        tokio::pin!(waited);
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        loop {
-            tokio::select! {
-                _ = &mut waited => break,
-                _ = heartbeat.tick() => telemetry.health.beat(),
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
-            }
+        let delay = supervisor.delay_after(failure)?;
+        if !wait(delay, &mut shutdown, &telemetry).await {
+            return Ok(());
         }
-        first = false;
+        supervisor.first = false;
+    }
+}
+
+/// Wait `delay` before the next session, proving the supervisor turns meanwhile; false when
+/// shutdown was asked for instead.
+async fn wait(delay: Duration, shutdown: &mut Shutdown, telemetry: &Telemetry) -> bool {
+    let waited = tokio::time::sleep(delay);
+    tokio::pin!(waited);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = &mut waited => return true,
+            _ = heartbeat.tick() => telemetry.health.beat(),
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        }
     }
 }
 
@@ -194,169 +153,279 @@ impl Policy for Live<'_> {
     }
 }
 
-/// One connected session: both connections, then the engine until it ends.
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    config: &Config,
-    run: &RunConfig,
+/// What the supervisor keeps across the sessions of one `walbox run`.
+struct Supervisor<'a> {
+    config: &'a Config,
+    run: &'a RunConfig,
+    telemetry: &'a Arc<Telemetry>,
+    /// The first session may create the slot and applies `--start-lsn`.
     first: bool,
-    confirmed_here: &mut Lsn,
-    poison: &mut Poison,
-    shutdown: &mut Shutdown,
-    backoff: &mut Backoff,
-    telemetry: &Arc<Telemetry>,
-) -> SessionResult {
-    let postgres = |error| Failure::new(Side::Postgres, error);
-    let amqp = |error| Failure::new(Side::Amqp, error);
-    let control = Control::connect(config).await.map_err(postgres)?;
-    let create = if first {
-        SlotCreation::UnlessPromoted
-    } else {
-        SlotCreation::Never
-    };
-    let prepared = control.prepare(config, create).await.map_err(postgres)?;
-    if first {
-        if prepared.publication == Ensured::Created {
-            info!(publication = %config.publication, table = %config.table, "created publication");
-        }
-        if prepared.slot == Ensured::Created {
-            info!(slot = %config.slot, "created replication slot");
-        }
-    }
-    let confirmed = prepared.slot_info.confirmed_flush().unwrap_or(Lsn::ZERO);
-    let start = match run.start_lsn {
-        Some(skip_to) if first && skip_to < confirmed => {
-            return Err(postgres(Error::definite(format!(
-                "--start-lsn {skip_to} is behind the slot's confirmed position {confirmed}; a \
-                 logical slot cannot go back. Omit --start-lsn to resume from {confirmed}"
-            ))));
-        }
-        Some(skip_to) => skip_to.max(confirmed),
-        None => confirmed,
-    };
-    let start = if *confirmed_here > start {
-        info!(slot_position = %confirmed, resume_from = %*confirmed_here,
-            "the slot's saved position is behind what this walbox saw confirmed (PostgreSQL restarted, or the last session was cut short); resuming from the confirmed position");
-        *confirmed_here
-    } else {
-        start
-    };
-    let publisher = match &config.stream {
-        None => {
-            drop(control);
-            let publisher = AmqpPublisher::connect(config).await.map_err(amqp)?;
-            if let Some(dead_letter_exchange) = &run.dead_letter_exchange {
-                publisher
-                    .declare_dead_letter(dead_letter_exchange, config.exchange_spec.mode)
-                    .await
-                    .map_err(amqp)?;
-            }
-            Target::Amqp(publisher)
-        }
-        Some(target) => {
-            // The end of this server's WAL, for the rewound-LSN check.
-            let ceiling = control.current_wal_lsn().await.map_err(postgres)?;
-            drop(control);
-            if first && target.declare && declare_stream(target).await.map_err(amqp)? {
-                info!(stream = %target.stream, "created stream");
-            }
-            let publisher = StreamPublisher::connect(
-                target,
-                config.slot.as_str(),
-                ceiling,
-                telemetry.metrics.stream_deduplicated(),
-            )
-            .await
-            .map_err(amqp)?;
-            telemetry.metrics.stream_stored(publisher.stored_through());
-            Target::Stream(publisher)
-        }
-    };
-    let source = Source::start(config, start).await.map_err(postgres)?;
-    if first && run.start_lsn.is_some_and(|skip_to| skip_to > confirmed) {
-        warn!(from = %confirmed, to = %start, "skipping ahead: events committed before --start-lsn are not relayed");
-    }
-    if telemetry.health.state() == RelayState::StandingBy {
-        info!(slot = %config.slot, "took over: the other walbox released the slot");
-    }
-    match &config.stream {
-        None => {
-            info!(slot = %config.slot, from = %start, exchange = %config.mapping.exchange, "streaming")
-        }
-        Some(target) => {
-            info!(slot = %config.slot, from = %start, stream = %target.stream, "streaming")
-        }
-    }
-    telemetry.metrics.flushed(start);
+    standing_by: bool,
+    backoff: Backoff,
+    /// What this process saw the broker confirm: PostgreSQL before 17 saves a logical slot's
+    /// confirmed position only at some checkpoints, so after a server restart the slot can be
+    /// behind what was already confirmed. Resuming from here instead avoids re-sending those
+    /// events.
+    confirmed_here: Lsn,
+    poison: Poison,
+}
 
-    // While isolating a refused message, one in flight at a time; the full window once the
-    // flush LSN is past it.
-    let careful = poison.careful();
-    let window = Arc::new(Semaphore::new(if careful {
-        1
-    } else {
-        config.max_in_flight
-    }));
-    let mut session = Session::start(
-        config,
-        source,
-        publisher,
-        start,
-        Arc::clone(&window),
-        false,
-        telemetry,
-    );
-    session.stream_mut().dead_letter = poison.dead_letter();
-    session.stream_mut().unencodable_to = run.dead_letter_exchange.clone();
-    let mut live = Live {
-        config,
-        telemetry,
-        poison,
-        window,
-        careful,
-    };
-    telemetry.health.set_state(live.streaming());
-    let end = session.run(&mut live, shutdown).await;
-    let poison = live.poison;
-    poison.note_published(session.stream().published_through);
-    // A session that moved the flush position made progress: the next failure is a new one,
-    // retried quickly. One that failed before confirming anything keeps backing off, so an
-    // unroutable or refused event does not turn into a reconnect storm.
-    if session.flushed() > start {
-        backoff.reset();
+impl<'a> Supervisor<'a> {
+    fn new(config: &'a Config, run: &'a RunConfig, telemetry: &'a Arc<Telemetry>) -> Self {
+        Supervisor {
+            config,
+            run,
+            telemetry,
+            first: true,
+            standing_by: false,
+            backoff: Backoff::new(Duration::from_millis(200), run.max_retry_delay),
+            confirmed_here: Lsn::ZERO,
+            poison: Poison::new(run.poison_after, run.dead_letter_exchange.clone()),
+        }
     }
-    *confirmed_here = (*confirmed_here).max(session.flushed());
-    match end {
-        End::Stopped | End::Finished => {
-            // Graceful stop: no more reading; wait (bounded) for outstanding confirms, then
-            // tell PostgreSQL the final position.
-            telemetry.health.set_state(RelayState::Stopping);
-            info!(
-                grace_secs = run.shutdown_grace.as_secs(),
-                "stopping: waiting for outstanding confirms"
-            );
-            let drained = session.drain(Some(run.shutdown_grace)).await;
-            let final_lsn = match drained.verdict {
-                Ok(lsn) => lsn,
-                Err(error) => {
-                    warn!(%error, "not every outstanding message was confirmed while stopping; they will be sent again on restart");
-                    drained.flushed
+
+    /// How long to wait before the next session after `failure`, or the error that stops
+    /// walbox.
+    fn delay_after(&mut self, Failure { side, error }: Failure) -> Result<Duration> {
+        let telemetry = self.telemetry;
+        Ok(match (error.disposition(), error) {
+            (Disposition::Stop | Disposition::Usage, error) => return Err(error),
+            (Disposition::StandBy, reason) => {
+                if !self.standing_by {
+                    info!(%reason, "standing by: another walbox holds the slot; taking over when it is released");
+                    self.standing_by = true;
                 }
-            };
-            *confirmed_here = (*confirmed_here).max(final_lsn);
-            drained
-                .source
-                .finish(final_lsn, Duration::from_secs(3))
-                .await;
-            drained.publisher.close().await;
-            info!(flushed = %final_lsn, "stopped");
-            Ok(())
+                telemetry.health.set_state(RelayState::StandingBy);
+                STANDBY_POLL
+            }
+            (Disposition::Poison, Error::Refused(refusal)) => {
+                self.standing_by = false;
+                telemetry.metrics.reconnect(side);
+                telemetry.metrics.poison_refusal();
+                let delay = self.backoff.next_delay();
+                telemetry
+                    .health
+                    .set_state(self.poison.handle_refusal(refusal, delay));
+                delay
+            }
+            (Disposition::Retry | Disposition::Poison, reason) => {
+                self.standing_by = false;
+                telemetry.health.set_state(match self.poison.halted_on() {
+                    Some(_) => RelayState::Halted,
+                    None => RelayState::Reconnecting,
+                });
+                telemetry.metrics.reconnect(side);
+                let delay = self.backoff.next_delay();
+                warn!(%reason, side = side.name(), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
+                delay
+            }
+        })
+    }
+
+    /// One connected session: both connections, then the engine until it ends.
+    async fn session(&mut self, shutdown: &mut Shutdown) -> SessionResult {
+        let (source, publisher, start) = self.connect().await?;
+        self.relay(source, publisher, start, shutdown).await
+    }
+
+    /// Prepare the publication and slot, connect the publisher, and start replication from
+    /// where this session resumes (returned).
+    async fn connect(&mut self) -> std::result::Result<(Source, Target, Lsn), Failure> {
+        let (config, first) = (self.config, self.first);
+        let control = Control::connect(config).await.map_err(postgres)?;
+        let create = if first {
+            SlotCreation::UnlessPromoted
+        } else {
+            SlotCreation::Never
+        };
+        let prepared = control.prepare(config, create).await.map_err(postgres)?;
+        if first {
+            if prepared.publication == Ensured::Created {
+                info!(publication = %config.publication, table = %config.table, "created publication");
+            }
+            if prepared.slot == Ensured::Created {
+                info!(slot = %config.slot, "created replication slot");
+            }
         }
-        End::Failed(failure) => {
-            let (source, publisher) = session.abort();
-            drop(source);
-            publisher.close().await;
-            Err(failure)
+        let confirmed = prepared.slot_info.confirmed_flush().unwrap_or(Lsn::ZERO);
+        let start = self.resume_from(confirmed)?;
+        let dead_letter_exchange = self.run.dead_letter_exchange.as_deref();
+        let publisher =
+            connect_publisher(config, dead_letter_exchange, control, first, self.telemetry).await?;
+        let source = Source::start(config, start).await.map_err(postgres)?;
+        if first
+            && self
+                .run
+                .start_lsn
+                .is_some_and(|skip_to| skip_to > confirmed)
+        {
+            warn!(from = %confirmed, to = %start, "skipping ahead: events committed before --start-lsn are not relayed");
+        }
+        if self.telemetry.health.state() == RelayState::StandingBy {
+            info!(slot = %config.slot, "took over: the other walbox released the slot");
+        }
+        match &config.stream {
+            None => {
+                info!(slot = %config.slot, from = %start, exchange = %config.mapping.exchange, "streaming")
+            }
+            Some(target) => {
+                info!(slot = %config.slot, from = %start, stream = %target.stream, "streaming")
+            }
+        }
+        Ok((source, publisher, start))
+    }
+
+    /// Where this session starts reading, given the slot's `confirmed` position: `--start-lsn`
+    /// on the first session, and never before what this process saw confirmed.
+    fn resume_from(&self, confirmed: Lsn) -> std::result::Result<Lsn, Failure> {
+        let start = match self.run.start_lsn {
+            Some(skip_to) if self.first && skip_to < confirmed => {
+                return Err(postgres(Error::definite(format!(
+                    "--start-lsn {skip_to} is behind the slot's confirmed position {confirmed}; a \
+                     logical slot cannot go back. Omit --start-lsn to resume from {confirmed}"
+                ))));
+            }
+            Some(skip_to) => skip_to.max(confirmed),
+            None => confirmed,
+        };
+        if self.confirmed_here > start {
+            info!(slot_position = %confirmed, resume_from = %self.confirmed_here,
+                "the slot's saved position is behind what this walbox saw confirmed (PostgreSQL restarted, or the last session was cut short); resuming from the confirmed position");
+            return Ok(self.confirmed_here);
+        }
+        Ok(start)
+    }
+
+    /// Run the engine over the connected session until it stops or fails, then tear it down.
+    async fn relay(
+        &mut self,
+        source: Source,
+        publisher: Target,
+        start: Lsn,
+        shutdown: &mut Shutdown,
+    ) -> SessionResult {
+        let (config, telemetry) = (self.config, self.telemetry);
+        telemetry.metrics.flushed(start);
+        // While isolating a refused message, one in flight at a time; the full window once
+        // the flush LSN is past it.
+        let careful = self.poison.careful();
+        let window = Arc::new(Semaphore::new(if careful {
+            1
+        } else {
+            config.max_in_flight
+        }));
+        let mut session = Session::start(
+            config,
+            source,
+            publisher,
+            start,
+            Arc::clone(&window),
+            false,
+            telemetry,
+        );
+        session.stream_mut().dead_letter = self.poison.dead_letter();
+        session.stream_mut().unencodable_to = self.run.dead_letter_exchange.clone();
+        let mut live = Live {
+            config,
+            telemetry,
+            poison: &mut self.poison,
+            window,
+            careful,
+        };
+        telemetry.health.set_state(live.streaming());
+        let end = session.run(&mut live, shutdown).await;
+        self.poison
+            .note_published(session.stream().published_through);
+        // A session that moved the flush position made progress: the next failure is a new
+        // one, retried quickly. One that failed before confirming anything keeps backing off,
+        // so an unroutable or refused event does not turn into a reconnect storm.
+        if session.flushed() > start {
+            self.backoff.reset();
+        }
+        self.confirmed_here = self.confirmed_here.max(session.flushed());
+        match end {
+            End::Stopped | End::Finished => {
+                let final_lsn = stop(session, self.run.shutdown_grace, telemetry).await;
+                self.confirmed_here = self.confirmed_here.max(final_lsn);
+                Ok(())
+            }
+            End::Failed(failure) => {
+                let (source, publisher) = session.abort();
+                drop(source);
+                publisher.close().await;
+                Err(failure)
+            }
         }
     }
+}
+
+/// Connect the session's publisher (declaring the dead-letter exchange or the stream it
+/// needs); `control` is closed before, or once the stream target read the end of WAL.
+async fn connect_publisher(
+    config: &Config,
+    dead_letter_exchange: Option<&str>,
+    control: Control,
+    first: bool,
+    telemetry: &Telemetry,
+) -> std::result::Result<Target, Failure> {
+    let Some(target) = &config.stream else {
+        drop(control);
+        let publisher = AmqpPublisher::connect(config).await.map_err(amqp)?;
+        if let Some(dead_letter_exchange) = dead_letter_exchange {
+            publisher
+                .declare_dead_letter(dead_letter_exchange, config.exchange_spec.mode)
+                .await
+                .map_err(amqp)?;
+        }
+        return Ok(Target::Amqp(publisher));
+    };
+    // The end of this server's WAL, for the rewound-LSN check.
+    let ceiling = control.current_wal_lsn().await.map_err(postgres)?;
+    drop(control);
+    if first && target.declare && declare_stream(target).await.map_err(amqp)? {
+        info!(stream = %target.stream, "created stream");
+    }
+    let publisher = StreamPublisher::connect(
+        target,
+        config.slot.as_str(),
+        ceiling,
+        telemetry.metrics.stream_deduplicated(),
+    )
+    .await
+    .map_err(amqp)?;
+    telemetry.metrics.stream_stored(publisher.stored_through());
+    Ok(Target::Stream(publisher))
+}
+
+/// Graceful stop: no more reading; wait (at most `grace`) for outstanding confirms, then
+/// tell PostgreSQL the final position, which is returned.
+async fn stop(session: Session<'_, Source, Target>, grace: Duration, telemetry: &Telemetry) -> Lsn {
+    telemetry.health.set_state(RelayState::Stopping);
+    info!(
+        grace_secs = grace.as_secs(),
+        "stopping: waiting for outstanding confirms"
+    );
+    let drained = session.drain(Some(grace)).await;
+    let final_lsn = match drained.verdict {
+        Ok(lsn) => lsn,
+        Err(error) => {
+            warn!(%error, "not every outstanding message was confirmed while stopping; they will be sent again on restart");
+            drained.flushed
+        }
+    };
+    drained
+        .source
+        .finish(final_lsn, Duration::from_secs(3))
+        .await;
+    drained.publisher.close().await;
+    info!(flushed = %final_lsn, "stopped");
+    final_lsn
+}
+
+fn postgres(error: Error) -> Failure {
+    Failure::new(Side::Postgres, error)
+}
+
+fn amqp(error: Error) -> Failure {
+    Failure::new(Side::Amqp, error)
 }

@@ -13,8 +13,8 @@ use super::poison::DeadLetter;
 use crate::config::Config;
 use crate::error::Error;
 use crate::lsn::Lsn;
-use crate::outbox::{OutboxShape, Transaction};
-use crate::pgoutput::Message;
+use crate::outbox::{EventError, OutboxMessage, OutboxShape, Transaction};
+use crate::pgoutput::{Insert, Message, Relation, TupleData};
 use crate::publish::confirm::{EventRef, Pending, Published};
 use crate::publish::{Position, Publisher};
 use crate::source::Change;
@@ -87,19 +87,10 @@ impl<'a, P: Publisher> Stream<'a, P> {
 
     /// Apply one change; an error says which side failed.
     pub(crate) async fn apply(&mut self, change: Change) -> Result<(), Failure> {
-        let postgres = |error| Failure::new(Side::Postgres, error);
         tracing::trace!(?change, "change");
         match change {
-            Change::Begin(transaction) => {
-                self.transaction = Some(transaction);
-                self.index_in_transaction = 0;
-            }
-            Change::Commit { end_lsn } => {
-                self.transaction = None;
-                self.telemetry.metrics.transaction();
-                self.telemetry.metrics.received(end_lsn);
-                self.boundary(end_lsn).await?;
-            }
+            Change::Begin(transaction) => self.begin(transaction),
+            Change::Commit { end_lsn } => self.commit(end_lsn).await?,
             // Between transactions, the server has sent everything before `wal_end`; once
             // what came before is confirmed, PostgreSQL may release it. This keeps an idle
             // outbox on a busy database from pinning WAL.
@@ -108,137 +99,196 @@ impl<'a, P: Publisher> Stream<'a, P> {
                 self.boundary(wal_end).await?;
             }
             Change::Keepalive { .. } => {}
-            Change::Message(Message::Relation(relation)) => {
-                let table = &self.config.table;
-                let named = relation.namespace == table.schema.as_str()
-                    && relation.name == table.name.as_str();
-                // A rename keeps the relation id: the table is still the outbox being relayed.
-                let same_table = self
-                    .shape
-                    .as_ref()
-                    .is_some_and(|s| s.relation_id() == relation.relation_id);
-                if named || same_table {
-                    let shape = OutboxShape::from_relation(&relation, &self.config.mapping)
-                        .map_err(|problem| {
-                            postgres(Error::definite(format!(
-                                "the outbox table changed so that it can no longer be relayed: \
-                             {problem}. Nothing after this point was acknowledged"
-                            )))
-                        })?;
-                    self.shape = Some(shape);
-                }
-            }
-            Change::Message(Message::Insert(insert)) => {
-                let Some(shape) = self
-                    .shape
-                    .as_ref()
-                    .filter(|s| s.relation_id() == insert.relation_id)
-                else {
-                    return Ok(());
-                };
-                let transaction = self.transaction.ok_or_else(|| {
-                    postgres(Error::definite(
-                        "an insert arrived outside a transaction (a walbox bug)",
-                    ))
-                })?;
-                let index = self.index_in_transaction;
-                self.index_in_transaction += 1;
-                let built = shape.message(
-                    &insert.new_tuple,
-                    &transaction,
-                    index,
-                    &mut self.routing_key,
-                );
-                // A row that cannot become a message is handled like a poison event: with a
-                // dead-letter exchange its record goes there in its place; without one walbox
-                // stops on it rather than skip it.
-                let (mut message, unencodable) = match (built, &self.unencodable_to) {
-                    (Ok(message), _) => (message, false),
-                    (Err(problem), Some(exchange)) => {
-                        let event = shape.fallback(&insert.new_tuple, &transaction, index);
-                        warn!(event_id = %event.id, commit_lsn = %transaction.commit_lsn,
-                            %exchange, %problem,
-                            "an outbox row cannot become a message; sending its dead-letter record in its place");
-                        let plan = DeadLetter {
-                            event_id: event.id.clone(),
-                            commit_lsn: transaction.commit_lsn,
-                            reason: format!("the row cannot become a message: {problem}"),
-                            failures: 0,
-                            exchange: exchange.clone(),
-                            include_payload: true,
-                        };
-                        let record =
-                            plan.record(&event, &transaction, &self.config.mapping.exchange_text());
-                        (record, true)
-                    }
-                    (Err(problem), None) => {
-                        return Err(postgres(Error::definite(format!(
-                            "an outbox row in the transaction committed at {} cannot become an \
-                             AMQP message: {problem}. walbox stops here rather than skip it; fix \
-                             the row's data, skip past it with `walbox run --start-lsn` (after \
-                             that commit), or give --dead-letter-exchange to send such rows there",
-                            transaction.commit_lsn
-                        ))));
-                    }
-                };
-                if let Some(warning) = &message.headers_warning {
-                    warn!(event_id = %message.id, "{warning}");
-                }
-                if self.replaying {
-                    message.mark_replayed();
-                }
-                self.events += 1;
-                let (message, dead_letter) = match &self.dead_letter {
-                    _ if unencodable => (message, true),
-                    Some(plan) if plan.is(&message.id, transaction.commit_lsn) => {
-                        warn!(event_id = %message.id, commit_lsn = %transaction.commit_lsn,
-                            exchange = %plan.exchange, "sending the poison event's dead-letter record in its place");
-                        (
-                            plan.record(
-                                &message,
-                                &transaction,
-                                &self.config.mapping.exchange_text(),
-                            ),
-                            true,
-                        )
-                    }
-                    _ => (message, false),
-                };
-                let amqp = |error| Failure::new(Side::Amqp, error);
-                let permit = Arc::clone(&self.window)
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| amqp(Error::transient("in-flight window closed")))?;
-                let event = EventRef {
-                    event_id: message.id.clone(),
-                    commit_lsn: transaction.commit_lsn,
-                    commit_time_micros: transaction.commit_time_micros,
-                    dead_letter,
-                };
-                self.published_through = self.published_through.max(transaction.commit_lsn);
-                let position = Position {
-                    commit_lsn: transaction.commit_lsn,
-                    index,
-                };
-                let confirm = self
-                    .publisher
-                    .publish(message, position)
-                    .await
-                    .map_err(amqp)?;
-                self.telemetry.metrics.published();
-                self.pending
-                    .send(Pending::Published(Published {
-                        confirm,
-                        permit,
-                        event,
-                    }))
-                    .await
-                    .map_err(|_| amqp(Error::transient("the confirm tracker stopped")))?;
-            }
+            Change::Message(Message::Relation(relation)) => self.relation(&relation)?,
+            Change::Message(Message::Insert(insert)) => self.insert(&insert).await?,
             // Updates, deletes, truncates, types, origins, messages: not outbox events.
             Change::Message(_) => {}
         }
         Ok(())
+    }
+
+    fn begin(&mut self, transaction: Transaction) {
+        self.transaction = Some(transaction);
+        self.index_in_transaction = 0;
+    }
+
+    async fn commit(&mut self, end_lsn: Lsn) -> Result<(), Failure> {
+        self.transaction = None;
+        self.telemetry.metrics.transaction();
+        self.telemetry.metrics.received(end_lsn);
+        self.boundary(end_lsn).await
+    }
+
+    /// A Relation message: when it describes the outbox table, its new shape.
+    fn relation(&mut self, relation: &Relation) -> Result<(), Failure> {
+        let table = &self.config.table;
+        let named =
+            relation.namespace == table.schema.as_str() && relation.name == table.name.as_str();
+        // A rename keeps the relation id: the table is still the outbox being relayed.
+        let same_table = self
+            .shape
+            .as_ref()
+            .is_some_and(|s| s.relation_id() == relation.relation_id);
+        if named || same_table {
+            let shape =
+                OutboxShape::from_relation(relation, &self.config.mapping).map_err(|problem| {
+                    postgres(Error::definite(format!(
+                        "the outbox table changed so that it can no longer be relayed: \
+                         {problem}. Nothing after this point was acknowledged"
+                    )))
+                })?;
+            self.shape = Some(shape);
+        }
+        Ok(())
+    }
+
+    /// An Insert: when it is an outbox row, build its message (or the dead-letter record in
+    /// its place) and publish it.
+    async fn insert(&mut self, insert: &Insert) -> Result<(), Failure> {
+        let outbox = self
+            .shape
+            .as_ref()
+            .is_some_and(|s| s.relation_id() == insert.relation_id);
+        if !outbox {
+            return Ok(());
+        }
+        let transaction = self.transaction.ok_or_else(|| {
+            postgres(Error::definite(
+                "an insert arrived outside a transaction (a walbox bug)",
+            ))
+        })?;
+        let index = self.index_in_transaction;
+        self.index_in_transaction += 1;
+        let outgoing = self.build(&insert.new_tuple, &transaction, index)?;
+        self.events += 1;
+        let outgoing = self.replace_poison(outgoing, &transaction);
+        self.publish(outgoing, &transaction, index).await
+    }
+
+    /// The message for the `index`-th outbox row of `transaction`, marked as a replay when
+    /// replaying.
+    fn build(
+        &mut self,
+        tuple: &TupleData,
+        transaction: &Transaction,
+        index: u32,
+    ) -> Result<Outgoing, Failure> {
+        let Some(shape) = &self.shape else {
+            return Err(postgres(Error::definite(
+                "an outbox insert arrived before the table's shape (a walbox bug)",
+            )));
+        };
+        let mut outgoing = match shape.message(tuple, transaction, index, &mut self.routing_key) {
+            Ok(message) => Outgoing {
+                message,
+                dead_letter: false,
+            },
+            Err(problem) => self.unencodable(shape, tuple, transaction, index, problem)?,
+        };
+        if let Some(warning) = &outgoing.message.headers_warning {
+            warn!(event_id = %outgoing.message.id, "{warning}");
+        }
+        if self.replaying {
+            outgoing.message.mark_replayed();
+        }
+        Ok(outgoing)
+    }
+
+    /// A row that cannot become a message is handled like a poison event: with a dead-letter
+    /// exchange its record goes there in its place; without one walbox stops on it rather
+    /// than skip it.
+    fn unencodable(
+        &self,
+        shape: &OutboxShape,
+        tuple: &TupleData,
+        transaction: &Transaction,
+        index: u32,
+        problem: EventError,
+    ) -> Result<Outgoing, Failure> {
+        let Some(exchange) = &self.unencodable_to else {
+            return Err(postgres(Error::definite(format!(
+                "an outbox row in the transaction committed at {} cannot become an AMQP \
+                 message: {problem}. walbox stops here rather than skip it; fix the row's \
+                 data, skip past it with `walbox run --start-lsn` (after that commit), or \
+                 give --dead-letter-exchange to send such rows there",
+                transaction.commit_lsn
+            ))));
+        };
+        let event = shape.fallback(tuple, transaction, index);
+        warn!(event_id = %event.id, commit_lsn = %transaction.commit_lsn, %exchange, %problem,
+            "an outbox row cannot become a message; sending its dead-letter record in its place");
+        let plan = DeadLetter {
+            event_id: event.id.clone(),
+            commit_lsn: transaction.commit_lsn,
+            reason: format!("the row cannot become a message: {problem}"),
+            failures: 0,
+            exchange: exchange.clone(),
+            include_payload: true,
+        };
+        let record = plan.record(&event, transaction, &self.config.mapping.exchange_text());
+        Ok(Outgoing {
+            message: record,
+            dead_letter: true,
+        })
+    }
+
+    /// The condemned poison event's dead-letter record in its place, when this is it.
+    fn replace_poison(&self, outgoing: Outgoing, transaction: &Transaction) -> Outgoing {
+        let condemned = self.dead_letter.as_ref().filter(|plan| {
+            !outgoing.dead_letter && plan.is(&outgoing.message.id, transaction.commit_lsn)
+        });
+        let Some(plan) = condemned else {
+            return outgoing;
+        };
+        let message = outgoing.message;
+        warn!(event_id = %message.id, commit_lsn = %transaction.commit_lsn,
+            exchange = %plan.exchange, "sending the poison event's dead-letter record in its place");
+        Outgoing {
+            message: plan.record(&message, transaction, &self.config.mapping.exchange_text()),
+            dead_letter: true,
+        }
+    }
+
+    /// Publish within the in-flight window and hand the confirm to the tracker.
+    async fn publish(
+        &mut self,
+        outgoing: Outgoing,
+        transaction: &Transaction,
+        index: u32,
+    ) -> Result<(), Failure> {
+        let Outgoing {
+            message,
+            dead_letter,
+        } = outgoing;
+        let permit = Arc::clone(&self.window)
+            .acquire_owned()
+            .await
+            .map_err(|_| amqp(Error::transient("in-flight window closed")))?;
+        let event = EventRef {
+            event_id: message.id.clone(),
+            commit_lsn: transaction.commit_lsn,
+            commit_time_micros: transaction.commit_time_micros,
+            dead_letter,
+        };
+        self.published_through = self.published_through.max(transaction.commit_lsn);
+        let position = Position {
+            commit_lsn: transaction.commit_lsn,
+            index,
+        };
+        let confirm = self
+            .publisher
+            .publish(message, position)
+            .await
+            .map_err(amqp)?;
+        self.telemetry.metrics.published();
+        self.pending
+            .send(Pending::Published(Published {
+                confirm,
+                permit,
+                event,
+            }))
+            .await
+            .map_err(|_| amqp(Error::transient("the confirm tracker stopped")))
     }
 
     /// Tell the tracker that everything handed over so far lies before `lsn`.
@@ -246,6 +296,20 @@ impl<'a, P: Publisher> Stream<'a, P> {
         self.pending
             .send(Pending::Boundary(lsn))
             .await
-            .map_err(|_| Failure::new(Side::Amqp, Error::transient("the confirm tracker stopped")))
+            .map_err(|_| amqp(Error::transient("the confirm tracker stopped")))
     }
+}
+
+/// A message to publish, and whether it is a dead-letter record standing in for its event.
+struct Outgoing {
+    message: OutboxMessage,
+    dead_letter: bool,
+}
+
+fn postgres(error: Error) -> Failure {
+    Failure::new(Side::Postgres, error)
+}
+
+fn amqp(error: Error) -> Failure {
+    Failure::new(Side::Amqp, error)
 }

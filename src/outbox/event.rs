@@ -134,6 +134,16 @@ impl OutboxMessage {
     }
 }
 
+/// The headers a row gives (before the encoding's and walbox's own).
+#[derive(Default)]
+struct RowHeaders {
+    headers: FieldTable,
+    /// Set when the headers column could not be used.
+    warning: Option<String>,
+    /// The headers column's object, kept when the encoder reads it.
+    object: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// Why one row cannot become a message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventError {
@@ -320,69 +330,21 @@ impl OutboxShape {
 
         self.routing_key.render(routing_key, &row)?;
         let routing_key = short_string("routing key", routing_key.as_str())?;
-
-        let id = match self.text(&row, self.id.as_ref())? {
-            Some(id) if !id.is_empty() => id.into_owned(),
-            _ => message_id::from_position(transaction.commit_lsn, index),
-        };
+        let id = self.event_id(&row, transaction, index)?;
         let event_type = self
             .text(&row, self.event_type.as_ref())?
             .unwrap_or_default();
-
         let payload = self.payload(&row)?;
-
-        let time_micros = self
-            .text(&row, self.created_at.as_ref())?
-            .and_then(|created_at| parse_unix_micros(&created_at))
-            .and_then(|micros| i64::try_from(micros).ok())
-            .unwrap_or_else(|| postgres_micros_to_unix_micros(transaction.commit_time_micros));
-
-        let mut headers = FieldTable::default();
-        let mut headers_warning = None;
-        let mut headers_object = None;
-        if let Some(source) = &self.headers {
-            match row.value(source)? {
-                Value::Text { bytes, .. } => {
-                    match add_json_headers(&mut headers, bytes, self.encoder_reads_headers) {
-                        Ok(object) => headers_object = object,
-                        Err(problem) => {
-                            headers_warning =
-                                Some(format!("headers column is {problem}; headers ignored"));
-                        }
-                    }
-                }
-                Value::Json(serde_json::Value::Object(object)) => {
-                    add_object_headers(&mut headers, object);
-                    if self.encoder_reads_headers {
-                        headers_object = Some(object.clone());
-                    }
-                }
-                Value::Json(serde_json::Value::Null) | Value::Null => {}
-                Value::Json(other) => {
-                    headers_warning = Some(format!(
-                        "headers value is {} rather than a JSON object; headers ignored",
-                        other
-                    ));
-                }
-            }
-        }
+        let time_micros = self.time_micros(&row, transaction)?;
+        // One scratch buffer for every template rendered below.
         let mut scratch = String::new();
-        for (name, template) in &self.extra_headers {
-            if template.all_null(&row) && template.sources().next().is_some() {
-                continue;
-            }
-            template.render(&mut scratch, &row)?;
-            headers.insert(
-                name.clone(),
-                AMQPValue::LongString(LongString::from(scratch.as_bytes())),
-            );
-        }
+        let RowHeaders {
+            mut headers,
+            warning: headers_warning,
+            object: headers_object,
+        } = self.row_headers(&row, &mut scratch)?;
 
-        let (mut ce_source, mut ce_type) = (String::new(), String::new());
-        if let Some((source, kind)) = &self.ce {
-            source.render(&mut ce_source, &row)?;
-            kind.render(&mut ce_type, &row)?;
-        }
+        let (ce_source, ce_type) = self.cloud_event_attributes(&row)?;
         let aggregate_id = self.text(&row, self.aggregate_id.as_ref())?;
         let mut rendered_body = String::new();
         if let Some(template) = &self.body_template {
@@ -405,27 +367,11 @@ impl OutboxShape {
         for (name, value) in encoded.headers {
             headers.insert(name, value);
         }
-
         if self.walbox_headers {
-            let aggregate_type = match &self.aggregate_type {
-                Some(source) => Some(self.text(&row, Some(source))?.unwrap_or_default()),
-                None => None,
-            };
-            let aggregate_id = self
-                .aggregate_id
-                .as_ref()
-                .map(|_| aggregate_id.as_deref().unwrap_or_default());
-            contract::add_aggregate_headers(&mut headers, aggregate_type.as_deref(), aggregate_id);
-            contract::add_position_headers(&mut headers, transaction);
+            self.add_walbox_headers(&mut headers, &row, aggregate_id.as_deref(), transaction)?;
         }
 
-        let message_type = match &self.message_type {
-            None => Cow::Borrowed(event_type.as_ref()),
-            Some(template) => {
-                template.render(&mut scratch, &row)?;
-                Cow::Owned(std::mem::take(&mut scratch))
-            }
-        };
+        let message_type = self.message_type(&row, &event_type, &mut scratch)?;
         let properties = contract::Properties {
             message_id: Some(short_string("event id", &id)?),
             content_type: Some(short_string("content type", &encoded.content_type)?),
@@ -437,34 +383,170 @@ impl OutboxShape {
         }
         .build(headers);
 
-        let partition_key = match &self.partition_key {
-            Some(template) => {
-                template.render(&mut scratch, &row)?;
-                Some(std::mem::take(&mut scratch))
-            }
-            None => None,
-        };
-        let exchange = match self.exchange_column.and_then(|index| row.text(index)) {
-            Some(name) if !name.is_empty() => {
-                Some(short_string("exchange", &super::filter::utf8(name))?)
-            }
-            _ => match &self.exchange {
-                Some(template) => {
-                    template.render(&mut scratch, &row)?;
-                    Some(short_string("exchange", &scratch)?)
-                }
-                None => None,
-            },
-        };
-
         Ok(OutboxMessage {
-            exchange,
+            partition_key: self.partition_key(&row, &mut scratch)?,
+            exchange: self.exchange(&row, &mut scratch)?,
             routing_key,
             body: encoded.body,
             properties,
             id,
             headers_warning,
-            partition_key,
+        })
+    }
+
+    /// The id column's value, or (missing or empty) an id derived from the WAL position.
+    fn event_id(
+        &self,
+        row: &Row<'_>,
+        transaction: &Transaction,
+        index: u32,
+    ) -> Result<String, EventError> {
+        Ok(match self.text(row, self.id.as_ref())? {
+            Some(id) if !id.is_empty() => id.into_owned(),
+            _ => message_id::from_position(transaction.commit_lsn, index),
+        })
+    }
+
+    /// When the event happened (µs since the Unix epoch): created_at when it reads as a
+    /// time, else the commit time.
+    fn time_micros(&self, row: &Row<'_>, transaction: &Transaction) -> Result<i64, EventError> {
+        Ok(self
+            .text(row, self.created_at.as_ref())?
+            .and_then(|created_at| parse_unix_micros(&created_at))
+            .and_then(|micros| i64::try_from(micros).ok())
+            .unwrap_or_else(|| postgres_micros_to_unix_micros(transaction.commit_time_micros)))
+    }
+
+    /// The headers from the row: the headers column's keys, then each `--header` template.
+    fn row_headers(&self, row: &Row<'_>, scratch: &mut String) -> Result<RowHeaders, EventError> {
+        let mut headers = self.headers_column(row)?;
+        for (name, template) in &self.extra_headers {
+            if template.all_null(row) && template.sources().next().is_some() {
+                continue;
+            }
+            template.render(scratch, row)?;
+            headers.headers.insert(
+                name.clone(),
+                AMQPValue::LongString(LongString::from(scratch.as_bytes())),
+            );
+        }
+        Ok(headers)
+    }
+
+    /// The headers column's keys as headers. A value that is not a JSON object is left out
+    /// with a warning: the event still goes out.
+    fn headers_column(&self, row: &Row<'_>) -> Result<RowHeaders, EventError> {
+        let mut headers = RowHeaders::default();
+        let Some(source) = &self.headers else {
+            return Ok(headers);
+        };
+        match row.value(source)? {
+            Value::Text { bytes, .. } => {
+                match add_json_headers(&mut headers.headers, bytes, self.encoder_reads_headers) {
+                    Ok(object) => headers.object = object,
+                    Err(problem) => {
+                        headers.warning =
+                            Some(format!("headers column is {problem}; headers ignored"));
+                    }
+                }
+            }
+            Value::Json(serde_json::Value::Object(object)) => {
+                add_object_headers(&mut headers.headers, object);
+                if self.encoder_reads_headers {
+                    headers.object = Some(object.clone());
+                }
+            }
+            Value::Json(serde_json::Value::Null) | Value::Null => {}
+            Value::Json(other) => {
+                headers.warning = Some(format!(
+                    "headers value is {} rather than a JSON object; headers ignored",
+                    other
+                ));
+            }
+        }
+        Ok(headers)
+    }
+
+    /// The rendered CloudEvents `source` and `type` (empty without a CloudEvents encoding).
+    fn cloud_event_attributes(&self, row: &Row<'_>) -> Result<(String, String), EventError> {
+        let (mut ce_source, mut ce_type) = (String::new(), String::new());
+        if let Some((source, kind)) = &self.ce {
+            source.render(&mut ce_source, row)?;
+            kind.render(&mut ce_type, row)?;
+        }
+        Ok((ce_source, ce_type))
+    }
+
+    /// walbox's own headers: the aggregate's type and id (when mapped) and the position.
+    fn add_walbox_headers(
+        &self,
+        headers: &mut FieldTable,
+        row: &Row<'_>,
+        aggregate_id: Option<&str>,
+        transaction: &Transaction,
+    ) -> Result<(), EventError> {
+        let aggregate_type = match &self.aggregate_type {
+            Some(source) => Some(self.text(row, Some(source))?.unwrap_or_default()),
+            None => None,
+        };
+        let aggregate_id = self
+            .aggregate_id
+            .as_ref()
+            .map(|_| aggregate_id.unwrap_or_default());
+        contract::add_aggregate_headers(headers, aggregate_type.as_deref(), aggregate_id);
+        contract::add_position_headers(headers, transaction);
+        Ok(())
+    }
+
+    /// The message's type property: the `--message-type` template, else the event type.
+    fn message_type<'e>(
+        &self,
+        row: &Row<'_>,
+        event_type: &'e str,
+        scratch: &mut String,
+    ) -> Result<Cow<'e, str>, EventError> {
+        Ok(match &self.message_type {
+            None => Cow::Borrowed(event_type),
+            Some(template) => {
+                template.render(scratch, row)?;
+                Cow::Owned(std::mem::take(scratch))
+            }
+        })
+    }
+
+    /// The rendered `--partition-key`, when there is one.
+    fn partition_key(
+        &self,
+        row: &Row<'_>,
+        scratch: &mut String,
+    ) -> Result<Option<String>, EventError> {
+        Ok(match &self.partition_key {
+            Some(template) => {
+                template.render(scratch, row)?;
+                Some(std::mem::take(scratch))
+            }
+            None => None,
+        })
+    }
+
+    /// The row's exchange column when not empty, else the exchange template; None: the
+    /// configured fixed exchange.
+    fn exchange(
+        &self,
+        row: &Row<'_>,
+        scratch: &mut String,
+    ) -> Result<Option<ShortString>, EventError> {
+        if let Some(name) = self.exchange_column.and_then(|index| row.text(index))
+            && !name.is_empty()
+        {
+            return Ok(Some(short_string("exchange", &super::filter::utf8(name))?));
+        }
+        Ok(match &self.exchange {
+            Some(template) => {
+                template.render(scratch, row)?;
+                Some(short_string("exchange", scratch)?)
+            }
+            None => None,
         })
     }
 

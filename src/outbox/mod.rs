@@ -17,6 +17,6 @@ pub mod template;
 pub mod timestamp;
 
 pub use columns::{ColumnMap, Field};
-pub use event::{OutboxMessage, OutboxShape, ShapeError, Transaction};
+pub use event::{EventError, OutboxMessage, OutboxShape, ShapeError, Transaction};
 pub use mapping::Mapping;
 pub use template::Template;
