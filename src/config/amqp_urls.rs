@@ -29,9 +29,9 @@ impl AmqpUrls {
                     redact_url(url)
                 )));
             }
-            // lapin parses the URL again when connecting; parsing it here makes a malformed
-            // one a usage error.
-            lapin::uri::AMQPUri::from_str(url).map_err(|error| {
+            // The publisher parses the URL again when connecting; parsing it here makes a
+            // malformed one a usage error.
+            amq_protocol::uri::AMQPUri::from_str(url).map_err(|error| {
                 ConfigError(format!(
                     "--amqp-url `{}` is not a valid AMQP URL: {error}",
                     redact_url(url)

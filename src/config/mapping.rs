@@ -8,8 +8,8 @@
 //! `--preset` > built-in default. [`MappingArgs::implied`] says which one gave each value, for
 //! `walbox config check`.
 
+use amq_protocol::types::ShortString;
 use clap::Args;
-use lapin::types::ShortString;
 
 use super::ConfigError;
 pub use super::exchange::{DeclareMode, ExchangeSpec, Kind};
@@ -464,7 +464,7 @@ mod tests {
 
     /// A preset's mapping applied to a row of its framework's table.
     mod presets {
-        use lapin::types::AMQPValue;
+        use amq_protocol::types::AMQPValue;
 
         use super::*;
         use crate::lsn::Lsn;

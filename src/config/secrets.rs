@@ -107,7 +107,7 @@ impl fmt::Debug for Secret {
 /// A CA file for amqps://, read and checked at startup.
 #[derive(Clone, Debug)]
 pub(crate) struct CaFile {
-    /// The file's PEM text (lapin takes PEM).
+    /// The file's PEM text.
     pub(crate) pem: String,
 }
 

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use lapin::types::{AMQPValue, LongString, ShortString};
+use amq_protocol::types::{AMQPValue, LongString, ShortString};
 
 use super::cloudevents::{attributes, data};
 use super::{EncodeError, Encoded, Encoder, Event};

@@ -17,8 +17,8 @@ pub(crate) mod template;
 use std::borrow::Cow;
 use std::fmt;
 
+use amq_protocol::types::{AMQPValue, ShortString};
 use bytes::Bytes;
-use lapin::types::{AMQPValue, ShortString};
 
 /// What the payload column holds, which decides how an encoding reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

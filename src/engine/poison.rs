@@ -18,8 +18,8 @@
 
 use std::time::Duration;
 
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::json;
 use tracing::{error, warn};
 
@@ -351,7 +351,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use lapin::BasicProperties;
+    use amq_protocol::protocol::BasicProperties;
 
     use super::*;
     use crate::outbox::{Mapping, OutboxShape};

@@ -3,8 +3,8 @@
 //! dead-letter records (`crate::engine::poison`) both build them here, so the two cannot drift
 //! apart.
 
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use super::Transaction;
 use super::timestamp::postgres_micros_to_unix_micros;

@@ -10,9 +10,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::Bytes;
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use super::columns::{Field, Origin};
 use super::contract;

@@ -3,7 +3,7 @@
 //! Strings, numbers, booleans and null keep their AMQP types so consumers in any language read
 //! them naturally; nested objects and arrays travel as their JSON text.
 
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::{Map, Value};
 
 /// Add every key of a JSON object to `table`, and give the object back when `keep` asks for it

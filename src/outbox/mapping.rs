@@ -3,7 +3,7 @@
 //! `crate::config` builds it from the flags (`--columns`, `--exchange`, `--preset`, ...);
 //! [`super::OutboxShape::from_relation`] resolves it against the table.
 
-use lapin::types::ShortString;
+use amq_protocol::types::ShortString;
 
 use super::{ColumnMap, Template};
 use crate::encode::Encoding;

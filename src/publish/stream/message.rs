@@ -13,7 +13,7 @@
 //!
 //! Nested header tables and arrays become their text form; everything else keeps its type.
 
-use lapin::types::AMQPValue;
+use amq_protocol::types::AMQPValue;
 use rabbitmq_stream_client::types::{Message, SimpleValue};
 
 use crate::outbox::OutboxMessage;
@@ -91,9 +91,9 @@ fn simple_value(value: &AMQPValue) -> SimpleValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amq_protocol::protocol::BasicProperties;
+    use amq_protocol::types::{FieldTable, ShortString};
     use bytes::Bytes;
-    use lapin::BasicProperties;
-    use lapin::types::{FieldTable, ShortString};
 
     #[test]
     fn the_contract_moves_to_amqp_1_0() {

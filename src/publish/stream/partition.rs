@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::io::Cursor;
 
-use lapin::types::AMQPValue;
+use amq_protocol::types::AMQPValue;
 
 use crate::config::PartitionKey;
 use crate::outbox::OutboxMessage;
@@ -57,7 +57,7 @@ fn header_text(value: &AMQPValue) -> String {
 
 #[cfg(test)]
 mod tests {
-    use lapin::types::FieldTable;
+    use amq_protocol::types::FieldTable;
 
     use super::*;
     use crate::lsn::Lsn;
