@@ -352,3 +352,173 @@ fn reference_documents_every_metric() {
     let metrics = walbox::telemetry::Metrics::new();
     check_generated_section("metrics", &metrics.reference_table());
 }
+
+/// `config check`'s output as key → value, comments dropped. Parsing it as TOML also proves it
+/// holds every key once.
+fn settings(output: &Output) -> toml::Table {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.parse::<toml::Table>().unwrap_or_else(|error| {
+        panic!("config check's output is not a config file: {error}\n{stdout}")
+    })
+}
+
+/// Every preset's expansion, printed by `config check`, loads back as a config file and expands
+/// to the same configuration: the same value for every setting, and nothing else given.
+#[test]
+fn every_preset_round_trips_through_config_check() {
+    for preset in [
+        "cap",
+        "masstransit",
+        "nservicebus",
+        "eshop",
+        "dapr",
+        "cloudevents",
+    ] {
+        // Extra headers from the environment, one replacing a preset's (NServiceBus), one
+        // holding a comma that must not split it.
+        let env = [(
+            "WALBOX_HEADER",
+            r"NServiceBus.ContentType=text/json,x-tenant={aggregate_id},x-list=a\,b=c",
+        )];
+        let first = walbox(&["config", "check", "--preset", preset], &env);
+        let expanded = settings(&first);
+        let file = config_file(
+            &format!("round-trip-{preset}"),
+            &String::from_utf8_lossy(&first.stdout),
+        );
+        let again = walbox(
+            &["config", "check", "--config", file.to_str().unwrap()],
+            &[],
+        );
+        let reloaded = settings(&again);
+        assert_eq!(
+            expanded, reloaded,
+            "--preset {preset} does not expand to the same configuration when loaded back"
+        );
+        let headers = expanded["header"].as_array().expect("header is a list");
+        let names: Vec<&str> = headers
+            .iter()
+            .map(|pair| pair.as_str().unwrap().split_once('=').unwrap().0)
+            .collect();
+        assert!(
+            names.contains(&"x-tenant") && names.contains(&"x-list"),
+            "{names:?}"
+        );
+        assert_eq!(
+            names
+                .iter()
+                .filter(|name| **name == "NServiceBus.ContentType")
+                .count(),
+            1,
+            "{names:?}"
+        );
+        if preset == "nservicebus" {
+            assert!(
+                headers.contains(&toml::Value::from("NServiceBus.ContentType=text/json")),
+                "the given header replaces the preset's: {headers:?}"
+            );
+            assert_eq!(
+                names.len(),
+                6,
+                "four of the preset's and three given, one replacing"
+            );
+        }
+        std::fs::remove_file(file).unwrap();
+    }
+}
+
+/// `--header` gives the same headers from flags, the environment (comma-separated) and the file
+/// (a list, or one comma-separated string).
+#[test]
+fn repeatable_header_works_from_flags_environment_and_file() {
+    let header_line = |output: &Output| {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        line(&stdout, "header")
+            .split("  #")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let expected = r#"header = ["a=x", "b={id}", "c=Ns.Type, Assembly, Version=1.0"]"#;
+    let flags = walbox(
+        &[
+            "config",
+            "check",
+            "--header",
+            "a=x",
+            "--header",
+            "b={id}",
+            "--header",
+            "c=Ns.Type, Assembly, Version=1.0",
+        ],
+        &[],
+    );
+    assert_eq!(header_line(&flags), expected);
+    let env = walbox(
+        &["config", "check"],
+        &[(
+            "WALBOX_HEADER",
+            "a=x,b={id},c=Ns.Type, Assembly, Version=1.0",
+        )],
+    );
+    assert_eq!(header_line(&env), expected);
+    let list = config_file(
+        "header-list",
+        "header = [\"a=x\", \"b={id}\", \"c=Ns.Type, Assembly, Version=1.0\"]\n",
+    );
+    let string = config_file(
+        "header-string",
+        "header = \"a=x,b={id},c=Ns.Type, Assembly, Version=1.0\"\n",
+    );
+    for file in [list, string] {
+        let output = walbox(
+            &["config", "check", "--config", file.to_str().unwrap()],
+            &[],
+        );
+        assert_eq!(header_line(&output), expected, "{}", file.display());
+        std::fs::remove_file(file).unwrap();
+    }
+    // A list for a flag that takes one value is refused.
+    let bad = config_file("slot-list", "slot = [\"a\", \"b\"]\n");
+    let output = walbox(&["config", "check", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("takes one value"));
+    std::fs::remove_file(bad).unwrap();
+}
+
+/// A preset names its framework's table where the framework fixes it; a given --table wins.
+#[test]
+fn a_preset_sets_its_frameworks_table() {
+    let table = |args: &[&str]| {
+        let mut all = vec!["config", "check"];
+        all.extend_from_slice(args);
+        let output = walbox(&all, &[]);
+        line(&String::from_utf8_lossy(&output.stdout), "table").to_owned()
+    };
+    assert_eq!(
+        table(&["--preset", "cap"]),
+        "table = \"cap.published\"  # preset cap"
+    );
+    assert_eq!(
+        table(&["--preset", "eshop"]),
+        "table = \"public.IntegrationEventLog\"  # preset eshop"
+    );
+    assert_eq!(
+        table(&["--preset", "cap", "--table", "other.published"]),
+        "table = \"other.published\"  # flag"
+    );
+    assert_eq!(
+        table(&["--preset", "masstransit"]),
+        "table = \"public.outbox\"  # default"
+    );
+}

@@ -16,7 +16,49 @@ pub(crate) fn check(parsed: &Parsed, run: &RunArgs) -> Result<(), ConfigError> {
     RunConfig::from_args(run)?;
     print!("{}", effective(parsed));
     print!("{}", implied_mapping(&run.common.mapping));
+    print!("{}", header_line(parsed, &run.common.mapping)?);
     Ok(())
+}
+
+/// Every extra header, the preset's and the given ones merged as walbox applies them, on one
+/// `header = [...]` line: a TOML file holds a key once, and loading this line back gives the
+/// same headers (a given header replaces the preset's of its name).
+fn header_line(parsed: &Parsed, args: &MappingArgs) -> Result<String, ConfigError> {
+    let pairs = args.header_pairs()?;
+    if pairs.is_empty() {
+        return Ok(String::new());
+    }
+    let mut sources: Vec<String> = Vec::new();
+    for (_, source) in &pairs {
+        let source = match source {
+            mapping::Source::Preset(preset) => format!("preset {}", preset.name()),
+            _ => given_source(parsed, "header", Some("WALBOX_HEADER")),
+        };
+        if !sources.contains(&source) {
+            sources.push(source);
+        }
+    }
+    let values = toml::Value::Array(
+        pairs
+            .iter()
+            .map(|(pair, _)| toml::Value::String(mapping::escape_pair(pair)))
+            .collect(),
+    );
+    Ok(format!("header = {values}  # {}\n", sources.join(", ")))
+}
+
+/// Where a given flag's value came from: the file, the environment or the command line.
+fn given_source(parsed: &Parsed, flag: &str, env: Option<&str>) -> String {
+    if parsed.from_file.contains(flag) {
+        return "file".to_owned();
+    }
+    match value_source(&parsed.matches, flag) {
+        Some(ValueSource::CommandLine) => "flag".to_owned(),
+        Some(ValueSource::EnvVariable) => {
+            env.map_or_else(|| "env".to_owned(), |e| format!("env {e}"))
+        }
+        _ => "default".to_owned(),
+    }
 }
 
 /// The mapping settings nobody gave (flag, environment, file): what the preset or the
@@ -50,7 +92,8 @@ pub(crate) fn effective(parsed: &Parsed) -> String {
     }
     for arg in check.get_arguments() {
         let Some(flag) = arg.get_long() else { continue };
-        if matches!(flag, "help" | "version" | "config") {
+        // The headers are printed merged with the preset's ([`header_line`]).
+        if matches!(flag, "help" | "version" | "config" | "header") {
             continue;
         }
         let id = arg.get_id().as_str();
@@ -59,18 +102,8 @@ pub(crate) fn effective(parsed: &Parsed) -> String {
         };
         let value: Vec<String> = values.map(|v| v.to_string_lossy().into_owned()).collect();
         let value = redacted(flag, &value.join(","));
-        let source = if parsed.from_file.contains(flag) {
-            "file".to_owned()
-        } else {
-            match value_source(&parsed.matches, flag) {
-                Some(ValueSource::CommandLine) => "flag".to_owned(),
-                Some(ValueSource::EnvVariable) => arg
-                    .get_env()
-                    .map(|env| format!("env {}", env.to_string_lossy()))
-                    .unwrap_or_else(|| "env".to_owned()),
-                _ => "default".to_owned(),
-            }
-        };
+        let env = arg.get_env().map(|env| env.to_string_lossy());
+        let source = given_source(parsed, flag, env.as_deref());
         text.push_str(&format!("{flag} = {}  # {source}\n", toml_value(&value)));
     }
     text

@@ -118,10 +118,6 @@ pub struct CommonArgs {
     #[arg(long, env = "WALBOX_PUBLICATION", default_value = "walbox")]
     pub publication: String,
 
-    /// Outbox table, as schema.name or name (schema public).
-    #[arg(long, env = "WALBOX_TABLE", default_value = "public.outbox")]
-    pub table: String,
-
     /// What rows become on the wire: preset, columns, exchange, routing key, body, headers.
     #[command(flatten)]
     pub mapping: MappingArgs,

@@ -41,8 +41,14 @@ where
         let table = read(path).map_err(ParseError::File)?;
         for (key, value) in table {
             let flag = key.replace('_', "-");
-            let value = scalar(path, &key, &value).map_err(ParseError::File)?;
-            command = with_default(command, &flag, &value).ok_or_else(|| {
+            let values = values(path, &key, &value).map_err(ParseError::File)?;
+            if values.len() != 1 && !repeatable(&command, &flag) {
+                return Err(ParseError::File(ConfigError(format!(
+                    "{}: `{key}` takes one value, not a list",
+                    path.display()
+                ))));
+            }
+            command = with_default(command, &flag, &values).ok_or_else(|| {
                 ParseError::File(ConfigError(format!(
                     "{}: unknown key `{key}`; keys are walbox's long flag names (see \
                      `walbox run --help`)",
@@ -100,6 +106,22 @@ fn read(path: &Path) -> Result<toml::Table, ConfigError> {
         .map_err(|error| ConfigError(format!("{} is not valid TOML: {error}", path.display())))
 }
 
+/// A file value as the texts a flag would take: one, or (for a repeatable flag such as
+/// `header` or `amqp-url`) an array of them.
+fn values(path: &Path, key: &str, value: &toml::Value) -> Result<Vec<String>, ConfigError> {
+    match value {
+        toml::Value::Array(items) => items.iter().map(|item| scalar(path, key, item)).collect(),
+        other => Ok(vec![scalar(path, key, other)?]),
+    }
+}
+
+/// Whether the flag `flag` may be given more than once (in any subcommand that has it).
+fn repeatable(command: &Command, flag: &str) -> bool {
+    command.get_arguments().any(|arg| {
+        arg.get_long() == Some(flag) && matches!(arg.get_action(), clap::ArgAction::Append)
+    }) || command.get_subcommands().any(|sub| repeatable(sub, flag))
+}
+
 /// A file value as the text a flag would take.
 fn scalar(path: &Path, key: &str, value: &toml::Value) -> Result<String, ConfigError> {
     match value {
@@ -108,25 +130,26 @@ fn scalar(path: &Path, key: &str, value: &toml::Value) -> Result<String, ConfigE
         toml::Value::Float(number) => Ok(number.to_string()),
         toml::Value::Boolean(flag) => Ok(flag.to_string()),
         other => Err(ConfigError(format!(
-            "{}: `{key}` must be a string, number or boolean, not {}",
+            "{}: `{key}` must be a string, number or boolean (or a list of them for a \
+             repeatable flag), not {}",
             path.display(),
             other.type_str()
         ))),
     }
 }
 
-/// Make `value` the default of every argument with the long name `flag`, wherever it
+/// Make `values` the default of every argument with the long name `flag`, wherever it
 /// appears (the common flags are in several subcommands). None if no command has it.
-fn with_default(command: Command, flag: &str, value: &str) -> Option<Command> {
+fn with_default(command: Command, flag: &str, values: &[String]) -> Option<Command> {
     if flag == "config" {
         return None;
     }
     let mut found = false;
-    let command = set_default(command, flag, value, &mut found);
+    let command = set_default(command, flag, values, &mut found);
     found.then_some(command)
 }
 
-fn set_default(mut command: Command, flag: &str, value: &str, found: &mut bool) -> Command {
+fn set_default(mut command: Command, flag: &str, values: &[String], found: &mut bool) -> Command {
     let ids: Vec<clap::Id> = command
         .get_arguments()
         .filter(|arg| arg.get_long() == Some(flag))
@@ -134,15 +157,15 @@ fn set_default(mut command: Command, flag: &str, value: &str, found: &mut bool) 
         .collect();
     for id in ids {
         *found = true;
-        let value = value.to_owned();
-        command = command.mut_arg(id, |arg| arg.default_value(value));
+        let values = values.to_vec();
+        command = command.mut_arg(id, |arg| arg.default_values(values));
     }
     let names: Vec<String> = command
         .get_subcommands()
         .map(|sub| sub.get_name().to_owned())
         .collect();
     for name in names {
-        command = command.mut_subcommand(name, |sub| set_default(sub, flag, value, found));
+        command = command.mut_subcommand(name, |sub| set_default(sub, flag, values, found));
     }
     command
 }

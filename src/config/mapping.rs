@@ -19,6 +19,10 @@ use crate::outbox::{ColumnMap, Mapping, Template};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct MappingArgs {
+    /// Outbox table, as schema.name or name (schema public). Default: public.outbox; --preset cap sets cap.published, eshop and dapr public.IntegrationEventLog.
+    #[arg(long, env = "WALBOX_TABLE")]
+    pub table: Option<String>,
+
     /// A framework's conventions (cap, masstransit, nservicebus, eshop, dapr, cloudevents); any other mapping flag overrides what it sets.
     #[arg(long, env = "WALBOX_PRESET", value_enum)]
     pub preset: Option<Preset>,
@@ -59,7 +63,7 @@ pub struct MappingArgs {
     #[arg(long, env = "WALBOX_MESSAGE_TYPE")]
     pub message_type: Option<String>,
 
-    /// An extra header, NAME=TEMPLATE (repeatable); replaces a preset's header of that name.
+    /// An extra header, NAME=TEMPLATE (repeatable, or several comma-separated: a comma followed by NAME= starts the next; write \, for a literal comma there); replaces a preset's header of that name.
     #[arg(long = "header", env = "WALBOX_HEADER")]
     pub header: Vec<String>,
 
@@ -86,6 +90,7 @@ pub struct MappingArgs {
 
 /// Built-in defaults of the settings a preset may set.
 const DEFAULTS: &[(&str, &str)] = &[
+    ("table", "public.outbox"),
     ("columns", "outbox"),
     ("exchange", "outbox"),
     ("exchange-kind", "topic"),
@@ -113,6 +118,7 @@ impl MappingArgs {
     fn given(&self, flag: &str) -> Option<String> {
         let text = |value: &Option<String>| value.clone();
         match flag {
+            "table" => text(&self.table),
             "columns" => text(&self.columns),
             "exchange" => text(&self.exchange),
             "exchange-kind" => self.exchange_kind.map(|kind| kind.name().to_owned()),
@@ -147,6 +153,12 @@ impl MappingArgs {
             .map(|(_, value)| *value)
             .unwrap_or_default();
         (default.to_owned(), Source::Default)
+    }
+
+    /// The outbox table's name as given, or as the preset or the default names it (validated
+    /// by the caller).
+    pub fn table(&self) -> String {
+        self.resolve("table").0
     }
 
     /// How the exchange is declared (`--exchange-kind`, `--exchange-durable`, ...).
@@ -222,30 +234,26 @@ impl MappingArgs {
     }
 
     /// Every setting a preset or a default decided, with its value, for `walbox config
-    /// check` (the ones given by flag, environment or file it prints itself).
+    /// check` (the ones given by flag, environment or file it prints itself). The headers are
+    /// not among them: [`MappingArgs::header_pairs`] gives them all, merged.
     pub fn implied(&self) -> Vec<(String, String, Source)> {
-        let mut implied: Vec<(String, String, Source)> = DEFAULTS
+        DEFAULTS
             .iter()
             .map(|(flag, _)| (*flag, self.resolve(flag)))
             .filter(|(_, (_, source))| *source != Source::Given)
             .map(|(flag, (value, source))| (flag.to_owned(), value, source))
-            .collect();
-        if let Some(preset) = self.preset {
-            for (name, template) in preset_headers(preset) {
-                if !self
-                    .header
-                    .iter()
-                    .any(|given| header_name(given) == Some(name))
-                {
-                    implied.push((
-                        "header".to_owned(),
-                        format!("{name}={template}"),
-                        Source::Preset(preset),
-                    ));
-                }
-            }
-        }
-        implied
+            .collect()
+    }
+
+    /// The extra headers as `NAME=TEMPLATE` pairs in the order they are added to a message:
+    /// the preset's (unless a given one of that name replaces it), then the given ones, each
+    /// with where it came from. A list of them, given back as `--header` values (e.g. by
+    /// `walbox config check`'s output loaded as a file), makes the same headers.
+    pub fn header_pairs(&self) -> Result<Vec<(String, Source)>, ConfigError> {
+        Ok(merged_headers(self)?
+            .into_iter()
+            .map(|(name, template, source)| (format!("{name}={template}"), source))
+            .collect())
     }
 }
 
@@ -268,10 +276,6 @@ fn parse_bool(flag: &str, text: &str) -> Result<bool, ConfigError> {
         .map_err(|_| ConfigError(format!("--{flag} `{text}` is not true or false")))
 }
 
-fn header_name(pair: &str) -> Option<&str> {
-    pair.split_once('=').map(|(name, _)| name.trim())
-}
-
 fn preset_headers(preset: Preset) -> impl Iterator<Item = (&'static str, &'static str)> {
     preset
         .values()
@@ -281,13 +285,16 @@ fn preset_headers(preset: Preset) -> impl Iterator<Item = (&'static str, &'stati
 }
 
 /// The preset's headers, then the given ones (a given header replaces a preset's of the same
-/// name).
-fn headers(args: &MappingArgs) -> Result<Vec<(ShortString, Template)>, ConfigError> {
-    let mut pairs: Vec<(String, String)> = Vec::new();
+/// name), with where each came from.
+fn merged_headers(args: &MappingArgs) -> Result<Vec<(String, String, Source)>, ConfigError> {
+    let mut pairs: Vec<(String, String, Source)> = Vec::new();
     if let Some(preset) = args.preset {
-        pairs.extend(preset_headers(preset).map(|(n, t)| (n.to_owned(), t.to_owned())));
+        pairs.extend(
+            preset_headers(preset)
+                .map(|(n, t)| (n.to_owned(), t.to_owned(), Source::Preset(preset))),
+        );
     }
-    for given in &args.header {
+    for given in args.header.iter().flat_map(|text| split_list(text)) {
         let (name, template) = given.split_once('=').ok_or_else(|| {
             ConfigError(format!(
                 "--header `{given}` is not of the form NAME=TEMPLATE"
@@ -297,12 +304,17 @@ fn headers(args: &MappingArgs) -> Result<Vec<(ShortString, Template)>, ConfigErr
         if name.is_empty() {
             return Err(ConfigError(format!("--header `{given}` has an empty name")));
         }
-        pairs.retain(|(existing, _)| existing != name);
-        pairs.push((name.to_owned(), template.to_owned()));
+        pairs.retain(|(existing, _, _)| existing != name);
+        pairs.push((name.to_owned(), template.to_owned(), Source::Given));
     }
-    pairs
+    Ok(pairs)
+}
+
+/// The extra headers, parsed.
+fn headers(args: &MappingArgs) -> Result<Vec<(ShortString, Template)>, ConfigError> {
+    merged_headers(args)?
         .into_iter()
-        .map(|(name, template)| {
+        .map(|(name, template, _)| {
             let parsed = Template::parse(&template)
                 .map_err(|error| ConfigError(format!("--header {name}: {error}")))?;
             let name = ShortString::try_new(name.clone()).map_err(|_| {
@@ -311,6 +323,57 @@ fn headers(args: &MappingArgs) -> Result<Vec<(ShortString, Template)>, ConfigErr
             Ok((name, parsed))
         })
         .collect()
+}
+
+/// One `--header` value as the `NAME=TEMPLATE` pairs it lists. A comma separates two pairs
+/// when what follows it up to the next `=` is a header name (no spaces, commas or
+/// backslashes), so a value with a comma inside, e.g. a .NET assembly-qualified type name
+/// (`Ns.Type, Assembly, Version=1.0`), stays whole; `\,` is a comma that never separates.
+/// The same rule applies to flags, `WALBOX_HEADER` and the file, which is how an
+/// environment variable carries several headers (`WALBOX_HEADER='a=x,b=y'`).
+pub(crate) fn split_list(text: &str) -> Vec<String> {
+    let mut pairs = Vec::new();
+    let mut current = String::new();
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        rest = &rest[c.len_utf8()..];
+        match c {
+            '\\' if rest.starts_with(',') => {
+                current.push(',');
+                rest = &rest[1..];
+            }
+            ',' if starts_a_pair(rest) => pairs.push(std::mem::take(&mut current)),
+            other => current.push(other),
+        }
+    }
+    pairs.push(current);
+    pairs
+}
+
+/// Whether `text` starts with `NAME=`.
+fn starts_a_pair(text: &str) -> bool {
+    match text.split_once('=') {
+        Some((name, _)) => {
+            !name.is_empty()
+                && !name
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == ',' || c == '\\')
+        }
+        None => false,
+    }
+}
+
+/// A `NAME=TEMPLATE` pair written so that [`split_list`] reads it back as one pair: each comma
+/// that would start another pair is escaped.
+pub fn escape_pair(pair: &str) -> String {
+    let mut escaped = String::with_capacity(pair.len());
+    for (at, c) in pair.char_indices() {
+        if c == ',' && starts_a_pair(&pair[at + 1..]) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -454,12 +517,38 @@ mod tests {
             "fanout".into(),
             Source::Preset(Preset::NServiceBus)
         )));
-        assert!(implied.contains(&(
-            "header".into(),
+        assert!(!implied.iter().any(|(flag, _, _)| flag == "header"));
+        assert!(test.mapping.header_pairs().unwrap().contains(&(
             "NServiceBus.MessageId={id}".into(),
             Source::Preset(Preset::NServiceBus)
         )));
         assert!(implied.contains(&("ce-source".into(), "walbox".into(), Source::Default)));
+    }
+
+    #[test]
+    fn a_header_list_splits_only_where_a_name_follows() {
+        assert_eq!(split_list("a=x,b=y"), ["a=x", "b=y"]);
+        assert_eq!(
+            split_list("t=Ns.Type, Assembly, Version=1.0,u={id}"),
+            ["t=Ns.Type, Assembly, Version=1.0", "u={id}"]
+        );
+        assert_eq!(split_list(r"a=x\,b=y"), ["a=x,b=y"]);
+        assert_eq!(split_list(r#"j={"k":1,"l":2}"#), [r#"j={"k":1,"l":2}"#]);
+        assert_eq!(escape_pair("a=x,b=y"), r"a=x\,b=y");
+        assert_eq!(escape_pair("t=Ns.Type, Assembly"), "t=Ns.Type, Assembly");
+    }
+
+    proptest::proptest! {
+        /// Pairs escaped and joined with commas split back into the same pairs.
+        #[test]
+        fn escaped_pairs_split_back(
+            pairs in proptest::collection::vec(("[A-Za-z0-9._-]{1,8}", "[^\\\\]{0,12}"), 1..5)
+        ) {
+            let pairs: Vec<String> =
+                pairs.iter().map(|(name, template)| format!("{name}={template}")).collect();
+            let joined: Vec<String> = pairs.iter().map(|pair| escape_pair(pair)).collect();
+            proptest::prop_assert_eq!(split_list(&joined.join(",")), pairs);
+        }
     }
 
     /// A preset's mapping applied to a row of its framework's table.

@@ -50,7 +50,9 @@ impl Preset {
             // CAP's RabbitMQ transport: topic exchange `cap.default.router` (durable), routing
             // key = message name; its consumer needs the cap-msg-* headers it stored with the
             // message in Content.
+            // CAP's PostgreSQL storage creates "published" in schema "cap" (its default).
             Preset::Cap => &[
+                ("table", "cap.published"),
                 ("columns", "cap"),
                 ("exchange", "cap.default.router"),
                 ("exchange-kind", "topic"),
@@ -82,7 +84,10 @@ impl Preset {
             ],
             // eShopOnContainers' EventBusRabbitMQ: direct exchange eshop_event_bus, declared
             // non-durable; routing key = the event's short type name; body = Content.
+            // The entity's table is "IntegrationEventLog" in the DbContext's schema (public
+            // unless the service sets another, e.g. Ordering's `ordering`).
             Preset::Eshop => &[
+                ("table", "public.IntegrationEventLog"),
                 ("columns", "eshop"),
                 ("exchange", "eshop_event_bus"),
                 ("exchange-kind", "direct"),
@@ -95,6 +100,7 @@ impl Preset {
             // auto-delete; CloudEvents structured JSON bodies (its subscriber does not read
             // binary mode). MASA keeps the topic in the event's own `Topic` property.
             Preset::Dapr => &[
+                ("table", "public.IntegrationEventLog"),
                 ("columns", "masa"),
                 ("exchange", "{payload->Topic}"),
                 ("exchange-kind", "fanout"),

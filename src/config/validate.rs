@@ -153,7 +153,7 @@ impl Config {
             amqp_ca,
             slot: Identifier::new("--slot", slot)?,
             publication: Identifier::new("--publication", &args.publication)?,
-            table: TableName::parse(&args.table)?,
+            table: TableName::parse(&args.mapping.table())?,
             mapping,
             exchange_spec,
             max_in_flight: args.max_in_flight as usize,
