@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the official CloudEvents SDKs that walbox's consumer tests parse messages with
-# (tests/cloudevents_sdk.rs), project-local and cached:
-#   - tests/consumers/.venv: PyPI cloudevents 2.x (RabbitMQ protocol binding) and pika, from
-#     tests/consumers/requirements.txt;
-#   - tests/consumers/node_modules: npm cloudevents and amqplib, exactly as
-#     tests/consumers/package-lock.json pins them (npm ci).
+# Installs the official CloudEvents SDKs and OpenTelemetry that walbox's consumer tests parse
+# messages with (tests/frameworks/cloudevents.rs, tests/frameworks/trace.rs), project-local and
+# cached:
+#   - tests/consumers/.venv: PyPI cloudevents 2.x (RabbitMQ protocol binding), pika, and
+#     OpenTelemetry's API, SDK and pika instrumentation, from tests/consumers/requirements.txt;
+#   - tests/consumers/node_modules: npm cloudevents, amqplib and OpenTelemetry's API and core
+#     (the W3C propagator), exactly as tests/consumers/package-lock.json pins them (npm ci).
 # Each part is redone only when its pin file changed (a stamp holds the file's hash), so a second
 # run costs nothing. Needs python3 with venv, node and npm (installed here from Debian's
 # packages when missing).
@@ -34,7 +35,7 @@ if [ "$(cat .venv/.walbox-stamp 2>/dev/null)" != "$python_stamp" ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
   echo "$python_stamp" > .venv/.walbox-stamp
 fi
-.venv/bin/python -c 'import cloudevents.core.bindings.rabbitmq, pika' \
+.venv/bin/python -c 'import cloudevents.core.bindings.rabbitmq, pika, opentelemetry.instrumentation.pika' \
   || { echo "consumers.sh: the Python CloudEvents SDK has no RabbitMQ binding" >&2; exit 1; }
 
 node_stamp=$(stamp_of package-lock.json)
@@ -42,6 +43,6 @@ if [ "$(cat node_modules/.walbox-stamp 2>/dev/null)" != "$node_stamp" ]; then
   npm ci --silent --no-audit --no-fund
   echo "$node_stamp" > node_modules/.walbox-stamp
 fi
-node -e 'require("cloudevents"); require("amqplib")'
+node -e 'require("cloudevents"); require("amqplib"); require("@opentelemetry/core")'
 
 echo "consumers.sh: CloudEvents SDKs ready in tests/consumers (.venv, node_modules)"

@@ -2,6 +2,11 @@
 //! `application/cloudevents+json` (the JSON event format, and the AMQP/RabbitMQ bindings'
 //! structured mode).
 //!
+//! An event with a trace context carries the distributed-tracing extension's attributes
+//! `traceparent` and `tracestate` (cloudevents/spec `cloudevents/extensions/distributed-tracing.md`),
+//! the same values as the protocol's own `traceparent` / `tracestate` headers, as that
+//! extension requires of a single hop.
+//!
 //! `data` follows the payload: JSON (a json/jsonb column, or a text column whose text is JSON)
 //! goes in as JSON with `datacontenttype` application/json; other text as a string with
 //! text/plain; bytea as `data_base64` with application/octet-stream. A NULL payload leaves
@@ -15,7 +20,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::rfc3339::rfc3339;
-use super::{EncodeError, Encoded, Encoder, Event, PayloadKind};
+use super::{EncodeError, Encoded, Encoder, Event, PayloadKind, TraceContext};
 
 pub(crate) const CONTENT_TYPE: &str = "application/cloudevents+json";
 
@@ -70,6 +75,8 @@ pub(crate) struct Attributes<'a> {
     pub(crate) kind: &'a str,
     pub(crate) subject: Option<&'a str>,
     pub(crate) time: String,
+    /// The distributed-tracing extension: `traceparent`, then `tracestate` if any.
+    pub(crate) trace: Option<TraceContext<'a>>,
 }
 
 /// The attributes of `event`. `source` and `type` are required by the specification: an
@@ -106,6 +113,7 @@ pub(crate) fn attributes<'a>(
         kind: ce.kind,
         subject: ce.subject.filter(|subject| !subject.is_empty()),
         time: rfc3339(event.time_micros),
+        trace: event.trace,
     })
 }
 
@@ -119,6 +127,10 @@ struct StructuredEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<&'a str>,
     time: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     datacontenttype: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,6 +169,8 @@ impl Encoder for Structured {
             kind: attributes.kind,
             subject: attributes.subject,
             time: &attributes.time,
+            traceparent: attributes.trace.map(|trace| trace.traceparent),
+            tracestate: attributes.trace.and_then(|trace| trace.tracestate),
             datacontenttype: data.content_type(),
             data: value,
             data_base64: base64,
@@ -205,6 +219,29 @@ mod tests {
             encode(br#"[1, 2]"#, PayloadKind::Text)["data"],
             json!([1, 2])
         );
+    }
+
+    #[test]
+    fn a_trace_context_becomes_the_distributed_tracing_attributes() {
+        use crate::encode::testing::TRACE;
+        let payload = Bytes::from_static(br#"{"total": 12}"#);
+        let mut traced = event(&payload, PayloadKind::Json);
+        traced.trace = Some(TRACE);
+        let encoded = Structured.encode(&traced).unwrap();
+        let value: Value = serde_json::from_slice(&encoded.body).unwrap();
+        assert_eq!(value["traceparent"], json!(TRACE.traceparent));
+        assert_eq!(value["tracestate"], json!(TRACE.tracestate.unwrap()));
+        // No tracestate: the attribute is left out, not sent empty.
+        traced.trace = Some(TraceContext {
+            tracestate: None,
+            ..TRACE
+        });
+        let encoded = Structured.encode(&traced).unwrap();
+        let value: Value = serde_json::from_slice(&encoded.body).unwrap();
+        assert_eq!(value["traceparent"], json!(TRACE.traceparent));
+        assert_eq!(value.get("tracestate"), None);
+        // No trace context: neither attribute (the first test's exact JSON shows it too).
+        assert_eq!(encode(b"{}", PayloadKind::Json).get("traceparent"), None);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! CloudEvents 1.0 in binary mode for RabbitMQ: the payload is the body as it is, its content
 //! type is `datacontenttype`, and every other attribute is an AMQP header named `ce-<name>`
 //! (the RabbitMQ protocol binding of Knative eventing-rabbitmq, which the CloudEvents Python
-//! SDK implements as `cloudevents.core.bindings.rabbitmq`).
+//! SDK implements as `cloudevents.core.bindings.rabbitmq`). The distributed-tracing
+//! extension's attributes go the same way, as `ce-traceparent` and `ce-tracestate`, beside the
+//! protocol's own `traceparent` / `tracestate` headers that the outbox side adds.
 
 use std::borrow::Cow;
 
@@ -34,6 +36,12 @@ impl Encoder for Binary {
         ];
         if let Some(subject) = attributes.subject {
             headers.push(header("ce-subject", subject));
+        }
+        if let Some(trace) = attributes.trace {
+            headers.push(header("ce-traceparent", trace.traceparent));
+            if let Some(tracestate) = trace.tracestate {
+                headers.push(header("ce-tracestate", tracestate));
+            }
         }
         Ok(Encoded {
             body: event.payload.clone(),
@@ -74,5 +82,30 @@ mod tests {
         assert_eq!(header("ce-time"), text("2026-11-22T14:59:17.123456Z"));
         assert_eq!(header("ce-subject"), text("o-17"));
         assert_eq!(header("ce-datacontenttype"), None);
+        assert_eq!(header("ce-traceparent"), None);
+    }
+
+    #[test]
+    fn a_trace_context_travels_as_ce_traceparent_and_ce_tracestate() {
+        use crate::encode::testing::TRACE;
+        let payload = Bytes::from_static(b"{}");
+        let mut traced = event(&payload, PayloadKind::Json);
+        traced.trace = Some(TRACE);
+        let encoded = Binary.encode(&traced).unwrap();
+        let header = |name: &str| {
+            encoded
+                .headers
+                .iter()
+                .find(|(key, _)| key.as_str() == name)
+                .map(|(_, value)| value.clone())
+        };
+        assert_eq!(
+            header("ce-traceparent"),
+            Some(AMQPValue::LongString(TRACE.traceparent.into()))
+        );
+        assert_eq!(
+            header("ce-tracestate"),
+            Some(AMQPValue::LongString(TRACE.tracestate.unwrap().into()))
+        );
     }
 }

@@ -3,9 +3,16 @@
 //! (message URNs), `message`, `sentTime` and `headers`.
 //!
 //! The message URN of a .NET type `Namespace.TypeName` is `urn:message:Namespace:TypeName`.
+//!
+//! Trace context: MassTransit's receive activity takes its parent from the transport header
+//! `MT-Activity-Id`, parsed as a W3C traceparent (`LogContextActivityExtensions.
+//! StartReceiveActivity` → `GetParentActivityContext(context.TransportHeaders)`, which calls
+//! `ActivityContext.TryParse(activityId, null, …)`; `DiagnosticHeaders.ActivityId`), and
+//! reads no tracestate there. So an event's traceparent also goes out as that header.
 
 use std::borrow::Cow;
 
+use amq_protocol::types::{AMQPValue, LongString, ShortString};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -14,6 +21,9 @@ use super::rfc3339::rfc3339;
 use super::{EncodeError, Encoded, Encoder, Event, payload_json};
 
 pub(crate) const CONTENT_TYPE: &str = "application/vnd.masstransit+json";
+
+/// The AMQP header MassTransit reads the sender's activity (a W3C traceparent) from.
+pub(crate) const ACTIVITY_ID: &str = "MT-Activity-Id";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -54,10 +64,20 @@ impl Encoder for Envelope {
             headers: event.headers.unwrap_or(&empty),
         };
         let body = serde_json::to_vec(&envelope).expect("an envelope serializes to JSON");
+        let headers = event
+            .trace
+            .map(|trace| {
+                (
+                    ShortString::from(ACTIVITY_ID),
+                    AMQPValue::LongString(LongString::from(trace.traceparent)),
+                )
+            })
+            .into_iter()
+            .collect();
         Ok(Encoded {
             body: Bytes::from(body),
             content_type: Cow::Borrowed(CONTENT_TYPE),
-            headers: Vec::new(),
+            headers,
         })
     }
 }
@@ -90,6 +110,23 @@ mod tests {
             })
         );
         assert_eq!(message_urn("OrderCreated"), "urn:message:OrderCreated");
+        assert!(encoded.headers.is_empty(), "no trace context, no header");
+    }
+
+    #[test]
+    fn a_traceparent_goes_out_as_mt_activity_id() {
+        use crate::encode::testing::TRACE;
+        let payload = Bytes::from_static(br#"{"orderId": 7}"#);
+        let mut traced = event(&payload, PayloadKind::Json);
+        traced.trace = Some(TRACE);
+        let encoded = Envelope.encode(&traced).unwrap();
+        assert_eq!(
+            encoded.headers,
+            vec![(
+                ShortString::from("MT-Activity-Id"),
+                AMQPValue::LongString(TRACE.traceparent.into())
+            )]
+        );
     }
 
     #[test]

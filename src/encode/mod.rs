@@ -71,6 +71,21 @@ pub(crate) struct Event<'a> {
     pub(crate) ce: Option<CloudEventAttributes<'a>>,
     /// The rendered body template (only with `--body template`).
     pub(crate) rendered_body: Option<&'a str>,
+    /// The W3C trace context the event carries, if any.
+    pub(crate) trace: Option<TraceContext<'a>>,
+}
+
+/// W3C Trace Context (<https://www.w3.org/TR/trace-context/>) of one event: the producer's
+/// span, which the consumer's span continues. The outbox side always sends it as the AMQP
+/// headers `traceparent` and `tracestate` (what OpenTelemetry's messaging instrumentations and
+/// NServiceBus read); an encoding whose consumers look elsewhere puts it there too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TraceContext<'a> {
+    /// Never empty.
+    pub(crate) traceparent: &'a str,
+    /// Only with a traceparent: the W3C specification reads tracestate only after a valid
+    /// traceparent. None when absent or empty.
+    pub(crate) tracestate: Option<&'a str>,
 }
 
 /// CloudEvents context attributes rendered from their templates.
@@ -198,6 +213,13 @@ pub(crate) mod testing {
                 subject: Some("o-17"),
             }),
             rendered_body: None,
+            trace: None,
         }
     }
+
+    /// A trace context for encoder tests.
+    pub(crate) const TRACE: TraceContext<'static> = TraceContext {
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        tracestate: Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+    };
 }

@@ -21,10 +21,14 @@ pub enum Field {
     Headers,
     CreatedAt,
     Exchange,
+    /// W3C Trace Context `traceparent` of the event (README "Trace context").
+    Traceparent,
+    /// W3C Trace Context `tracestate`, travelling only with a `traceparent`.
+    Tracestate,
 }
 
 impl Field {
-    pub const ALL: [Field; 8] = [
+    pub const ALL: [Field; 10] = [
         Field::Id,
         Field::AggregateType,
         Field::AggregateId,
@@ -33,6 +37,8 @@ impl Field {
         Field::Headers,
         Field::CreatedAt,
         Field::Exchange,
+        Field::Traceparent,
+        Field::Tracestate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +51,8 @@ impl Field {
             Field::Headers => "headers",
             Field::CreatedAt => "created_at",
             Field::Exchange => "exchange",
+            Field::Traceparent => "traceparent",
+            Field::Tracestate => "tracestate",
         }
     }
 
@@ -82,7 +90,7 @@ pub enum Origin {
 
 /// The tables walbox knows by name: per table, the column of each field in the order of
 /// [`Field::ALL`] (id, aggregate_type, aggregate_id, event_type, payload, headers, created_at,
-/// exchange). "" leaves the field unmapped; a trailing `?` marks a column used only when the
+/// exchange, traceparent, tracestate). "" leaves the field unmapped; a trailing `?` marks a column used only when the
 /// table has it. Column names are as the framework's ORM creates them on PostgreSQL (EF Core
 /// on Npgsql keeps PascalCase names, quoted).
 ///
@@ -96,15 +104,18 @@ pub enum Origin {
 ///   event's own id is "EventId".
 /// - `cap`: CAP's published table; "Content" holds the whole message,
 ///   `{"Headers": {..}, "Value": ..}`.
+///
+/// Every preset takes the trace context from columns `traceparent` and `tracestate` when the
+/// table has them (else from the headers column's keys of those names, if it has one).
 #[rustfmt::skip]
-const TABLE_PRESETS: &[(&str, [&str; 8])] = &[
-    // name            id         aggregate_type    aggregate_id    event_type       payload           headers             created_at        exchange
-    ("outbox",          ["id",      "aggregate_type", "aggregate_id", "event_type",    "payload",        "headers?",         "created_at?",    "exchange?"]),
-    ("debezium",        ["id",      "aggregatetype",  "aggregateid",  "type",          "payload",        "",                 "",               ""]),
-    ("outbox-messages", ["Id",      "",               "",             "Type",          "Content",        "",                 "OccurredOnUtc",  ""]),
-    ("eshop",           ["EventId", "",               "",             "EventTypeName", "Content",        "",                 "CreationTime",   ""]),
-    ("masa",            ["EventId", "",               "",             "EventTypeName", "Content",        "",                 "CreationTime",   ""]),
-    ("cap",             ["Id",      "",               "",             "Name",          "Content->Value", "Content->Headers", "Added",          ""]),
+const TABLE_PRESETS: &[(&str, [&str; 10])] = &[
+    // name            id         aggregate_type    aggregate_id    event_type       payload           headers             created_at        exchange      traceparent     tracestate
+    ("outbox",          ["id",      "aggregate_type", "aggregate_id", "event_type",    "payload",        "headers?",         "created_at?",    "exchange?",  "traceparent?", "tracestate?"]),
+    ("debezium",        ["id",      "aggregatetype",  "aggregateid",  "type",          "payload",        "",                 "",               "",           "traceparent?", "tracestate?"]),
+    ("outbox-messages", ["Id",      "",               "",             "Type",          "Content",        "",                 "OccurredOnUtc",  "",           "traceparent?", "tracestate?"]),
+    ("eshop",           ["EventId", "",               "",             "EventTypeName", "Content",        "",                 "CreationTime",   "",           "traceparent?", "tracestate?"]),
+    ("masa",            ["EventId", "",               "",             "EventTypeName", "Content",        "",                 "CreationTime",   "",           "traceparent?", "tracestate?"]),
+    ("cap",             ["Id",      "",               "",             "Name",          "Content->Value", "Content->Headers", "Added",          "",           "traceparent?", "tracestate?"]),
 ];
 
 /// The names `--columns` accepts as a table preset.
@@ -114,15 +125,15 @@ pub fn table_preset_names() -> impl Iterator<Item = &'static str> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColumnMap {
-    columns: [Option<(ColumnRef, Origin)>; 8],
+    columns: [Option<(ColumnRef, Origin)>; 10],
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ColumnMapError {
     #[error(
         "unknown field `{0}` in --columns; known fields: id, aggregate_type, aggregate_id, \
-         event_type, payload, headers, created_at, exchange (or a table preset first: outbox, \
-         debezium, outbox-messages, eshop, masa, cap)"
+         event_type, payload, headers, created_at, exchange, traceparent, tracestate (or a table \
+         preset first: outbox, debezium, outbox-messages, eshop, masa, cap)"
     )]
     UnknownField(String),
     #[error("`{0}` in --columns is not of the form field=column")]
@@ -310,7 +321,9 @@ mod tests {
             .into_iter()
             .filter(|field| map.column(*field).is_some())
             .count();
-        assert_eq!(mapped, 4);
+        // payload, and the outbox preset's optional headers, created_at, exchange,
+        // traceparent and tracestate.
+        assert_eq!(mapped, 6);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use super::Transaction;
 use super::timestamp::postgres_micros_to_unix_micros;
+use crate::encode::TraceContext;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 pub(crate) const PERSISTENT: u8 = 2;
@@ -25,6 +26,11 @@ pub(crate) const COMMIT_LSN: &str = "x-commit-lsn";
 pub(crate) const XID: &str = "x-xid";
 /// Header: `true` on a message sent again by `walbox replay`.
 pub(crate) const REPLAY: &str = "x-replay";
+
+/// Header: the event's W3C `traceparent` (README "Trace context").
+pub(crate) const TRACEPARENT: &str = "traceparent";
+/// Header: the event's W3C `tracestate`, only with a traceparent.
+pub(crate) const TRACESTATE: &str = "tracestate";
 
 /// The headers walbox itself writes. Every other header comes from the row (its headers
 /// column), a `--header` template or the body encoding.
@@ -106,6 +112,32 @@ pub(crate) fn add_aggregate_headers(
                 AMQPValue::LongString(LongString::from(value.as_bytes())),
             );
         }
+    }
+}
+
+/// `traceparent` and `tracestate` (when it has one): the event's trace context where W3C
+/// Trace Context propagators on AMQP look for it, whatever the body encoding. They replace a
+/// header of the same name from the row, so the pair always belongs together.
+pub(crate) fn add_trace_headers(headers: &mut FieldTable, trace: &TraceContext<'_>) {
+    headers.insert(
+        TRACEPARENT.into(),
+        AMQPValue::LongString(LongString::from(trace.traceparent)),
+    );
+    match trace.tracestate {
+        Some(tracestate) => {
+            headers.insert(
+                TRACESTATE.into(),
+                AMQPValue::LongString(LongString::from(tracestate)),
+            );
+        }
+        // A tracestate the row gave with another traceparent (rare): the table has no
+        // remove, so it is rebuilt without it.
+        None if headers.contains_key(TRACESTATE) => {
+            let mut kept = headers.inner().clone();
+            kept.remove(TRACESTATE);
+            *headers = FieldTable::from(kept);
+        }
+        None => {}
     }
 }
 

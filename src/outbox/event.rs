@@ -22,7 +22,7 @@ use super::message_id;
 use super::row::{NotJson, Row, Source, Value};
 use super::template::{ResolvedTemplate, TemplateError, resolve_source};
 use super::timestamp::{parse_unix_micros, postgres_micros_to_unix_micros};
-use crate::encode::{self, CloudEventAttributes, EncodeError, Encoder, PayloadKind};
+use crate::encode::{self, CloudEventAttributes, EncodeError, Encoder, PayloadKind, TraceContext};
 use crate::lsn::Lsn;
 use crate::pgoutput::{Relation, TupleData};
 
@@ -83,6 +83,9 @@ pub struct OutboxShape {
     headers: Option<Source>,
     created_at: Option<Source>,
     exchange_column: Option<usize>,
+    /// The trace context's columns, when the table has them.
+    traceparent: Option<Source>,
+    tracestate: Option<Source>,
     /// None when the exchange is one fixed name (the publisher's default).
     exchange: Option<ResolvedTemplate>,
     routing_key: ResolvedTemplate,
@@ -142,6 +145,22 @@ struct RowHeaders {
     warning: Option<String>,
     /// The headers column's object, kept when the encoder reads it.
     object: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// An event's trace context, read from its row.
+#[derive(Debug)]
+struct OwnedTrace {
+    traceparent: String,
+    tracestate: Option<String>,
+}
+
+impl OwnedTrace {
+    fn context(&self) -> TraceContext<'_> {
+        TraceContext {
+            traceparent: &self.traceparent,
+            tracestate: self.tracestate.as_deref(),
+        }
+    }
 }
 
 /// Why one row cannot become a message.
@@ -248,6 +267,8 @@ impl OutboxShape {
             headers: field(Field::Headers)?,
             created_at: field(Field::CreatedAt)?,
             exchange_column,
+            traceparent: field(Field::Traceparent)?,
+            tracestate: field(Field::Tracestate)?,
             exchange,
             routing_key: resolve_as("--routing-key")(&mapping.routing_key)?,
             message_type: mapping
@@ -276,6 +297,8 @@ impl OutboxShape {
             &self.event_type,
             &self.headers,
             &self.created_at,
+            &self.traceparent,
+            &self.tracestate,
         ]
         .into_iter()
         .flatten()
@@ -343,6 +366,10 @@ impl OutboxShape {
             warning: headers_warning,
             object: headers_object,
         } = self.row_headers(&row, &mut scratch)?;
+        let trace = self.trace(&row, &headers)?;
+        if let Some(trace) = &trace {
+            contract::add_trace_headers(&mut headers, &trace.context());
+        }
 
         let (ce_source, ce_type) = self.cloud_event_attributes(&row)?;
         let aggregate_id = self.text(&row, self.aggregate_id.as_ref())?;
@@ -363,6 +390,7 @@ impl OutboxShape {
                 subject: aggregate_id.as_deref(),
             }),
             rendered_body: self.body_template.as_ref().map(|_| rendered_body.as_str()),
+            trace: trace.as_ref().map(OwnedTrace::context),
         })?;
         for (name, value) in encoded.headers {
             headers.insert(name, value);
@@ -465,6 +493,34 @@ impl OutboxShape {
             }
         }
         Ok(headers)
+    }
+
+    /// The event's trace context: the `traceparent` column (with the `tracestate` column)
+    /// when it holds a value, else the `traceparent` and `tracestate` headers the row already
+    /// gave (its headers column, or a `--header`). The pair always comes from one place, so a
+    /// tracestate never travels with another trace's traceparent.
+    fn trace(&self, row: &Row<'_>, headers: &FieldTable) -> Result<Option<OwnedTrace>, NotJson> {
+        if let Some(traceparent) = self.text(row, self.traceparent.as_ref())?
+            && !traceparent.is_empty()
+        {
+            let tracestate = self.text(row, self.tracestate.as_ref())?;
+            return Ok(Some(OwnedTrace {
+                traceparent: traceparent.into_owned(),
+                tracestate: tracestate
+                    .filter(|state| !state.is_empty())
+                    .map(Cow::into_owned),
+            }));
+        }
+        let header = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(text)) if !text.as_bytes().is_empty() => {
+                Some(String::from_utf8_lossy(text.as_bytes()).into_owned())
+            }
+            _ => None,
+        };
+        Ok(header(contract::TRACEPARENT).map(|traceparent| OwnedTrace {
+            traceparent,
+            tracestate: header(contract::TRACESTATE),
+        }))
     }
 
     /// The rendered CloudEvents `source` and `type` (empty without a CloudEvents encoding).
@@ -684,6 +740,7 @@ mod tests {
     use super::*;
     use crate::outbox::Template;
     use crate::pgoutput::RelationColumn;
+    use crate::pgoutput::TupleData;
     use crate::pgoutput::fixture::{oid, outbox_relation, outbox_row, relation, row};
 
     const TRANSACTION: Transaction = Transaction {
@@ -1080,5 +1137,117 @@ mod tests {
                 assert!(parsed.is_object());
             }
         }
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// The outbox table with trace context columns.
+    fn traced_relation() -> Relation {
+        let mut table = outbox_relation();
+        for name in ["traceparent", "tracestate"] {
+            table.columns.push(RelationColumn {
+                flags: 0,
+                name: name.into(),
+                type_oid: oid::TEXT,
+                type_modifier: -1,
+            });
+        }
+        table
+    }
+
+    /// A row of [`traced_relation`] with these headers and trace columns.
+    fn traced_row(
+        headers: Option<&str>,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> TupleData {
+        row(&[
+            Some("6f1c0d3e-0000-4000-8000-000000000001"),
+            Some("order"),
+            Some("o-17"),
+            Some("Shop.Orders.OrderCreated"),
+            Some(r#"{"total": 12}"#),
+            headers,
+            None,
+            traceparent,
+            tracestate,
+        ])
+    }
+
+    fn traced_message(body: encode::Encoding, tuple: &TupleData) -> OutboxMessage {
+        let mapping = Mapping {
+            body,
+            ..Mapping::with_columns("", "k")
+        };
+        let shape = OutboxShape::from_relation(&traced_relation(), &mapping).unwrap();
+        shape
+            .message(tuple, &TRANSACTION, 0, &mut String::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn trace_columns_become_the_w3c_headers() {
+        let tuple = traced_row(None, Some(TRACEPARENT), Some("congo=t61"));
+        let message = traced_message(encode::Encoding::Raw, &tuple);
+        assert_eq!(message.header("traceparent"), text(TRACEPARENT).as_ref());
+        assert_eq!(message.header("tracestate"), text("congo=t61").as_ref());
+        // NULL or empty trace columns: no trace headers at all.
+        for empty in [None, Some("")] {
+            let tuple = traced_row(None, empty, Some("congo=t61"));
+            let message = traced_message(encode::Encoding::Raw, &tuple);
+            assert_eq!(message.header("traceparent"), None);
+            assert_eq!(message.header("tracestate"), None);
+        }
+    }
+
+    #[test]
+    fn the_headers_column_gives_the_trace_when_the_columns_do_not() {
+        let headers = format!(r#"{{"traceparent": "{TRACEPARENT}", "tracestate": "rojo=1"}}"#);
+        let tuple = traced_row(Some(&headers), None, None);
+        let message = traced_message(encode::Encoding::CloudEventsBinary, &tuple);
+        assert_eq!(message.header("traceparent"), text(TRACEPARENT).as_ref());
+        assert_eq!(message.header("ce-traceparent"), text(TRACEPARENT).as_ref());
+        assert_eq!(message.header("ce-tracestate"), text("rojo=1").as_ref());
+        // A tracestate alone is no trace context (W3C reads it only after a traceparent).
+        let tuple = traced_row(Some(r#"{"tracestate": "rojo=1"}"#), None, None);
+        let message = traced_message(encode::Encoding::CloudEventsBinary, &tuple);
+        assert_eq!(message.header("ce-traceparent"), None);
+        assert_eq!(message.header("ce-tracestate"), None);
+    }
+
+    #[test]
+    fn the_trace_column_wins_and_brings_its_own_tracestate() {
+        let headers = r#"{"traceparent": "00-aaaa-bbbb-01", "tracestate": "other=1"}"#;
+        let tuple = traced_row(Some(headers), Some(TRACEPARENT), None);
+        let message = traced_message(encode::Encoding::Raw, &tuple);
+        assert_eq!(message.header("traceparent"), text(TRACEPARENT).as_ref());
+        // The header's tracestate belonged to another traceparent: it is dropped.
+        assert_eq!(message.header("tracestate"), None);
+    }
+
+    #[test]
+    fn every_encoding_carries_the_trace_where_its_consumers_look() {
+        let tuple = traced_row(None, Some(TRACEPARENT), Some("congo=t61"));
+        let structured = traced_message(encode::Encoding::CloudEvents, &tuple);
+        let body: serde_json::Value = serde_json::from_slice(&structured.body).unwrap();
+        assert_eq!(body["traceparent"], serde_json::json!(TRACEPARENT));
+        assert_eq!(body["tracestate"], serde_json::json!("congo=t61"));
+        assert_eq!(structured.header("traceparent"), text(TRACEPARENT).as_ref());
+        let masstransit = traced_message(encode::Encoding::MassTransit, &tuple);
+        assert_eq!(
+            masstransit.header("MT-Activity-Id"),
+            text(TRACEPARENT).as_ref()
+        );
+        assert_eq!(
+            masstransit.header("traceparent"),
+            text(TRACEPARENT).as_ref()
+        );
+        // Without a trace: none of it.
+        let plain = traced_row(None, None, None);
+        let structured = traced_message(encode::Encoding::CloudEvents, &plain);
+        let body: serde_json::Value = serde_json::from_slice(&structured.body).unwrap();
+        assert_eq!(body.get("traceparent"), None);
+        let masstransit = traced_message(encode::Encoding::MassTransit, &plain);
+        assert_eq!(masstransit.header("MT-Activity-Id"), None);
     }
 }

@@ -44,8 +44,8 @@ pub enum TemplateError {
     BadPlaceholder { template: String, problem: String },
     #[error(
         "template placeholder `{{{placeholder}}}` is neither a field (id, aggregate_type, \
-         aggregate_id, event_type, payload, headers, created_at, exchange) mapped to a column \
-         nor a column of the table"
+         aggregate_id, event_type, payload, headers, created_at, exchange, traceparent, \
+         tracestate) mapped to a column nor a column of the table"
     )]
     UnknownPlaceholder { placeholder: String },
 }

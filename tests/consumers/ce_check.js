@@ -11,6 +11,25 @@
 const amqp = require("amqplib");
 const { CloudEvent, HTTP } = require("cloudevents");
 const sdkVersion = require("cloudevents/package.json").version;
+const { ROOT_CONTEXT, defaultTextMapGetter, trace } = require("@opentelemetry/api");
+const { W3CTraceContextPropagator } = require("@opentelemetry/core");
+
+// The span context OpenTelemetry reads from the event's traceparent and tracestate
+// attributes; null when there is none or it is not valid.
+function traceOf(event) {
+  if (!event.traceparent) return null;
+  const carrier = { traceparent: event.traceparent };
+  if (event.tracestate) carrier.tracestate = event.tracestate;
+  const context = new W3CTraceContextPropagator().extract(ROOT_CONTEXT, carrier, defaultTextMapGetter);
+  const span = trace.getSpanContext(context);
+  if (!span || !trace.isSpanContextValid(span)) return null;
+  return {
+    trace_id: span.traceId,
+    span_id: span.spanId,
+    sampled: (span.traceFlags & 1) === 1,
+    tracestate: span.traceState ? span.traceState.serialize() : null,
+  };
+}
 
 function options(argv) {
   const wanted = { "--amqp-url": "amqpUrl", "--queue": "queue", "--count": "count", "--timeout": "timeout" };
@@ -68,6 +87,7 @@ async function main() {
           events.push({
             attributes,
             data,
+            trace: traceOf(event),
             amqp: { message_id: message.properties.messageId, content_type: message.properties.contentType },
           });
         } catch (error) {

@@ -10,7 +10,7 @@ fn consumers_dir() -> std::path::PathBuf {
 
 /// Run one checker of tests/consumers (`script`, with the Python of its venv or with node) on
 /// `queue` and return its JSON summary.
-fn sdk_check(script: &str, queue: &str, count: usize, mode: &[&str]) -> Value {
+pub(crate) fn sdk_check(script: &str, queue: &str, count: usize, mode: &[&str]) -> Value {
     let dir = consumers_dir();
     let program = if script.ends_with(".py") {
         dir.join(".venv/bin/python")

@@ -9,8 +9,9 @@
 //! disagrees fails with PRECONDITION_FAILED, as it would against the real consumer) and checks
 //! the message against what the consumer's code reads.
 //!
-//! The CloudEvents tests (cloudevents.rs) are `#[ignore]`d: they parse every message with the official
-//! CloudEvents SDKs, which `scripts/consumers.sh` installs; scripts/test.sh runs them after it.
+//! The CloudEvents tests (cloudevents.rs) and the trace context test (trace.rs) are `#[ignore]`d:
+//! they parse every message with the official CloudEvents SDKs and OpenTelemetry, which
+//! `scripts/consumers.sh` installs; scripts/test.sh runs them after it.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -23,6 +24,7 @@ mod efcore;
 mod eshop;
 mod masstransit;
 mod nservicebus;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::process::Command;
