@@ -709,3 +709,171 @@ async fn a_standby_walbox_takes_over() {
     );
     assert_eq!(lost, 0);
 }
+
+/// `rabbitmqctl` with arguments, on the broker the tests use; its output.
+fn rabbitmqctl_output(args: &[&str]) -> String {
+    let node = std::env::var("WALBOX_TEST_RABBIT_NODE").ok();
+    let mut command = Command::new("rabbitmqctl");
+    command.arg("-q");
+    if let Some(node) = &node {
+        command.args(["-n", node]);
+    }
+    let output = command.args(args).output().expect("rabbitmqctl");
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A broker memory alarm for as long as this lives: the broker blocks every connection that
+/// publishes, so no confirm comes. Dropping it puts the memory watermark back.
+struct MemoryAlarm {
+    previous: Vec<String>,
+}
+
+impl MemoryAlarm {
+    fn raise() -> MemoryAlarm {
+        let said =
+            rabbitmqctl_output(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]);
+        // A fraction (`0.4`) or `{absolute,Bytes}`.
+        let previous = match said.strip_prefix("{absolute,") {
+            Some(rest) => vec!["absolute".to_owned(), rest.trim_end_matches('}').to_owned()],
+            None => vec![said],
+        };
+        let alarm = MemoryAlarm { previous };
+        rabbitmqctl_output(&["set_vm_memory_high_watermark", "0.0000001"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !rabbitmqctl_output(&["eval", "rabbit_alarm:get_alarms()."]).contains("memory") {
+            assert!(Instant::now() < deadline, "the memory alarm did not go off");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        alarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let mut args = vec!["set_vm_memory_high_watermark"];
+        args.extend(self.previous.iter().map(String::as_str));
+        rabbitmqctl_output(&args);
+    }
+}
+
+/// SIGTERM while the in-flight window is full and no confirm comes (a broker memory alarm):
+/// walbox exits within `--shutdown-grace` and a small margin, the slot not past the first
+/// event the broker did not take, and after the alarm clears a new walbox delivers every
+/// event. Runs only where it may alarm the broker (a private node, or CI's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_a_memory_alarm_exits_within_the_grace() {
+    const GRACE_SECS: u64 = 5;
+    /// Closing the connections after the grace takes at most 3 s (engine/mod.rs), and a
+    /// loaded machine a little more.
+    const MARGIN: Duration = Duration::from_secs(5);
+    let _serial = SERIAL.lock().await;
+    let mut env = TestEnv::new("memalarm").await;
+    let mut consumer = env.queue("q", "#").await;
+    let grace = GRACE_SECS.to_string();
+    let run = env.spawn_run(&["--max-in-flight", "8", "--shutdown-grace", &grace]);
+    env.wait_slot_active(Duration::from_secs(30)).await;
+    let before = env.insert("order", "before", "{}").await;
+    let arrived = receive(&mut consumer, 1, Duration::from_secs(30)).await;
+    assert_eq!(
+        arrived.iter().map(message_id).collect::<Vec<_>>(),
+        [before.as_str()]
+    );
+
+    let alarm = tokio::task::spawn_blocking(MemoryAlarm::raise)
+        .await
+        .unwrap();
+    let mut committed = vec![before.clone()];
+    for n in 0..40 {
+        committed.push(
+            env.insert("order", "blocked", &format!("{{\"n\": {n}}}"))
+                .await,
+        );
+    }
+    // walbox fills its window of 8 and waits for confirms that do not come.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut seen: Vec<(String, Lsn)> = receive_any(&mut consumer, Duration::from_millis(500))
+        .await
+        .iter()
+        .map(|delivery| (message_id(delivery), commit_lsn(delivery)))
+        .collect();
+    let taken_before_stop = seen.len();
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &env.pid(run).to_string()])
+        .status();
+    let asked = Instant::now();
+    let exited = loop {
+        if let Some(status) = env.try_wait(run) {
+            break Some((asked.elapsed(), status));
+        }
+        if asked.elapsed() > Duration::from_secs(30) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let slot_at_exit = env.slot_confirmed().await.unwrap();
+    eprintln!(
+        "memory alarm: SIGTERM with --shutdown-grace {GRACE_SECS}: {}; {taken_before_stop} \
+         events taken by the broker before the stop; slot at {slot_at_exit}",
+        match &exited {
+            Some((after, status)) => format!("exited after {after:?} ({status})"),
+            None => "still running 30 s later".to_owned(),
+        }
+    );
+    let Some((after, status)) = exited else {
+        env.kill(run);
+        drop(alarm);
+        panic!(
+            "walbox was still running 30 s after SIGTERM; log:\n{}",
+            env.run_log(run)
+        );
+    };
+    assert!(
+        after <= Duration::from_secs(GRACE_SECS) + MARGIN,
+        "walbox took {after:?} to exit after SIGTERM; log:\n{}",
+        env.run_log(run)
+    );
+    assert!(status.success(), "exit status {status}");
+
+    drop(alarm);
+    let again = env.spawn_run(&["--max-in-flight", "8"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.iter().map(|(id, _)| id).collect::<HashSet<_>>().len() < committed.len() - 1
+        && Instant::now() < deadline
+    {
+        for delivery in receive_any(&mut consumer, Duration::from_millis(500)).await {
+            seen.push((message_id(&delivery), commit_lsn(&delivery)));
+        }
+    }
+    let unique: HashSet<&String> = seen.iter().map(|(id, _)| id).collect();
+    let lost: Vec<&String> = committed[1..]
+        .iter()
+        .filter(|id| !unique.contains(id))
+        .collect();
+    // The first event the broker had not taken when walbox stopped: the slot must not be past
+    // its commit.
+    let taken: HashSet<&String> = seen[..taken_before_stop].iter().map(|(id, _)| id).collect();
+    let first_untaken = seen
+        .iter()
+        .filter(|(id, _)| !taken.contains(id))
+        .map(|(_, lsn)| *lsn)
+        .min();
+    eprintln!(
+        "memory alarm: committed={} delivered={} unique={} lost={} duplicates={} first \
+         untaken commit={first_untaken:?}",
+        committed.len() - 1,
+        seen.len(),
+        unique.len(),
+        lost.len(),
+        seen.len() - unique.len()
+    );
+    assert!(lost.is_empty(), "lost after the restart: {lost:?}");
+    if let Some(first_untaken) = first_untaken {
+        assert!(
+            slot_at_exit <= first_untaken,
+            "the slot ({slot_at_exit}) passed an event the broker had not taken ({first_untaken})"
+        );
+    }
+    assert!(env.terminate(again).success());
+}

@@ -224,7 +224,13 @@ impl<'a> Supervisor<'a> {
 
     /// One connected session: both connections, then the engine until it ends.
     async fn session(&mut self, shutdown: &mut Shutdown) -> SessionResult {
-        let (source, publisher, start) = self.connect().await?;
+        // Connecting can take long (a node that does not answer, a server starting up); a
+        // stop request ends it. Nothing was published yet, so nothing is lost.
+        let connected = tokio::select! {
+            connected = self.connect() => connected?,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        let (source, publisher, start) = connected;
         self.relay(source, publisher, start, shutdown).await
     }
 
@@ -413,14 +419,26 @@ async fn stop(session: Session<'_, Source, Target>, grace: Duration, telemetry: 
             drained.flushed
         }
     };
-    drained
-        .source
-        .finish(final_lsn, Duration::from_secs(3))
-        .await;
-    drained.publisher.close().await;
+    // A broker that blocks publishers does not answer a close either: both goodbyes together
+    // take at most CLOSING. Cut short, PostgreSQL may not have heard the final position: the
+    // events after its saved one are sent again on restart, never lost.
+    let goodbyes = futures_util::future::join(
+        drained.source.finish(final_lsn, CLOSING),
+        drained.publisher.close(),
+    );
+    if tokio::time::timeout(CLOSING, goodbyes).await.is_err() {
+        warn!(
+            closing_secs = CLOSING.as_secs(),
+            "the connections did not close in time; leaving them"
+        );
+    }
     info!(flushed = %final_lsn, "stopped");
     final_lsn
 }
+
+/// How long a graceful stop may take to close both connections, after the grace for
+/// outstanding confirms.
+const CLOSING: Duration = Duration::from_secs(3);
 
 fn postgres(error: Error) -> Failure {
     Failure::new(Side::Postgres, error)

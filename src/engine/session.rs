@@ -152,6 +152,8 @@ impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
         shutdown: &mut Shutdown,
     ) -> End {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        // The same stop request, for waits inside the loop's branches.
+        let mut stop = shutdown.clone();
         let end = loop {
             tokio::select! {
                 biased;
@@ -177,25 +179,9 @@ impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
                     }
                 }
                 change = self.source.next() => {
-                    let change = match change {
-                        Ok(Some(change)) => change,
-                        Ok(None) => break End::Failed(Failure::new(
-                            Side::Postgres,
-                            Error::transient("the replication stream ended"),
-                        )),
-                        Err(error) => break End::Failed(Failure::new(Side::Postgres, error)),
-                    };
-                    match policy.admit(&change) {
-                        Admit::Apply => {
-                            // Why the AMQP side failed is asked of the tracker below.
-                            if let Err(failure) = self.stream.apply(change).await {
-                                break End::Failed(failure);
-                            }
-                        }
-                        Admit::Skip => {}
-                        Admit::End => break End::Finished,
+                    if let Some(end) = self.take(change, policy, &mut stop).await {
+                        break end;
                     }
-                    policy.applied(self.stream.events);
                 }
             }
         };
@@ -203,6 +189,49 @@ impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
             End::Failed(failure) if !self.tracker_ended => End::Failed(self.reason(failure).await),
             other => other,
         }
+    }
+
+    /// Take one change from the source: apply it as `policy` admits it. Returns how the
+    /// session ends, if it does here.
+    async fn take<Pol: Policy>(
+        &mut self,
+        change: Result<Option<Change>>,
+        policy: &mut Pol,
+        stop: &mut Shutdown,
+    ) -> Option<End> {
+        let change = match change {
+            Ok(Some(change)) => change,
+            Ok(None) => {
+                return Some(End::Failed(Failure::new(
+                    Side::Postgres,
+                    Error::transient("the replication stream ended"),
+                )));
+            }
+            Err(error) => return Some(End::Failed(Failure::new(Side::Postgres, error))),
+        };
+        match policy.admit(&change) {
+            Admit::Apply => {
+                // Applying can wait without end for a window permit or for the publish
+                // itself (a broker that blocks publishers sends no confirm): a stop request
+                // ends the wait. Nothing is lost by cutting an apply short: its
+                // transaction's boundary comes after it, so the flush LSN cannot pass what
+                // was not handed to the tracker.
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stop| *stop) => return Some(End::Stopped),
+                    // Why the AMQP side failed is asked of the tracker afterwards.
+                    applied = self.stream.apply(change) => {
+                        if let Err(failure) = applied {
+                            return Some(End::Failed(failure));
+                        }
+                    }
+                }
+            }
+            Admit::Skip => {}
+            Admit::End => return Some(End::Finished),
+        }
+        policy.applied(self.stream.events);
+        None
     }
 
     /// The reason to report for a failure. When the AMQP side fails (a publish or a hand-over

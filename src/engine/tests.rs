@@ -333,3 +333,65 @@ fn confirming_everything_acknowledges_the_last_commit() {
     assert!(complete);
     assert_eq!(acknowledged.last(), Some(&last));
 }
+
+/// A stop request while the in-flight window is full and no verdict ever comes (a broker that
+/// blocks publishers) ends the session at once, and the drain gives up after its grace with
+/// the flush LSN before every unanswered event.
+#[test]
+fn a_stop_with_the_window_full_and_no_confirms_ends_within_the_grace() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = config();
+        let telemetry = Arc::new(Telemetry::default());
+        let broker = Broker::default();
+        // Eight one-event transactions, a window of two: the third publish waits for a permit.
+        let script = script(&[(1, false); 8], &broker);
+        let start = Lsn(0x100);
+        let window = Arc::new(Semaphore::new(2));
+        let mut session = Session::start(
+            &config,
+            script,
+            MemoryPublisher::new(broker.clone()),
+            start,
+            Arc::clone(&window),
+            false,
+            &telemetry,
+        );
+        let mut poison = Poison::new(5, None);
+        let mut live = Live {
+            config: &config,
+            telemetry: &telemetry,
+            poison: &mut poison,
+            window,
+            careful: false,
+        };
+        let (stop, mut shutdown) = watch::channel(false);
+        let stopper = async {
+            settle().await;
+            assert_eq!(broker.sent.lock().unwrap().len(), 2, "the window is full");
+            let _ = stop.send(true);
+        };
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::join!(session.run(&mut live, &mut shutdown), stopper).0
+        })
+        .await
+        .expect("the session ends when asked to stop, though a publish is waiting");
+        assert!(matches!(stopped, End::Stopped), "{stopped:?}");
+        let grace = std::time::Duration::from_millis(200);
+        let asked = std::time::Instant::now();
+        let drained = session.drain(Some(grace)).await;
+        assert!(
+            asked.elapsed() < grace * 5,
+            "the drain took {:?}",
+            asked.elapsed()
+        );
+        assert!(drained.verdict.is_err(), "nothing was confirmed");
+        assert_eq!(
+            drained.flushed, start,
+            "the flush LSN stays before the unanswered events"
+        );
+    });
+}
