@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use walbox::cli;
 use walbox::config::file::{self, ParseError};
-use walbox::config::{Cli, Command, ConfigCommand, LogFormat};
+use walbox::config::{Cli, LogFormat};
 
 // jemalloc instead of the system allocator: a CPU profile of a drain spent about a fifth of
 // walbox's time in glibc's malloc and free; in benches/ab-drain.sh's drain jemalloc cut CPU
@@ -23,8 +23,8 @@ fn main() -> ExitCode {
         Err(ParseError::Clap(error)) => error.exit(),
         Err(ParseError::File(error)) => return cli::usage(error),
     };
-    if let Command::Config(ConfigCommand::Check(run)) = &parsed.cli.command {
-        return cli::config_check(&parsed, run);
+    if let Some(code) = cli::without_runtime(&parsed) {
+        return code;
     }
     init_logging(&parsed.cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

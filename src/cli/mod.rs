@@ -1,9 +1,11 @@
 //! The subcommands, one file each, and the dispatch that runs one and turns its outcome into
-//! an exit code (0 clean, 1 definite error, 2 usage error). Each subcommand takes validated
-//! configuration.
+//! an exit code ([`EXIT_CODES`]: 0 clean, 1 definite error, 2 usage error). Each subcommand takes
+//! validated configuration.
 
 mod config_check;
+pub mod docs;
 mod failover;
+mod packaging;
 mod replay;
 mod run;
 mod setup;
@@ -13,7 +15,7 @@ mod teardown;
 use std::process::ExitCode;
 
 use crate::config::file::Parsed;
-use crate::config::{Command, CommonArgs, Config, ConfigCommand, ReplayConfig, RunArgs, RunConfig};
+use crate::config::{Command, CommonArgs, Config, ConfigCommand, ReplayConfig, RunConfig};
 use crate::error::Disposition;
 
 /// A definite error: the message says what to do.
@@ -21,22 +23,71 @@ pub const EXIT_DEFINITE: u8 = 1;
 /// A usage error: a flag, the file or the request is wrong.
 const EXIT_USAGE: u8 = 2;
 
-/// `walbox config check`: needs no runtime and no logging.
-pub fn config_check(parsed: &Parsed, run: &RunArgs) -> ExitCode {
-    match config_check::check(parsed, run) {
+/// Every exit code of walbox and what it means; the docs' exit-code reference is generated
+/// from this table.
+pub const EXIT_CODES: [(u8, &str); 3] = [
+    (
+        0,
+        "Clean stop: the command did its job; `walbox run` stopped on SIGTERM or SIGINT after \
+         waiting up to `--shutdown-grace` seconds for the broker's confirms and sending the final \
+         flush position. `--help`, `--version`, `completions` and `man` also exit 0.",
+    ),
+    (
+        EXIT_DEFINITE,
+        "Definite error: retrying cannot help (the message on stderr and in the log says what to \
+         fix), e.g. `wal_level` not logical, a missing table or mapped column, a slot that was \
+         dropped, invalidated or lost in a failover, failed authentication, a missing privilege, \
+         a row that cannot become a message (without `--dead-letter-exchange`). `walbox run` \
+         never exits for a transient failure (network, restart, slot in use): it retries. The \
+         other commands do exit 1 on one, and say `error (transient; try again)`.",
+    ),
+    (
+        EXIT_USAGE,
+        "Usage error: an unknown flag or configuration-file key, a malformed value (LSN, \
+         template, column map, URL, size or age), a template placeholder that names no column \
+         of the table, an unreadable configuration, password or CA file, a `replay --from-lsn` \
+         before the replay window.",
+    ),
+];
+
+/// The subcommands that run before (and without) logging and the async runtime: they connect
+/// to nothing. None for the others.
+pub fn without_runtime(parsed: &Parsed) -> Option<ExitCode> {
+    let written = match &parsed.cli.command {
+        Command::Config(ConfigCommand::Check(run)) => {
+            return Some(match config_check::check(parsed, run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => usage(error),
+            });
+        }
+        Command::Completions(args) => packaging::completions(args.shell),
+        Command::Man(args) => packaging::man(args.out.as_deref()),
+        _ => return None,
+    };
+    Some(match written {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => usage(error),
-    }
+        // `walbox man | head`: the reader has all it wanted.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("walbox: error: {error}");
+            ExitCode::from(EXIT_DEFINITE)
+        }
+    })
 }
 
 /// Run the parsed subcommand to its end.
 pub async fn dispatch(parsed: Parsed) -> ExitCode {
+    if let Some(code) = without_runtime(&parsed) {
+        return code;
+    }
     let command = parsed.cli.command;
     let common: &CommonArgs = match &command {
         Command::Setup(common) | Command::Teardown(common) => common,
         Command::Run(run) | Command::Config(ConfigCommand::Check(run)) => &run.common,
         Command::Status(status) => &status.common,
         Command::Replay(replay) => &replay.common,
+        // Handled by `without_runtime` above.
+        Command::Completions(_) | Command::Man(_) => return ExitCode::SUCCESS,
     };
     let config = match Config::from_args(common) {
         Ok(config) => config,
@@ -54,8 +105,10 @@ pub async fn dispatch(parsed: Parsed) -> ExitCode {
             Ok(replay) => replay::replay(&config, &replay).await,
             Err(error) => return usage(error),
         },
-        // The entry point runs it before the runtime starts ([`config_check`]).
-        Command::Config(ConfigCommand::Check(_)) => Ok(()),
+        // Handled by `without_runtime` above.
+        Command::Config(ConfigCommand::Check(_)) | Command::Completions(_) | Command::Man(_) => {
+            Ok(())
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

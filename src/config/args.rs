@@ -7,10 +7,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::mapping::MappingArgs;
 
+/// walbox's version and the commit it was built from (`build.rs`), as `--version` prints it.
+pub fn version() -> String {
+    let commit = option_env!("WALBOX_COMMIT").unwrap_or("unknown");
+    format!("{} (commit {commit})", env!("CARGO_PKG_VERSION"))
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "walbox",
-    version,
+    version = version(),
     about = "Relays transactional-outbox events from PostgreSQL's WAL to RabbitMQ, at least once, in commit order"
 )]
 pub struct Cli {
@@ -54,19 +60,45 @@ pub enum StreamDeclare {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check the server, create the publication and the slot if missing, declare the exchange.
+    /// Check the server (wal_level, the table and its mapped columns, privileges), create the
+    /// publication (inserts only) and the slot if missing, declare the exchange (or create the
+    /// stream), and print the LSN from which events are captured. Safe to run again.
     Setup(CommonArgs),
-    /// Set up what is missing, then relay events until SIGINT or SIGTERM.
+    /// Set up what is missing (except a slot on a promoted server: only setup creates that),
+    /// then relay events until SIGINT or SIGTERM, serving /metrics, /healthz, /readyz and
+    /// /standbyz.
     Run(RunArgs),
     /// Publish again the events committed in an LSN range, from the replay window.
     Replay(ReplayArgs),
-    /// Show the slot, its lag and the publication's tables.
+    /// Show the slot (active, pid, confirmed flush, restart LSN, wal_status), the server's WAL
+    /// position and the lag, the publication's tables, the standbys' copies of the slot and the
+    /// replay window.
     Status(StatusArgs),
-    /// Drop the slot and the publication.
+    /// Drop the slot, the replay window's bookmark slot and the publication (not the table, not
+    /// the exchange).
     Teardown(CommonArgs),
     /// Work with the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script, e.g. `walbox completions bash > /etc/bash_completion.d/walbox`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `walbox man > /usr/local/share/man/man1/walbox.1`.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write walbox.1 and one page per subcommand (walbox-run.1, …) into this directory
+    /// instead of printing walbox.1.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,7 +209,7 @@ pub struct RunArgs {
     #[arg(long, env = "WALBOX_MAX_RETRY_DELAY_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub max_retry_delay_ms: u64,
 
-    /// Address for /metrics, /healthz and /readyz (host:port; port 0 picks one; `none` serves nothing).
+    /// Address for /metrics, /healthz, /readyz and /standbyz (host:port; port 0 picks one; `none` serves nothing).
     #[arg(long, env = "WALBOX_METRICS_ADDR", default_value = "127.0.0.1:9820")]
     pub metrics_addr: String,
 
@@ -185,7 +217,7 @@ pub struct RunArgs {
     #[arg(long, env = "WALBOX_POISON_AFTER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub poison_after: u32,
 
-    /// Exchange for poison events: a JSON record of each (with confirms) and walbox goes on; without it walbox halts on the event.
+    /// Exchange for events walbox cannot deliver (one the broker refuses for good, a row that cannot become a message): a JSON record of each goes there, with confirms, and walbox goes on. Without it walbox halts on a refused event (stays up, not ready) and stops (exit 1) on a row that cannot become a message.
     #[arg(long, env = "WALBOX_DEAD_LETTER_EXCHANGE")]
     pub dead_letter_exchange: Option<String>,
     /// Keep this much history replayable with `walbox replay`: a WAL size (e.g. 10GB) or an age (e.g. 24h); off by default.

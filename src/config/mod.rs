@@ -27,8 +27,8 @@ mod stream;
 mod validate;
 
 pub use args::{
-    Cli, Command, CommonArgs, ConfigCommand, LogFormat, ReplayArgs, RunArgs, StatusArgs,
-    StreamDeclare, TargetKind,
+    Cli, Command, CommonArgs, CompletionsArgs, ConfigCommand, LogFormat, ManArgs, ReplayArgs,
+    RunArgs, StatusArgs, StreamDeclare, TargetKind, version,
 };
 pub use exchange::{DeclareMode, ExchangeSpec, Kind};
 pub use mapping::MappingArgs;
