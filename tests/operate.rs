@@ -121,6 +121,11 @@ async fn metrics_move_with_events_and_readiness_follows_the_broker() {
     // The broker goes away: not ready, a reconnect on the amqp side; it comes back: ready.
     amqp_proxy.cut();
     let went_unready = wait_status(&addr, "/readyz", 503, Duration::from_secs(15)).await;
+    // Reconnecting is not standing by: the orchestrator's probe says not ready either.
+    assert_eq!(
+        get(&addr, "/standbyz").await.map(|(code, _)| code),
+        Some(503)
+    );
     let cut = scrape(&addr).await;
     assert!(sample(&cut, "walbox_reconnects_total{side=\"amqp\"}") >= 1.0);
     assert_eq!(sample(&cut, "walbox_state{state=\"streaming\"}"), 0.0);
@@ -207,7 +212,7 @@ async fn logs_are_json_when_stdout_is_not_a_terminal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_is_alive_but_not_ready_until_it_takes_over() {
+async fn a_standby_is_alive_available_but_not_ready_until_it_takes_over() {
     let mut env = TestEnv::new("standbyready").await;
     let mut consumer = env.queue("all", "#").await;
     let active = env.spawn_run(&[]);
@@ -233,6 +238,20 @@ async fn a_standby_is_alive_but_not_ready_until_it_takes_over() {
     assert_eq!(
         get(&standby_addr, "/healthz").await.map(|(code, _)| code),
         Some(200)
+    );
+    // /standbyz, the orchestrator's readiness probe, counts both: the standby is fit to take
+    // over, so a rolling update may stop the active one.
+    for addr in [&active_addr, &standby_addr] {
+        assert_eq!(
+            get(addr, "/standbyz").await.map(|(code, _)| code),
+            Some(200)
+        );
+    }
+    let body = get(&standby_addr, "/standbyz").await.map(|(_, body)| body);
+    assert!(
+        body.as_deref()
+            .is_some_and(|body| body.contains("standing_by")),
+        "{body:?}"
     );
 
     env.kill(active);

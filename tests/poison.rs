@@ -232,6 +232,11 @@ async fn without_a_dead_letter_exchange_walbox_halts_on_the_poison_event() {
         "an event after the poison one was delivered"
     );
     assert_eq!(get(&addr, "/readyz").await.map(|(code, _)| code), Some(503));
+    // A halted walbox is not fit to take over either: the orchestrator's probe says so too.
+    assert_eq!(
+        get(&addr, "/standbyz").await.map(|(code, _)| code),
+        Some(503)
+    );
 
     // The way out the log gives works: skip past the poison event's transaction.
     assert!(env.terminate(run).success());

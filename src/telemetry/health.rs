@@ -1,5 +1,6 @@
 //! The relay's state as the health endpoints see it: which phase it is in (ready only while
-//! streaming with the broker connected) and a heartbeat proving its loop still turns.
+//! streaming with the broker connected; available while streaming or standing by to take
+//! over) and a heartbeat proving its loop still turns.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -84,6 +85,14 @@ impl Health {
         self.state() == RelayState::Streaming
     }
 
+    /// Relaying, or standing by to take over the moment the relaying walbox lets the slot go:
+    /// what an orchestrator's readiness probe needs, so that a rolling update can start the new
+    /// walbox (it stands by) before it stops the old one. Not while starting, reconnecting,
+    /// halted or stopping.
+    pub(crate) fn available(&self) -> bool {
+        matches!(self.state(), RelayState::Streaming | RelayState::StandingBy)
+    }
+
     /// The relay's loop is turning.
     pub(crate) fn beat(&self) {
         let now = self.born.elapsed().as_millis() as u64;
@@ -106,12 +115,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_streaming_is_ready() {
+    fn only_streaming_is_ready_and_a_standby_is_available() {
         let health = Health::default();
         for state in RelayState::ALL {
             health.set_state(state);
             assert_eq!(health.state(), state);
             assert_eq!(health.ready(), state == RelayState::Streaming, "{state:?}");
+            assert_eq!(
+                health.available(),
+                matches!(state, RelayState::Streaming | RelayState::StandingBy),
+                "{state:?}"
+            );
         }
         assert!(health.alive());
     }

@@ -1,6 +1,7 @@
 //! The HTTP endpoints on `--metrics-addr`: `/metrics` (Prometheus text format), `/healthz`
-//! (the process is alive and its loop turns) and `/readyz` (streaming from the slot with the
-//! broker connected).
+//! (the process is alive and its loop turns), `/readyz` (streaming from the slot with the
+//! broker connected: the active relay) and `/standbyz` (streaming, or standing by to take
+//! over: the readiness probe for an orchestrator's rolling update).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,13 +31,14 @@ pub(crate) async fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/standbyz", get(standbyz))
         .with_state(telemetry);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             warn!(%error, "the metrics and health server stopped");
         }
     });
-    info!(address = %bound, "serving /metrics, /healthz and /readyz");
+    info!(address = %bound, "serving /metrics, /healthz, /readyz and /standbyz");
     Ok(bound)
 }
 
@@ -70,6 +72,18 @@ async fn readyz(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", state.name()),
+        )
+    }
+}
+
+async fn standbyz(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
+    let state = telemetry.health.state();
+    if telemetry.health.available() {
+        (StatusCode::OK, format!("{}\n", state.name()))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not available: {}\n", state.name()),
         )
     }
 }
