@@ -293,8 +293,9 @@ impl Control {
         if info.wal_status.as_deref() == Some("lost") {
             return Err(Error::definite(format!(
                 "replication slot {slot} is invalidated (wal_status=lost): PostgreSQL removed WAL \
-                 it still needed, so events in it can no longer be relayed. Recreate it with \
-                 `walbox teardown` then `walbox setup`, and consider raising \
+                 it still needed, so events in it can no longer be relayed. Drop it with \
+                 `SELECT pg_drop_replication_slot('{slot}')` (walbox's role may: it has \
+                 REPLICATION), then run `walbox setup`; consider raising \
                  max_slot_wal_keep_size"
             )));
         }
@@ -350,6 +351,24 @@ impl Control {
             .await
             .map_err(Self::sql_error("looking up the publication"))?
             .is_some())
+    }
+
+    /// The publication's owner, when the connected role may not drop it (only its owner, a
+    /// member of the owning role, or a superuser may); None when it may, or it does not exist.
+    pub(crate) async fn publication_owner_if_not_us(
+        &self,
+        publication: &Identifier,
+    ) -> Result<Option<String>> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT pg_get_userbyid(pubowner)::text FROM pg_publication \
+                 WHERE pubname = $1 AND NOT pg_has_role(current_user, pubowner, 'USAGE')",
+                &[&publication.as_str()],
+            )
+            .await
+            .map_err(Self::sql_error("looking up the publication's owner"))?
+            .map(|row| row.get(0)))
     }
 
     pub(crate) async fn drop_slot(&self, slot: &Identifier) -> Result<()> {

@@ -751,13 +751,39 @@ async fn the_least_privilege_role_of_roles_sql_relays_an_event() {
     let role = RoleGuard(format!("wbt_role_{}_{}", std::process::id(), free_port()));
     let mut env = TestEnv::new("roles").await;
     let roles_sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/roles.sql");
-    run(Command::new("psql")
-        .args(["-h", common::PG_HOST, "-p", &common::pg_port().to_string()])
-        .args(["-U", "postgres", "-d", &env.name, "-q"])
-        .args(["-v", &format!("role={}", role.0)])
-        .args(["-v", &format!("publication={}", env.name)])
-        .arg("-f")
-        .arg(&roles_sql));
+    let roles = |extra: &[&str]| {
+        run(Command::new("psql")
+            .args(["-h", common::PG_HOST, "-p", &common::pg_port().to_string()])
+            .args(["-U", "postgres", "-d", &env.name, "-q"])
+            .args(["-v", &format!("role={}", role.0)])
+            .args(["-v", &format!("publication={}", env.name)])
+            .args(extra)
+            .arg("-f")
+            .arg(&roles_sql))
+    };
+    roles(&[]);
+    // It can be run again (nothing changes), and for a preset's table, whose name needs quotes
+    // (eShop's and MASA's "IntegrationEventLog"), into the same publication.
+    roles(&[]);
+    env.db
+        .batch_execute(r#"CREATE TABLE "IntegrationEventLog" ("EventId" uuid PRIMARY KEY)"#)
+        .await
+        .unwrap();
+    roles(&["-v", "table=IntegrationEventLog"]);
+    roles(&["-v", "table=IntegrationEventLog"]);
+    let published: Vec<String> = env
+        .db
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 \
+             ORDER BY tablename",
+            &[&env.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(published, ["IntegrationEventLog", "outbox"]);
     let is_superuser: bool = env
         .db
         .query_one(
@@ -805,6 +831,39 @@ async fn the_least_privilege_role_of_roles_sql_relays_an_event() {
         "{}",
         text(&output)
     );
+
+    // Teardown as this role: the slot goes (the role may drop it), the publication stays with
+    // a line saying who may drop it, and the command succeeds.
+    let output = Command::new(env!("CARGO_BIN_EXE_walbox"))
+        .arg("teardown")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("kept: only its owner (postgres)"),
+        "{}",
+        text(&output)
+    );
+    let slots = env
+        .db
+        .query(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&env.name],
+        )
+        .await
+        .unwrap();
+    assert!(slots.is_empty(), "teardown left the slot");
+    let publications = env
+        .db
+        .query(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&env.name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(publications.len(), 1, "the owner's publication was dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -821,4 +880,146 @@ async fn a_publication_name_needing_quotes_is_relayed() {
     let got = receive(&mut consumer, 1, Duration::from_secs(15)).await;
     assert_eq!(got.len(), 1, "{}", env.run_log(index));
     assert_eq!(common::message_id(&got[0]), id);
+}
+
+/// `rabbitmqctl` on the broker the tests use (WALBOX_TEST_RABBIT_NODE names a private one).
+fn broker_ctl(args: &[&str]) -> Output {
+    let mut command = Command::new("rabbitmqctl");
+    command.arg("-q");
+    if let Ok(node) = std::env::var("WALBOX_TEST_RABBIT_NODE") {
+        command.args(["-n", &node]);
+    }
+    run(command.args(args))
+}
+
+/// A broker user on the machine's RabbitMQ, deleted when the test ends.
+struct BrokerUser(String);
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let mut command = Command::new("rabbitmqctl");
+        command.arg("-q");
+        if let Ok(node) = std::env::var("WALBOX_TEST_RABBIT_NODE") {
+            command.args(["-n", &node]);
+        }
+        let _ = command
+            .args(["delete_user", &self.0])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// The RabbitMQ permissions docs/src/operations/security.md lists are enough, and each one is
+/// needed: a user with exactly configure and write on walbox's exchanges (here the event
+/// exchange and the dead-letter exchange) and no read relays every event; with passive
+/// declares it needs no configure at all; without write it delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_user_with_only_the_documented_permissions_relays() {
+    let user = BrokerUser(format!("wbt_amqp_{}_{}", std::process::id(), free_port()));
+    let password = format!("pw{}", free_port());
+    broker_ctl(&["add_user", &user.0, &password]);
+    let mut env = TestEnv::new("amqpperm").await;
+    let exchange = env.name.clone();
+    let dead_letter = format!("{}.dlx", env.name);
+    env.delete_exchange_at_cleanup(&dead_letter);
+    let url = format!(
+        "amqp://{}:{password}@127.0.0.1:{}/%2f",
+        user.0, env.amqp_port
+    );
+    let args = env.args_with("--amqp-url", &url);
+    let mut consumer = env.queue("q", "#").await;
+    let both = format!(
+        "^({}|{})$",
+        regex_escape(&exchange),
+        regex_escape(&dead_letter)
+    );
+    let set = |configure: &str, write: &str, read: &str| {
+        broker_ctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            &user.0,
+            configure,
+            write,
+            read,
+        ]);
+    };
+
+    // Exactly the documented permissions: configure and write on the two exchanges, no read.
+    set(&both, &both, "^$");
+    let index = env.spawn_run_with(args.clone(), &["--dead-letter-exchange", &dead_letter]);
+    env.wait_slot_active(Duration::from_secs(20)).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            env.insert("order", "created", &format!("{{\"n\": {n}}}"))
+                .await,
+        );
+    }
+    let got = receive(&mut consumer, 3, Duration::from_secs(15)).await;
+    let got_ids: Vec<String> = got.iter().map(common::message_id).collect();
+    assert_eq!(got_ids, ids, "{}", env.run_log(index));
+    assert!(env.terminate(index).success());
+
+    // Passive declares (the exchange exists, made by someone else): write alone is enough.
+    set("^$", &both, "^$");
+    let index = env.spawn_run_with(args.clone(), &["--exchange-declare", "passive"]);
+    env.wait_slot_active(Duration::from_secs(20)).await;
+    let id = env.insert("order", "paid", "{}").await;
+    let got = receive(&mut consumer, 1, Duration::from_secs(15)).await;
+    assert_eq!(
+        got.iter().map(common::message_id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    assert!(env.terminate(index).success());
+
+    // No write permission: the broker refuses the publish and nothing arrives; walbox says why
+    // and keeps the event (not confirmed, so the slot holds it): once the permission is back,
+    // a walbox delivers it.
+    set(&both, "^$", "^$");
+    let index = env.spawn_run_with(args.clone(), &[]);
+    let id = env.insert("order", "shipped", "{}").await;
+    let refused = Instant::now() + Duration::from_secs(20);
+    while !env.run_log(index).contains("ACCESS_REFUSED") {
+        assert!(
+            Instant::now() < refused,
+            "no refusal logged:\n{}",
+            env.run_log(index)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        common::receive_any(&mut consumer, Duration::from_secs(1))
+            .await
+            .is_empty()
+    );
+    // A refusal stops walbox (exit 1, naming the permissions) or leaves it retrying.
+    if env.try_wait(index).is_none() {
+        env.terminate(index);
+    }
+    set(&both, &both, "^$");
+    let index = env.spawn_run_with(args.clone(), &[]);
+    let got = receive(&mut consumer, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.iter().map(common::message_id).collect::<Vec<_>>(),
+        vec![id],
+        "{}",
+        env.run_log(index)
+    );
+    assert!(
+        common::receive_any(&mut consumer, Duration::from_secs(1))
+            .await
+            .is_empty()
+    );
+    assert!(env.terminate(index).success());
+}
+
+/// A name as a regular expression that matches only itself.
+fn regex_escape(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| match c.is_ascii_alphanumeric() || c == '_' {
+            true => vec![c],
+            false => vec!['\\', c],
+        })
+        .collect()
 }

@@ -1,5 +1,6 @@
-//! `walbox teardown`: drop the slot, the replay window's bookmark and the publication, so PostgreSQL keeps no WAL for
-//! walbox. The outbox table and the exchange are left alone.
+//! `walbox teardown`: drop the slot, the replay window's bookmark and the publication, so
+//! PostgreSQL keeps no WAL for walbox. The outbox table and the exchange are left alone; so is
+//! a publication the connected role does not own (it says who may drop it).
 
 use crate::config::{Config, bookmark_name};
 use crate::control::Control;
@@ -41,7 +42,19 @@ pub(crate) async fn teardown(config: &Config) -> Result<()> {
         }
         _ => {}
     }
-    if control.publication_exists(&config.publication).await? {
+    // The slots are what make PostgreSQL keep WAL; a publication costs nothing. A role made by
+    // sql/roles.sql does not own the publication (its creator does) and may not drop it: say
+    // who may, rather than fail after the slots are gone.
+    if let Some(owner) = control
+        .publication_owner_if_not_us(&config.publication)
+        .await?
+    {
+        println!(
+            "publication {publication}: kept: only its owner ({owner}) or a superuser may drop \
+             it; as that role: DROP PUBLICATION \"{publication}\"",
+            publication = config.publication
+        );
+    } else if control.publication_exists(&config.publication).await? {
         control.drop_publication(&config.publication).await?;
         println!("publication {}: dropped", config.publication);
     } else {

@@ -218,7 +218,8 @@ const WHAT_TO_DO: &str = "Events committed on the old primary after walbox's las
     position may be missing, and walbox will not make a new slot by itself, since that would \
     skip them without notice. Account for the events committed around the failover (compare \
     the outbox with what consumers received; `x-commit-lsn` shows where they stop), drop the \
-    slot if one is left (`walbox teardown`), then run `walbox setup`. For the next failover: \
+    slot if one is left (`SELECT pg_drop_replication_slot('<slot>')` on the new primary), then \
+    run `walbox setup`. For the next failover: \
     PostgreSQL 17, a slot created with failover (walbox does so), and on the standby \
     sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name set, with the \
     primary's synchronized_standby_slots naming that slot (walbox docs, \"PostgreSQL failover\")";

@@ -284,16 +284,19 @@ impl<'a> Supervisor<'a> {
     /// Where this session starts reading, given the slot's `confirmed` position: `--start-lsn`
     /// on the first session, and never before what this process saw confirmed.
     fn resume_from(&self, confirmed: Lsn) -> std::result::Result<Lsn, Failure> {
-        let start = match self.run.start_lsn {
-            Some(skip_to) if self.first && skip_to < confirmed => {
-                return Err(postgres(Error::definite(format!(
-                    "--start-lsn {skip_to} is behind the slot's confirmed position {confirmed}; a \
-                     logical slot cannot go back. Omit --start-lsn to resume from {confirmed}"
-                ))));
-            }
-            Some(skip_to) => skip_to.max(confirmed),
-            None => confirmed,
-        };
+        // A --start-lsn behind the slot skips nothing: the slot has already passed it (usually a
+        // WALBOX_START_LSN left in a deployment after the skip it was for). Refusing it would
+        // make every later start fail; resuming from the slot loses nothing.
+        if self.first
+            && let Some(skip_to) = self.run.start_lsn.filter(|skip_to| *skip_to < confirmed)
+        {
+            warn!(start_lsn = %skip_to, slot_position = %confirmed,
+                "--start-lsn is behind the slot's confirmed position, so there is nothing to skip: resuming from the slot's position (a logical slot cannot go back; `walbox replay` publishes past events again). Remove --start-lsn / WALBOX_START_LSN once the skip it was for is done");
+        }
+        let start = self
+            .run
+            .start_lsn
+            .map_or(confirmed, |skip_to| skip_to.max(confirmed));
         if self.confirmed_here > start {
             info!(slot_position = %confirmed, resume_from = %self.confirmed_here,
                 "the slot's saved position is behind what this walbox saw confirmed (PostgreSQL restarted, or the last session was cut short); resuming from the confirmed position");

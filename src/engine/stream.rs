@@ -207,11 +207,13 @@ impl<'a, P: Publisher> Stream<'a, P> {
     ) -> Result<Outgoing, Failure> {
         let Some(exchange) = &self.unencodable_to else {
             return Err(postgres(Error::definite(format!(
-                "an outbox row in the transaction committed at {} cannot become an AMQP \
-                 message: {problem}. walbox stops here rather than skip it; fix the row's \
-                 data, skip past it with `walbox run --start-lsn` (after that commit), or \
-                 give --dead-letter-exchange to send such rows there",
-                transaction.commit_lsn
+                "an outbox row in the transaction committed at {lsn} cannot become an AMQP \
+                 message: {problem}. walbox stops here rather than skip it. The row is already \
+                 in the WAL as it was inserted, so changing it in the table does not help; \
+                 instead give --dead-letter-exchange to send such rows there and go on, change \
+                 the mapping (template, --body, column map) so the row can be encoded, or skip \
+                 that whole transaction with `walbox run --start-lsn <{lsn} + 1>`",
+                lsn = transaction.commit_lsn
             ))));
         };
         let event = shape.fallback(tuple, transaction, index);

@@ -35,7 +35,11 @@ fn classify(context: &str, error: &lapin::Error) -> (Disposition, String) {
     match error.kind() {
         lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == ACCESS_REFUSED => (
             Disposition::Stop,
-            format!("{context}: {text}; check the user, password and vhost in --amqp-url"),
+            format!(
+                "{context}: {text}; check the user, password and vhost in --amqp-url, and the \
+                 user's permissions: configure and write on walbox's exchanges (walbox docs, \
+                 \"Security\")"
+            ),
         ),
         lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == NOT_ALLOWED => (
             Disposition::Stop,

@@ -106,8 +106,8 @@ fn classify(error: &PgWireError) -> (Disposition, String) {
                 format!(
                     "the replication slot was invalidated ({text}): PostgreSQL removed WAL it \
                      still needed (max_slot_wal_keep_size). Events in that WAL are lost to \
-                     walbox; drop and recreate the slot with `walbox teardown` and `walbox \
-                     setup`"
+                     walbox; drop the slot (`SELECT pg_drop_replication_slot('<slot>')`, as \
+                     walbox's role) and run `walbox setup`"
                 ),
             ),
             Some(code) => sqlstate(&code, format!("replication connection: {text}")),
