@@ -16,6 +16,11 @@ export WALBOX_TEST_RUN
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+
+# The docs (mdBook, link-checked: a broken link fails) and the deploy/ files checked by the
+# tools that run them (promtool test rules, systemd-analyze verify). README "Testing".
+bash scripts/check-docs.sh
+bash scripts/check-deploy.sh
 cargo test --locked --all-targets -- --test-threads="${WALBOX_TEST_THREADS:-4}"
 
 # The poison test of a message over the broker's max_message_size needs a broker configured
