@@ -524,6 +524,9 @@ async fn start_lsn_skips_ahead_and_a_passed_one_is_ignored() {
             .await
             .is_empty()
     );
+    // The slot has passed `wanted` before the stop, so a restart has nothing to send again.
+    let after_wanted = env.current_wal_lsn().await;
+    env.wait_confirmed(after_wanted, WAIT).await;
     assert!(env.terminate(run).success());
     // The same --start-lsn left in place (as a WALBOX_START_LSN in a deployment would be) is
     // behind the slot now: walbox says so and resumes from the slot's position, so a restart
