@@ -321,7 +321,8 @@ fn config_check_prints_what_a_preset_expands_to() {
         "exchange-kind = \"fanout\"  # preset nservicebus",
         "exchange-durable = false  # flag",
         "routing-key = \"\"  # preset nservicebus",
-        "header = \"NServiceBus.EnclosedMessageTypes={event_type}\"  # preset nservicebus",
+        // Every header on one line (a config file holds a key once), merged as applied.
+        "header = [\"NServiceBus.EnclosedMessageTypes={event_type}\", \"NServiceBus.MessageId={id}\", \"NServiceBus.ContentType=application/json\", \"NServiceBus.MessageIntent=Publish\"]  # preset nservicebus",
         "body = \"raw\"  # preset nservicebus",
         "ce-source = \"walbox\"  # default",
     ] {
