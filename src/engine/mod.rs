@@ -210,6 +210,9 @@ impl<'a> Supervisor<'a> {
             }
             (Disposition::Retry | Disposition::Poison, reason) => {
                 self.standing_by = false;
+                if let Error::Held(held) = &reason {
+                    self.poison.held(held.commit_lsn);
+                }
                 telemetry.health.set_state(match self.poison.halted_on() {
                     Some(_) => RelayState::Halted,
                     None => RelayState::Reconnecting,
@@ -305,6 +308,19 @@ impl<'a> Supervisor<'a> {
         Ok(start)
     }
 
+    /// The next session's in-flight window, and whether it is careful: while isolating a
+    /// refused message or retrying a held one, one message at a time; the full window once
+    /// the flush LSN is past it.
+    fn window(&self) -> (Arc<Semaphore>, bool) {
+        let careful = self.poison.careful();
+        let permits = if careful {
+            1
+        } else {
+            self.config.max_in_flight
+        };
+        (Arc::new(Semaphore::new(permits)), careful)
+    }
+
     /// Run the engine over the connected session until it stops or fails, then tear it down.
     async fn relay(
         &mut self,
@@ -315,14 +331,7 @@ impl<'a> Supervisor<'a> {
     ) -> SessionResult {
         let (config, telemetry) = (self.config, self.telemetry);
         telemetry.metrics.flushed(start);
-        // While isolating a refused message, one in flight at a time; the full window once
-        // the flush LSN is past it.
-        let careful = self.poison.careful();
-        let window = Arc::new(Semaphore::new(if careful {
-            1
-        } else {
-            config.max_in_flight
-        }));
+        let (window, careful) = self.window();
         let mut session = Session::start(
             config,
             source,

@@ -4,7 +4,9 @@
 //! Only one kind of failure counts: the broker closing the channel with PRECONDITION_FAILED in
 //! answer to one event's publish ([`Refusal`]: message larger than its maximum, a header it
 //! rejects). Unroutable returns, nacks from a full queue and lost connections heal when the
-//! other side is fixed; they are retried forever and never make an event poison.
+//! other side is fixed; they are retried forever and never make an event poison. A return or
+//! a nack names its event, though: walbox is careful (below) until that event is confirmed,
+//! so retrying it does not send the events after it again and again.
 //!
 //! With many messages in flight, the broker's channel close fails every unconfirmed one, and
 //! the first of them need not be the culprit. So a refusal first makes walbox *careful*: the
@@ -170,6 +172,15 @@ impl Poison {
                 RelayState::Halted
             }
         }
+    }
+
+    /// A session ended with the broker returning or nacking the event committed at
+    /// `commit_lsn`. The events published after it may have reached their queues already;
+    /// sending them again on every retry of the held event would repeat up to a window of
+    /// duplicates each time (and let them overtake it again), so the next sessions publish one
+    /// message at a time until the flush LSN is past it.
+    pub(crate) fn held(&mut self, commit_lsn: Lsn) {
+        self.careful_until = self.careful_until.max(Some(commit_lsn));
     }
 
     /// A session ended with the broker refusing `refusal`'s event. `published_through` is the
@@ -365,6 +376,20 @@ mod tests {
                 "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536"
                     .into(),
         }
+    }
+
+    #[test]
+    fn a_held_event_makes_walbox_careful_until_it_is_confirmed_and_is_never_counted() {
+        let mut poison = Poison::new(1, None);
+        poison.held(Lsn(100));
+        assert!(poison.careful());
+        assert_eq!(poison.suspect(), None);
+        assert_eq!(poison.halted_on(), None, "a held event is never poison");
+        // Held again (still no queue): still careful, until the flush LSN passes it.
+        poison.held(Lsn(100));
+        assert!(!poison.progressed(Lsn(100)).careful_ended);
+        assert!(poison.progressed(Lsn(120)).careful_ended);
+        assert!(!poison.careful());
     }
 
     #[test]

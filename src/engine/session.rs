@@ -120,6 +120,7 @@ impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
             pending_rx,
             Watermark::new(from),
             flush_tx,
+            Arc::clone(&window),
             Arc::clone(telemetry),
         ));
         let stream = Stream::new(config, publisher, pending_tx, window, replaying, telemetry);

@@ -12,9 +12,9 @@ use tokio::sync::{Semaphore, watch};
 
 use super::poison::Poison;
 use super::session::{End, Session};
-use super::{Changes, Live};
-use crate::config::{Cli, Command, Config};
-use crate::error::Result;
+use super::{Changes, Live, Supervisor};
+use crate::config::{Cli, Command, Config, RunConfig};
+use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
 use crate::pgoutput::fixture::{RELATION_ID, outbox_relation, row};
@@ -394,4 +394,98 @@ fn a_stop_with_the_window_full_and_no_confirms_ends_within_the_grace() {
             "the flush LSN stays before the unanswered events"
         );
     });
+}
+
+/// One session of six one-event transactions with `window`: the broker returns the first
+/// message once the engine has published what the window lets it. How the session ended, and
+/// how many messages went out before the return.
+fn published_before_a_return(
+    config: &Config,
+    window: Arc<Semaphore>,
+    careful: bool,
+) -> (End, usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let telemetry = Arc::new(Telemetry::default());
+        let broker = Broker::default();
+        let script = script(&[(1, false); 6], &broker);
+        let mut session = Session::start(
+            config,
+            script,
+            MemoryPublisher::new(broker.clone()),
+            Lsn(0x100),
+            Arc::clone(&window),
+            false,
+            &telemetry,
+        );
+        let mut poison = Poison::new(5, None);
+        let mut live = Live {
+            config,
+            telemetry: &telemetry,
+            poison: &mut poison,
+            window,
+            careful,
+        };
+        let (_stop, mut shutdown) = watch::channel(false);
+        let broker_answers = async {
+            settle().await;
+            let sent = broker.sent.lock().unwrap().len();
+            answer(&broker, 0, || {
+                Outcome::Refused(Refused::Returned {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: "outbox".into(),
+                    routing_key: "order.created".into(),
+                })
+            });
+            sent
+        };
+        let (end, sent) = tokio::join!(session.run(&mut live, &mut shutdown), broker_answers);
+        (end, sent)
+    })
+}
+
+/// After a return (or a nack) the next sessions publish one message at a time until the held
+/// event is confirmed: retrying it does not send the events after it again each time.
+#[test]
+fn a_held_event_is_retried_alone() {
+    let Command::Run(args) = Cli::try_parse_from(["walbox", "run"]).unwrap().command else {
+        unreachable!()
+    };
+    let config = Config::from_args(&args.common).unwrap();
+    let run = RunConfig::from_args(&args).unwrap();
+    let telemetry = Arc::new(Telemetry::default());
+    let mut supervisor = Supervisor::new(&config, &run, &telemetry);
+
+    let (window, careful) = supervisor.window();
+    let (end, sent) = published_before_a_return(&config, window, careful);
+    assert_eq!(
+        sent, 6,
+        "the full window: every event went out before the verdict"
+    );
+    let End::Failed(failure) = end else {
+        panic!("a return ends the session: {end:?}");
+    };
+    assert!(
+        matches!(&failure.error, Error::Held(held) if held.event_id == "0-0"),
+        "{failure:?}"
+    );
+    supervisor.delay_after(failure).unwrap();
+
+    for _retry in 0..3 {
+        let (window, careful) = supervisor.window();
+        assert!(careful);
+        let (end, sent) = published_before_a_return(&config, window, careful);
+        assert_eq!(sent, 1, "only the held event goes out again");
+        let End::Failed(failure) = end else {
+            panic!("{end:?}");
+        };
+        supervisor.delay_after(failure).unwrap();
+    }
+    // Once the flush LSN passes the held event, the full window again.
+    let _ = supervisor.poison.progressed(Lsn(0x1100));
+    assert!(!supervisor.window().1);
 }

@@ -7,6 +7,7 @@
 //!   control-plane SQL      ──▶ ControlError (tokio-postgres error, SQLSTATE)       ├─▶ Error ─▶ Disposition
 //!   AMQP connection        ──▶ AmqpError    (lapin error, AMQP reply code)        ─┤
 //!   a refused event        ──▶ Refusal      (406 on one event's publish)          ─┤
+//!   a returned/nacked one  ──▶ Held         (no queue, a full queue: retried)     ─┤
 //!   walbox's own verdicts  ──▶ Own          (a message and its disposition)       ─┘
 //! ```
 //!
@@ -60,6 +61,10 @@ pub(crate) enum Error {
     /// publish (larger than its maximum, a header it will not accept).
     #[error("{0}")]
     Refused(Refusal),
+    /// The broker did not take one event for a reason that heals on its side (no queue bound
+    /// for it, a full queue that rejects publishes): walbox holds it and retries.
+    #[error("{0}")]
+    Held(Held),
     /// walbox's own verdict, not a server's.
     #[error("{}", .0.message)]
     Own(Own),
@@ -82,6 +87,16 @@ pub(crate) struct Refusal {
     pub(crate) event_id: String,
     pub(crate) commit_lsn: Lsn,
     pub(crate) reason: String,
+}
+
+/// Which event the broker returned or nacked, and what it said: the next sessions publish
+/// one message at a time until it is confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Held {
+    pub(crate) event_id: String,
+    pub(crate) commit_lsn: Lsn,
+    pub(crate) message: String,
 }
 
 impl Error {
@@ -114,6 +129,7 @@ impl Error {
             Error::Control(error) => error.disposition(),
             Error::Amqp(error) => error.disposition(),
             Error::Refused(_) => Disposition::Poison,
+            Error::Held(_) => Disposition::Retry,
             Error::Own(own) => own.disposition,
         }
     }

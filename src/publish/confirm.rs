@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::{Outcome, Refused};
-use crate::error::{Error, Refusal, Result};
+use crate::error::{Error, Held, Refusal, Result};
 use crate::lsn::Lsn;
 use crate::telemetry::{Metrics, Telemetry};
 use crate::watermark::{Sequence, Watermark};
@@ -55,14 +55,19 @@ struct Verdict {
     sequence: Sequence,
     outcome: Outcome,
     event: EventRef,
+    /// Given back to the window only once the verdict is a confirm.
+    permit: OwnedSemaphorePermit,
 }
 
 /// Run until the sender is dropped and every verdict is in (returns the final flush LSN), or
-/// until a message is not confirmed (returns why).
+/// until a message is not confirmed (returns why). A message not confirmed closes `window`
+/// first: the engine publishes nothing more in a session that is over, so a held event is
+/// not overtaken by, nor retried with, events the engine would otherwise still send.
 pub(crate) async fn track<C>(
     mut pending: mpsc::Receiver<Pending<C>>,
     mut watermark: Watermark,
     flush: watch::Sender<Lsn>,
+    window: Arc<Semaphore>,
     telemetry: Arc<Telemetry>,
 ) -> Result<Lsn>
 where
@@ -81,8 +86,7 @@ where
                     published_at.push_back(Instant::now());
                     in_flight.push_back(async move {
                         let outcome = confirm.await;
-                        drop(permit);
-                        Verdict { sequence, outcome, event }
+                        Verdict { sequence, outcome, event, permit }
                     });
                 }
                 Some(Pending::Boundary(lsn)) => {
@@ -96,7 +100,11 @@ where
                 let sent_at = published_at.pop_front().unwrap_or_else(Instant::now);
                 metrics.answered(published_at.front().copied());
                 count(metrics, &verdict.outcome);
-                confirmed(verdict.outcome, &verdict.event)?;
+                if let Err(error) = confirmed(verdict.outcome, &verdict.event) {
+                    window.close();
+                    return Err(error);
+                }
+                drop(verdict.permit);
                 metrics.confirmed(sent_at, verdict.event.commit_time_micros);
                 if verdict.event.dead_letter {
                     metrics.dead_lettered();
@@ -138,14 +146,18 @@ fn confirmed(outcome: Outcome, event: &EventRef) -> Result<()> {
             reply_text,
             exchange,
             routing_key,
-        } => Error::transient(format!(
-            "the broker returned event {event_id} (commit {commit_lsn}) as unroutable: \
-             {reply_code} {reply_text} — no queue is bound for exchange `{exchange}` with \
-             routing key `{routing_key}`; holding it and retrying"
-        )),
-        Refused::Nacked => Error::transient(format!(
-            "the broker nacked event {event_id} (commit {commit_lsn}); retrying"
-        )),
+        } => held(
+            event,
+            format!(
+                "the broker returned event {event_id} (commit {commit_lsn}) as unroutable: \
+                 {reply_code} {reply_text} — no queue is bound for exchange `{exchange}` with \
+                 routing key `{routing_key}`; holding it and retrying"
+            ),
+        ),
+        Refused::Nacked => held(
+            event,
+            format!("the broker nacked event {event_id} (commit {commit_lsn}); retrying"),
+        ),
         // On a publish channel PRECONDITION_FAILED is a verdict on one message (too large, a
         // header it rejects), not on the connection or the topology: those come with other
         // codes (404 no exchange, 403 access).
@@ -173,6 +185,15 @@ fn confirmed(outcome: Outcome, event: &EventRef) -> Result<()> {
             reason,
         }),
         Refused::Lost(error) => error,
+    })
+}
+
+/// `event` is held: retried, one message at a time until it is confirmed.
+fn held(event: &EventRef, message: String) -> Error {
+    Error::Held(Held {
+        event_id: event.event_id.clone(),
+        commit_lsn: event.commit_lsn,
+        message,
     })
 }
 
@@ -244,5 +265,28 @@ mod tests {
             let error = confirmed(outcome, &event()).expect_err("not confirmed");
             assert!(error.is_transient() && !matches!(error, Error::Refused(_)));
         }
+    }
+
+    #[test]
+    fn a_return_or_a_nack_holds_the_event_it_answered() {
+        let returned = Outcome::Refused(Refused::Returned {
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+            exchange: "outbox".into(),
+            routing_key: "order.created".into(),
+        });
+        for outcome in [returned, Outcome::Refused(Refused::Nacked)] {
+            match confirmed(outcome, &event()) {
+                Err(Error::Held(held)) => {
+                    assert_eq!(
+                        (held.event_id.as_str(), held.commit_lsn),
+                        ("e-1", Lsn(0x10))
+                    );
+                }
+                other => panic!("expected the event held, got {other:?}"),
+            }
+        }
+        let lost = Outcome::Refused(Refused::Lost(Error::transient("reset")));
+        assert!(!matches!(confirmed(lost, &event()), Err(Error::Held(_))));
     }
 }
