@@ -348,11 +348,12 @@ fn kubernetes_manifests_agree_with_walbox() {
             Some("metrics")
         );
     }
-    // Longer than the shutdown grace walbox waits for confirms (default 10 s).
+    // Longer than the shutdown grace walbox waits for confirms (default 10 s) and the 3 s it
+    // may then take to close its connections.
     let grace = env
         .get("WALBOX_SHUTDOWN_GRACE")
         .map_or(10, |grace| grace.parse::<u64>().unwrap());
-    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > grace);
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > grace + 3);
 
     // The password files are the Secret's keys, where the Secret is mounted.
     let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
