@@ -64,16 +64,9 @@ pub(crate) enum Ensured {
 
 impl Control {
     pub(crate) async fn connect(config: &Config) -> Result<Self> {
-        let tls = crate::tls::postgres_connector(&config.postgres_tls)?;
-        let (client, connection) = config.postgres.connect(tls).await.map_err(|e| {
-            Error::from_postgres(&format!("connecting to {}", config.postgres_url), e)
-        })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%error, "control connection closed");
-            }
-        });
-        Ok(Control { client })
+        Ok(Control {
+            client: connect_client(config).await?,
+        })
     }
 
     fn sql_error(context: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
@@ -389,6 +382,22 @@ impl Control {
     }
 }
 
+/// A plain SQL connection to the primary, with the TLS settings of `--postgres-url` (the
+/// control connection, and the backfill's reading and record-keeping ones).
+pub(crate) async fn connect_client(config: &Config) -> Result<Client> {
+    let tls = crate::tls::postgres_connector(&config.postgres_tls)?;
+    let (client, connection) =
+        config.postgres.connect(tls).await.map_err(|e| {
+            Error::from_postgres(&format!("connecting to {}", config.postgres_url), e)
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%error, "control connection closed");
+        }
+    });
+    Ok(client)
+}
+
 /// Who may create a missing slot in [`Control::prepare`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SlotCreation {
@@ -414,12 +423,7 @@ impl Control {
     /// slot that vanished must not silently come back, since the events committed while it
     /// was gone would be skipped.
     pub(crate) async fn prepare(&self, config: &Config, create: SlotCreation) -> Result<Prepared> {
-        self.check_wal_level().await?;
-        self.check_table(config).await?;
-        self.check_privileges(&config.table).await?;
-        let publication = self
-            .ensure_publication(&config.publication, &config.table)
-            .await?;
+        let publication = self.prepare_publication(config).await?;
         let timeline = self.timeline().await?;
         let found = self.slot(&config.slot).await?;
         if let Some(error) = Self::check_after_failover(config, found.as_ref(), timeline) {
@@ -464,6 +468,18 @@ impl Control {
             slot,
             slot_info,
         })
+    }
+}
+
+impl Control {
+    /// What [`Control::prepare`] checks and makes before it comes to the slot: wal_level, the
+    /// table and its mapped columns, the role's privileges, the publication.
+    pub(crate) async fn prepare_publication(&self, config: &Config) -> Result<Ensured> {
+        self.check_wal_level().await?;
+        self.check_table(config).await?;
+        self.check_privileges(&config.table).await?;
+        self.ensure_publication(&config.publication, &config.table)
+            .await
     }
 }
 

@@ -4,7 +4,8 @@
 //! The modules follow the data path: [`source`] reads the slot and [`pgoutput`] decodes it,
 //! [`outbox`] maps rows to messages, [`publish`] publishes and tracks confirms, [`watermark`]
 //! turns confirms into the flush LSN, and [`engine`] wires and supervises them.
-//! [`control`] is the control-plane SQL; [`telemetry`] reports what the data path records;
+//! [`backfill`] sends rows already in the table (the cut-over, re-sends) through the same
+//! message building and publisher. [`control`] is the control-plane SQL; [`telemetry`] reports what the data path records;
 //! [`config`] and [`cli`] are the edges; [`tls`] is the control connection's TLS client.
 //!
 //! Modules are private to the crate unless the `walbox` binary, the tests, the benchmarks or
@@ -13,6 +14,7 @@
 
 #![warn(unreachable_pub)]
 
+mod backfill;
 pub mod cli;
 pub mod config;
 mod control;

@@ -2,6 +2,7 @@
 //! an exit code ([`EXIT_CODES`]: 0 clean, 1 definite error, 2 usage error). Each subcommand takes
 //! validated configuration.
 
+mod backfill;
 mod config_check;
 pub mod docs;
 mod failover;
@@ -15,7 +16,9 @@ mod teardown;
 use std::process::ExitCode;
 
 use crate::config::file::Parsed;
-use crate::config::{Command, CommonArgs, Config, ConfigCommand, ReplayConfig, RunConfig};
+use crate::config::{
+    Command, CommonArgs, Config, ConfigCommand, ReplayConfig, ResendConfig, RunConfig,
+};
 use crate::error::Disposition;
 
 /// A definite error: the message says what to do.
@@ -82,7 +85,9 @@ pub async fn dispatch(parsed: Parsed) -> ExitCode {
     }
     let command = parsed.cli.command;
     let common: &CommonArgs = match &command {
-        Command::Setup(common) | Command::Teardown(common) => common,
+        Command::Setup(setup) => &setup.common,
+        Command::Teardown(common) => common,
+        Command::Backfill(resend) => &resend.common,
         Command::Run(run) | Command::Config(ConfigCommand::Check(run)) => &run.common,
         Command::Status(status) => &status.common,
         Command::Replay(replay) => &replay.common,
@@ -94,7 +99,16 @@ pub async fn dispatch(parsed: Parsed) -> ExitCode {
         Err(error) => return usage(error),
     };
     let outcome = match &command {
-        Command::Setup(_) => setup::setup(&config).await,
+        Command::Setup(args) => {
+            match crate::config::backfill_config(&args.backfill, &args.common) {
+                Ok(backfill) => setup::setup(&config, backfill.as_ref()).await,
+                Err(error) => return usage(error),
+            }
+        }
+        Command::Backfill(args) => match ResendConfig::from_args(&args.selection, &args.common) {
+            Ok(resend) => backfill::backfill(&config, &resend).await,
+            Err(error) => return usage(error),
+        },
         Command::Teardown(_) => teardown::teardown(&config).await,
         Command::Status(status) => status::status(&config, status.json).await,
         Command::Run(run) => match RunConfig::from_args(run) {

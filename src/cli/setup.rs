@@ -1,15 +1,23 @@
 //! `walbox setup`: check the server, create what is missing, declare the exchange, and say
 //! from where events will be captured. Safe to run again.
 
-use crate::config::Config;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::backfill::{self, Phase};
 use crate::config::DeclareMode;
+use crate::config::{BackfillConfig, Config};
 use crate::control::{Control, Ensured, SlotCreation};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::publish::Publisher;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::stream;
 
-pub(crate) async fn setup(config: &Config) -> Result<()> {
+pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) -> Result<()> {
+    cut_over(config, backfill).await?;
     let control = Control::connect(config).await?;
     let prepared = control.prepare(config, SlotCreation::Always).await?;
     println!(
@@ -90,6 +98,39 @@ pub(crate) async fn setup(config: &Config) -> Result<()> {
             },
             node
         ),
+    }
+    Ok(())
+}
+
+/// With `--backfill`, the cut-over: create the slot and send the rows it owes before setup
+/// returns (and an unfinished backfill is finished, flags or not). SIGTERM/SIGINT stop it;
+/// the next start resumes it.
+async fn cut_over(config: &Config, asked: Option<&BackfillConfig>) -> Result<()> {
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let mut terminate = signal(SignalKind::terminate()).map_err(Error::definite)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::definite)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    let telemetry = Arc::new(crate::telemetry::Telemetry::default());
+    let grace = Duration::from_secs(10);
+    let phase = backfill::cut_over(
+        config,
+        asked,
+        SlotCreation::Always,
+        grace,
+        &mut stop_rx,
+        &telemetry,
+    )
+    .await?;
+    if phase == Phase::Stopped {
+        return Err(Error::definite(
+            "interrupted during the backfill; `walbox run` (or setup) resumes it",
+        ));
     }
     Ok(())
 }

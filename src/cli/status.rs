@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::backfill::{self, record::Record};
 use crate::config::{Config, bookmark_name};
 use crate::control::failover::{StandbyCopy, standby_copies};
 use crate::control::{Control, SlotInfo};
@@ -26,6 +27,8 @@ struct Status {
     /// `--target stream`: what the stream stored for walbox's producer(s), by partition.
     #[serde(skip_serializing_if = "Option::is_none")]
     stream: Option<Vec<StoredFor>>,
+    /// The slot's cut-over backfill, if one was made (its record).
+    backfill: Option<Record>,
 }
 
 #[derive(Serialize)]
@@ -77,6 +80,7 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
             }
             None => None,
         },
+        backfill: backfill::status(config).await?,
     };
     if json {
         println!(
@@ -169,6 +173,9 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
         ),
         None => println!("replay window:     none (walbox run --replay-window keeps one)"),
     }
+    if let Some(record) = &status.backfill {
+        print_backfill(record);
+    }
     for stored in status.stream.iter().flatten() {
         println!(
             "stream {}: producer {} stored publishing id {} (commit {}); the broker drops \
@@ -177,4 +184,40 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The cut-over backfill's record, as `status` shows it.
+fn print_backfill(record: &Record) {
+    let of = record
+        .rows_expected
+        .map_or_else(|| "?".to_owned(), |rows| rows.to_string());
+    println!(
+        "backfill:          {} ({} of {of} rows confirmed, attempt {})",
+        record.state, record.rows_confirmed, record.attempts
+    );
+    println!("  predicate:       {}", record.predicate);
+    println!(
+        "  snapshot:        {} at consistent point {}",
+        record.snapshot.as_deref().unwrap_or("-"),
+        record.consistent_lsn.as_deref().unwrap_or("-")
+    );
+    let key = |key: &Option<Vec<Option<String>>>| {
+        key.as_ref()
+            .map_or_else(|| "-".to_owned(), backfill::record::show_key)
+    };
+    println!(
+        "  last confirmed:  {} (the snapshot's last row: {})",
+        key(&record.last_key),
+        key(&record.end_key)
+    );
+    println!(
+        "  started:         {}; updated {}{}",
+        record.started_at,
+        record.updated_at,
+        record
+            .finished_at
+            .as_ref()
+            .map(|at| format!("; finished {at}"))
+            .unwrap_or_default()
+    );
 }

@@ -1,6 +1,7 @@
 //! `walbox teardown`: drop the slot, the replay window's bookmark and the publication, so
-//! PostgreSQL keeps no WAL for walbox. The outbox table and the exchange are left alone; so is
-//! a publication the connected role does not own (it says who may drop it).
+//! PostgreSQL keeps no WAL for walbox, and forget the slot's backfill record. The outbox table
+//! and the exchange are left alone; so is a publication the connected role does not own (it
+//! says who may drop it).
 
 use crate::config::{Config, bookmark_name};
 use crate::control::Control;
@@ -41,6 +42,10 @@ pub(crate) async fn teardown(config: &Config) -> Result<()> {
             println!("replay window bookmark slot {bookmark}: dropped");
         }
         _ => {}
+    }
+    // A new slot is a new cut-over: its backfill, if asked for, starts afresh.
+    if crate::backfill::forget(config).await? {
+        println!("backfill record of slot {}: deleted", config.slot);
     }
     // The slots are what make PostgreSQL keep WAL; a publication costs nothing. A role made by
     // sql/roles.sql does not own the publication (its creator does) and may not drop it: say

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use super::backfill::{BackfillArgs, ResendSelection};
 use super::mapping::MappingArgs;
 
 /// walbox's version and the commit it was built from (`build.rs`), as `--version` prints it.
@@ -63,13 +64,17 @@ pub enum Command {
     /// Check the server (wal_level, the table and its mapped columns, privileges), create the
     /// publication (inserts only) and the slot if missing, declare the exchange (or create the
     /// stream), and print the LSN from which events are captured. Safe to run again.
-    Setup(CommonArgs),
+    /// With --backfill, it also sends the rows the table already holds (see `walbox run`).
+    Setup(SetupArgs),
     /// Set up what is missing (except a slot on a promoted server: only setup creates that),
     /// then relay events until SIGINT or SIGTERM, serving /metrics, /healthz, /readyz and
     /// /standbyz.
     Run(RunArgs),
     /// Publish again the events committed in an LSN range, from the replay window.
     Replay(ReplayArgs),
+    /// Re-send rows from the outbox table (by predicate, id range or creation time), e.g. after
+    /// a lost slot or a recreated table; the slot is not involved.
+    Backfill(ResendArgs),
     /// Show the slot (active, pid, confirmed flush, restart LSN, wal_status), the server's WAL
     /// position and the lag, the publication's tables, the standbys' copies of the slot and the
     /// replay window.
@@ -192,9 +197,30 @@ pub struct CommonArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub backfill: BackfillArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResendArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub selection: ResendSelection,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub backfill: BackfillArgs,
 
     /// Skip ahead: start relaying at this LSN (X/Y); events committed before it are not sent.
     #[arg(long, env = "WALBOX_START_LSN")]

@@ -161,6 +161,24 @@ impl MappingArgs {
         self.resolve("table").0
     }
 
+    /// The table preset the column map starts from (its first item, when it names one; else
+    /// `outbox`, which a map of pairs alone starts from).
+    pub fn columns_preset(&self) -> String {
+        let columns = self.resolve("columns").0;
+        let first = columns
+            .split(',')
+            .map(str::trim)
+            .find(|item| !item.is_empty());
+        match first {
+            Some(name)
+                if crate::outbox::columns::table_preset_names().any(|known| known == name) =>
+            {
+                name.to_owned()
+            }
+            _ => "outbox".to_owned(),
+        }
+    }
+
     /// How the exchange is declared (`--exchange-kind`, `--exchange-durable`, ...).
     pub fn exchange_spec(&self) -> Result<ExchangeSpec, ConfigError> {
         if self.no_declare

@@ -8,12 +8,14 @@
 //!
 //! One job per file: [`args`] the flags, [`amqp_urls`] the broker nodes, [`file`] the TOML file, [`names`] identifiers and
 //! derived slot names, [`secrets`] passwords and CA files, [`stream`] the stream target, [`postgres`] the PostgreSQL URL
-//! and its TLS settings, [`replay`] the replay settings, [`validate`] flags → settings, and
+//! and its TLS settings, [`replay`] the replay settings, [`backfill`] which rows already in the
+//! table are sent (cut-over and re-send), [`validate`] flags → settings, and
 //! [`reference`] the docs' options table; [`mapping`] and [`preset`] what rows become on
 //! the wire (#11's flags), [`exchange`] how the exchange is declared.
 
 mod amqp_urls;
 mod args;
+pub mod backfill;
 mod exchange;
 pub mod file;
 pub mod mapping;
@@ -28,8 +30,9 @@ mod validate;
 
 pub use args::{
     Cli, Command, CommonArgs, CompletionsArgs, ConfigCommand, LogFormat, ManArgs, ReplayArgs,
-    RunArgs, StatusArgs, StreamDeclare, TargetKind, version,
+    ResendArgs, RunArgs, SetupArgs, StatusArgs, StreamDeclare, TargetKind, version,
 };
+pub(crate) use backfill::{BackfillConfig, ResendConfig};
 pub use exchange::{DeclareMode, ExchangeSpec, Kind};
 pub use mapping::MappingArgs;
 pub(crate) use names::{Identifier, TableName, bookmark_name, copy_name};
@@ -37,7 +40,7 @@ pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};
 pub(crate) use replay::{ReplayConfig, ReplayWindow};
 pub(crate) use secrets::{SecretUrl, redact_url};
 pub(crate) use stream::{PartitionKey, StreamNode, StreamTarget};
-pub(crate) use validate::{Config, RunConfig};
+pub(crate) use validate::{Config, RunConfig, backfill_config};
 
 /// A configuration that failed validation: a usage error.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ use super::ConfigError;
 use super::amqp_urls::AmqpUrls;
 use super::args::{CommonArgs, ReplayArgs, RunArgs};
 use super::args::{StreamDeclare, TargetKind};
+use super::backfill::{BackfillArgs, BackfillConfig};
 use super::mapping::ExchangeSpec;
 use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
 use super::postgres::{self, PostgresTls};
@@ -57,6 +58,8 @@ pub(crate) struct RunConfig {
     pub(crate) dead_letter_exchange: Option<String>,
     /// None: keep no replay window.
     pub(crate) replay_window: Option<ReplayWindow>,
+    /// The cut-over backfill, when asked for (it runs only when walbox creates the slot).
+    pub(crate) backfill: Option<BackfillConfig>,
 }
 
 impl Config {
@@ -213,7 +216,9 @@ impl RunConfig {
         if replay_window.is_some() {
             check_room_for_replay(&args.common.slot)?;
         }
+        let backfill = backfill_config(&args.backfill, &args.common)?;
         Ok(RunConfig {
+            backfill,
             replay_window,
             start_lsn,
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
@@ -258,6 +263,22 @@ impl ReplayConfig {
             dry_run: args.dry_run,
         })
     }
+}
+
+/// The cut-over backfill's settings (`walbox run`, `walbox setup`).
+pub(crate) fn backfill_config(
+    args: &BackfillArgs,
+    common: &CommonArgs,
+) -> Result<Option<BackfillConfig>, ConfigError> {
+    let backfill = BackfillConfig::from_args(args, &common.mapping)?;
+    if backfill.is_some() && common.target == TargetKind::Stream {
+        return Err(ConfigError(
+            "--backfill works with --target amqp only: a stream's deduplication numbers events \
+             by their place in the WAL, which rows read from the table do not have"
+                .into(),
+        ));
+    }
+    Ok(backfill)
 }
 
 /// The replay window's slots are named after the live one, with a suffix.

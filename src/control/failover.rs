@@ -167,7 +167,7 @@ impl Control {
     /// `walbox run` found no slot: on a server of timeline above 1 (promoted at some time) that
     /// may be a slot a failover lost, and making a new one would skip the events committed
     /// around it without notice, so only `walbox setup` may.
-    pub(super) fn refuse_slot_on_promoted_server(
+    pub(crate) fn refuse_slot_on_promoted_server(
         config: &Config,
         timeline: Option<u32>,
     ) -> Option<Error> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::backfill::{self, Phase};
 use crate::config::{Config, RunConfig};
 use crate::control::{Control, Ensured, SlotCreation};
 use crate::error::{Disposition, Error, Result};
@@ -225,8 +226,12 @@ impl<'a> Supervisor<'a> {
         })
     }
 
-    /// One connected session: both connections, then the engine until it ends.
+    /// One connected session: the cut-over backfill if one is owed, both connections, then
+    /// the engine until it ends.
     async fn session(&mut self, shutdown: &mut Shutdown) -> SessionResult {
+        if self.cut_over(shutdown).await? == Phase::Stopped {
+            return Ok(());
+        }
         // Connecting can take long (a node that does not answer, a server starting up); a
         // stop request ends it. Nothing was published yet, so nothing is lost.
         let connected = tokio::select! {
@@ -237,17 +242,44 @@ impl<'a> Supervisor<'a> {
         self.relay(source, publisher, start, shutdown).await
     }
 
+    /// Send what a cut-over backfill owes before anything is relayed from the slot (nothing,
+    /// unless walbox creates the slot with `--backfill` or an earlier backfill is unfinished).
+    async fn cut_over(&mut self, shutdown: &mut Shutdown) -> std::result::Result<Phase, Failure> {
+        let create = self.slot_creation();
+        let (backfill, grace) = (self.run.backfill.as_ref(), self.run.shutdown_grace);
+        backfill::cut_over(
+            self.config,
+            backfill,
+            create,
+            grace,
+            shutdown,
+            self.telemetry,
+        )
+        .await
+        .map_err(|error| match error {
+            Error::Amqp(_) => amqp(error),
+            _ => postgres(error),
+        })
+    }
+
+    /// Who may make a missing slot: the first session, unless the server was promoted.
+    fn slot_creation(&self) -> SlotCreation {
+        if self.first {
+            SlotCreation::UnlessPromoted
+        } else {
+            SlotCreation::Never
+        }
+    }
+
     /// Prepare the publication and slot, connect the publisher, and start replication from
     /// where this session resumes (returned).
     async fn connect(&mut self) -> std::result::Result<(Source, Target, Lsn), Failure> {
         let (config, first) = (self.config, self.first);
         let control = Control::connect(config).await.map_err(postgres)?;
-        let create = if first {
-            SlotCreation::UnlessPromoted
-        } else {
-            SlotCreation::Never
-        };
-        let prepared = control.prepare(config, create).await.map_err(postgres)?;
+        let prepared = control
+            .prepare(config, self.slot_creation())
+            .await
+            .map_err(postgres)?;
         if first {
             if prepared.publication == Ensured::Created {
                 info!(publication = %config.publication, table = %config.table, "created publication");

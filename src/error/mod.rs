@@ -112,6 +112,11 @@ impl Error {
         Error::own(Disposition::Retry, message)
     }
 
+    /// Another walbox is doing this work: stand by and try again soon.
+    pub(crate) fn stand_by(message: impl fmt::Display) -> Self {
+        Error::own(Disposition::StandBy, message)
+    }
+
     /// Stop; the message names the problem and the fix.
     pub(crate) fn definite(message: impl fmt::Display) -> Self {
         Error::own(Disposition::Stop, message)

@@ -26,6 +26,9 @@ pub(crate) const COMMIT_LSN: &str = "x-commit-lsn";
 pub(crate) const XID: &str = "x-xid";
 /// Header: `true` on a message sent again by `walbox replay`.
 pub(crate) const REPLAY: &str = "x-replay";
+/// Header: `true` on a message read from the table rather than the WAL (the cut-over
+/// backfill, `walbox backfill`). Never dead-lettered, so not among [`WALBOX_HEADERS`].
+pub(crate) const BACKFILL: &str = "x-backfill";
 
 /// Header: the event's W3C `traceparent` (README "Trace context").
 pub(crate) const TRACEPARENT: &str = "traceparent";
@@ -144,4 +147,17 @@ pub(crate) fn add_trace_headers(headers: &mut FieldTable, trace: &TraceContext<'
 /// `x-replay: true`.
 pub(crate) fn add_replay_header(headers: &mut FieldTable) {
     headers.insert(REPLAY.into(), AMQPValue::Boolean(true));
+}
+
+/// `headers` with `x-backfill: true` in place of `x-commit-lsn` and `x-xid`: a row read from
+/// the table has no commit of walbox's knowing (its insert may be long gone from the WAL).
+pub(crate) fn backfilled(headers: &FieldTable) -> FieldTable {
+    let mut kept: std::collections::BTreeMap<ShortString, AMQPValue> = headers
+        .inner()
+        .iter()
+        .filter(|(name, _)| ![COMMIT_LSN, XID].contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    kept.insert(BACKFILL.into(), AMQPValue::Boolean(true));
+    kept.into()
 }

@@ -135,6 +135,15 @@ impl OutboxMessage {
         contract::add_replay_header(&mut headers);
         self.properties = std::mem::take(&mut self.properties).with_headers(headers);
     }
+
+    /// Mark a message built from a row read from the table (the backfill): header
+    /// `x-backfill: true` instead of the WAL position headers, which such a row has none of.
+    /// Everything else, `message_id` included, is what the row gives live.
+    pub fn mark_backfilled(&mut self) {
+        let headers = self.properties.headers().clone().unwrap_or_default();
+        let headers = contract::backfilled(&headers);
+        self.properties = std::mem::take(&mut self.properties).with_headers(headers);
+    }
 }
 
 /// The headers a row gives (before the encoding's and walbox's own).
@@ -332,6 +341,22 @@ impl OutboxShape {
 
     pub fn relation_id(&self) -> u32 {
         self.relation_id
+    }
+
+    /// The index of the column `field` is read from, when it is a whole column (not a JSON
+    /// path into one): the backfill orders and resumes by such columns.
+    pub fn whole_column(&self, field: Field) -> Option<usize> {
+        let source = match field {
+            Field::Id => self.id.as_ref(),
+            Field::CreatedAt => self.created_at.as_ref(),
+            Field::AggregateType => self.aggregate_type.as_ref(),
+            Field::AggregateId => self.aggregate_id.as_ref(),
+            Field::EventType => self.event_type.as_ref(),
+            Field::Headers => self.headers.as_ref(),
+            Field::Payload => Some(&self.payload.source),
+            Field::Exchange => return self.exchange_column,
+        }?;
+        source.path.is_empty().then_some(source.index)
     }
 
     /// Build the message for the `index`-th outbox row (from 0) of `transaction`.

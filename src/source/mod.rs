@@ -6,7 +6,10 @@
 //! [`crate::pgoutput`]. The only position this module ever reports is the one handed to
 //! [`Source::acknowledge`], which the engine takes from the watermark.
 
+mod export;
 mod verify_ca;
+
+pub(crate) use export::create_slot_exporting_snapshot;
 
 use std::time::Duration;
 
@@ -23,7 +26,22 @@ use pgwire_replication::{
 /// How soon a raised flush position reaches the server.
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 /// Session settings that make text values render the same whatever the server's defaults.
-const SESSION_OPTIONS: &str = "-c datestyle=ISO -c timezone=UTC -c bytea_output=hex";
+/// The backfill's reader sets them too, so a row read from the table renders as the slot
+/// would send it.
+pub(crate) const TEXT_SETTINGS: [(&str, &str); 3] = [
+    ("datestyle", "ISO"),
+    ("timezone", "UTC"),
+    ("bytea_output", "hex"),
+];
+
+/// [`TEXT_SETTINGS`] as startup options.
+fn session_options() -> String {
+    TEXT_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// One step of the stream.
 #[derive(Debug)]
@@ -88,8 +106,8 @@ fn replication_config_at(
     let database = postgres.get_dbname().unwrap_or("postgres").to_owned();
     let tls = replication_tls(&config.postgres_tls, &host, verify_ca_name);
     let options = match postgres.get_options() {
-        Some(user_options) => format!("{SESSION_OPTIONS} {user_options}"),
-        None => SESSION_OPTIONS.to_owned(),
+        Some(user_options) => format!("{} {user_options}", session_options()),
+        None => session_options(),
     };
     Ok(ReplicationConfig::new(
         host,

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Where the relay is. Only [`RelayState::Streaming`] is ready.
+/// Where the relay is. [`RelayState::Streaming`] and [`RelayState::Backfilling`] are ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum RelayState {
@@ -19,11 +19,15 @@ pub(crate) enum RelayState {
     /// Stuck on an event the broker keeps refusing (a poison event).
     Halted = 4,
     Stopping = 5,
+    /// Sending the rows already in the table at the cut-over, before streaming (connected to
+    /// the database and the broker, doing the relay's work: ready).
+    Backfilling = 6,
 }
 
 impl RelayState {
-    pub(crate) const ALL: [RelayState; 6] = [
+    pub(crate) const ALL: [RelayState; 7] = [
         RelayState::Starting,
+        RelayState::Backfilling,
         RelayState::Streaming,
         RelayState::StandingBy,
         RelayState::Reconnecting,
@@ -39,6 +43,7 @@ impl RelayState {
             RelayState::Reconnecting => "reconnecting",
             RelayState::Halted => "halted",
             RelayState::Stopping => "stopping",
+            RelayState::Backfilling => "backfilling",
         }
     }
 
@@ -82,7 +87,10 @@ impl Health {
     }
 
     pub(crate) fn ready(&self) -> bool {
-        self.state() == RelayState::Streaming
+        matches!(
+            self.state(),
+            RelayState::Streaming | RelayState::Backfilling
+        )
     }
 
     /// Relaying, or standing by to take over the moment the relaying walbox lets the slot go:
@@ -90,7 +98,7 @@ impl Health {
     /// walbox (it stands by) before it stops the old one. Not while starting, reconnecting,
     /// halted or stopping.
     pub(crate) fn available(&self) -> bool {
-        matches!(self.state(), RelayState::Streaming | RelayState::StandingBy)
+        self.ready() || self.state() == RelayState::StandingBy
     }
 
     /// The relay's loop is turning.
@@ -115,15 +123,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_streaming_is_ready_and_a_standby_is_available() {
+    fn streaming_and_backfilling_are_ready_and_a_standby_is_available() {
         let health = Health::default();
         for state in RelayState::ALL {
             health.set_state(state);
             assert_eq!(health.state(), state);
-            assert_eq!(health.ready(), state == RelayState::Streaming, "{state:?}");
+            let ready = matches!(state, RelayState::Streaming | RelayState::Backfilling);
+            assert_eq!(health.ready(), ready, "{state:?}");
             assert_eq!(
                 health.available(),
-                matches!(state, RelayState::Streaming | RelayState::StandingBy),
+                ready || state == RelayState::StandingBy,
                 "{state:?}"
             );
         }

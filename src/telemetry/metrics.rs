@@ -73,6 +73,9 @@ pub struct Metrics {
     state: Family<StateLabel, Gauge>,
     stream_stored_lsn: Gauge,
     stream_deduplicated: Counter,
+    backfill_running: Gauge,
+    backfill_rows_expected: Gauge,
+    backfill_rows_confirmed: Gauge,
     born: Instant,
     /// Microseconds since `born` at which the oldest message still awaiting its confirm was
     /// published; 0 when none is. Not cleared when a session fails, so the age keeps growing
@@ -112,6 +115,9 @@ impl Metrics {
             state: Family::default(),
             stream_stored_lsn: Gauge::default(),
             stream_deduplicated: Counter::default(),
+            backfill_running: Gauge::default(),
+            backfill_rows_expected: Gauge::default(),
+            backfill_rows_confirmed: Gauge::default(),
             born: Instant::now(),
             oldest_unconfirmed_since_us: AtomicU64::new(0),
         };
@@ -214,7 +220,7 @@ impl Metrics {
             self.synced_standbys.clone(),
         );
         self.add("walbox_oldest_unconfirmed_age_seconds", "Age of the oldest event published and not yet confirmed (keeps growing while retrying it)", self.oldest_unconfirmed_age.clone());
-        self.add("walbox_state", "1 for the relay's current state: starting, streaming, standing_by, reconnecting, halted (on a poison event), stopping", self.state.clone());
+        self.add("walbox_state", "1 for the relay's current state: starting, backfilling (the cut-over backfill), streaming, standing_by, reconnecting, halted (on a poison event), stopping", self.state.clone());
         self.add(
             "walbox_stream_stored_lsn",
             "--target stream: the commit LSN of the last event the stream had stored for walbox's producer when the session started (its publishing id, decoded)",
@@ -224,6 +230,21 @@ impl Metrics {
             "walbox_stream_deduplicated_total",
             "--target stream: events republished after a restart at or below the stream's stored publishing id, which the broker drops as duplicates",
             self.stream_deduplicated.clone(),
+        );
+        self.add(
+            "walbox_backfill_running",
+            "1 while the cut-over backfill sends the rows already in the table (the live relay starts after it)",
+            self.backfill_running.clone(),
+        );
+        self.add(
+            "walbox_backfill_rows_expected",
+            "Rows the cut-over backfill sends in all: those confirmed by earlier attempts plus those this attempt selected",
+            self.backfill_rows_expected.clone(),
+        );
+        self.add(
+            "walbox_backfill_rows_confirmed",
+            "Rows of the cut-over backfill the broker confirmed so far, earlier attempts included",
+            self.backfill_rows_confirmed.clone(),
         );
         self.add(
             "walbox_build_info",
@@ -331,6 +352,24 @@ impl Metrics {
 
     pub(crate) fn received(&self, lsn: Lsn) {
         self.received_lsn.set(lsn_value(lsn));
+    }
+
+    /// The cut-over backfill starts an attempt: `expected` rows in all, `confirmed` of them
+    /// by earlier attempts.
+    pub(crate) fn backfill_started(&self, expected: i64, confirmed: i64) {
+        self.backfill_running.set(1);
+        self.backfill_rows_expected.set(expected);
+        self.backfill_rows_confirmed.set(confirmed);
+    }
+
+    /// The broker confirmed one more backfilled row.
+    pub(crate) fn backfill_confirmed(&self) {
+        self.backfill_rows_confirmed.inc();
+    }
+
+    /// The backfill's attempt ended (done, stopped or failed).
+    pub(crate) fn backfill_ended(&self) {
+        self.backfill_running.set(0);
     }
 
     pub(crate) fn flushed(&self, lsn: Lsn) {

@@ -163,3 +163,112 @@ async fn cap_consumer_gets_the_value_and_its_cap_headers() {
     drop(consumer);
     drop(objects);
 }
+
+/// CAP's published table as its storage writes it: rows in every StatusName CAP stores
+/// (src/DotNetCore.CAP/Internal/StatusName.cs and the Delayed/Queued states of delayed
+/// publishing), the sender's ChangeMessageStateAsync after a failed try (Retries + 1, Failed)
+/// and after success (Succeeded).
+struct Cap {
+    name: String,
+}
+
+impl Framework for Cap {
+    fn ddl(&self) -> &'static str {
+        CAP_DDL
+    }
+    fn table(&self) -> &'static str {
+        r#""cap"."published""#
+    }
+    fn record_table(&self) -> &'static str {
+        r#""cap"."walbox_backfill""#
+    }
+    fn id_column(&self) -> &'static str {
+        r#""Id""#
+    }
+    fn created_column(&self) -> &'static str {
+        r#""Added""#
+    }
+    fn states(&self) -> &'static [(&'static str, bool)] {
+        &[
+            ("Scheduled", false),
+            ("Succeeded", true),
+            ("Failed", false),
+            ("Delayed", false),
+            ("Queued", false),
+        ]
+    }
+    async fn insert(
+        &self,
+        db: &tokio_postgres::Client,
+        n: i64,
+        state: usize,
+        age_ms: i32,
+    ) -> String {
+        let id = 7_345_123_456_789_000_000 + n;
+        let content = cap_content(id, &self.name, "OrderCreated", &json!({"OrderId": n}));
+        db.query_one(
+            "INSERT INTO \"cap\".\"published\" (\"Id\",\"Version\",\"Name\",\"Content\",\
+             \"Retries\",\"Added\",\"ExpiresAt\",\"StatusName\") VALUES($1,'v1',$2,$3,0,\
+             localtimestamp - ($4::int * interval '1 ms'),NULL,$5) RETURNING \"Id\"::text",
+            &[&id, &self.name, &content, &age_ms, &self.states()[state].0],
+        )
+        .await
+        .expect("insert as CAP")
+        .get(0)
+    }
+    fn publish_steps(&self) -> &'static [(&'static str, bool)] {
+        &[
+            (
+                "UPDATE \"cap\".\"published\" SET \"Retries\" = \"Retries\" + 1, \
+                 \"StatusName\" = 'Failed' WHERE \"Id\" = $1::text::bigint",
+                false,
+            ),
+            (
+                "UPDATE \"cap\".\"published\" SET \"ExpiresAt\" = localtimestamp + interval \
+                 '1 day', \"StatusName\" = 'Succeeded' WHERE \"Id\" = $1::text::bigint",
+                true,
+            ),
+        ]
+    }
+    fn walbox_args(&self, env: &TestEnv) -> Vec<String> {
+        // The preset names the table (cap.published) and its predicate.
+        let mut args = preset_args(env);
+        args.extend(["--preset".to_owned(), "cap".to_owned()]);
+        args
+    }
+}
+
+#[tokio::test]
+async fn cap_cut_over_sends_the_unpublished_rows_once_then_the_new_ones() {
+    let mut env = TestEnv::new("fw_cap_cutover").await;
+    let mut objects = BrokerObjects::new();
+    let exchange = "cap.default.router";
+    declare_exchange(
+        &env.channel,
+        &mut objects,
+        exchange,
+        ExchangeKind::Topic,
+        true,
+        false,
+    )
+    .await;
+    let name = format!("{}.order.created", env.name);
+    let queue = format!("cap.queue.{}.v1", env.name);
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare_queue(
+        &env.channel,
+        &mut objects,
+        &queue,
+        durable,
+        FieldTable::default(),
+    )
+    .await;
+    bind_queue(&env.channel, &queue, exchange, &name).await;
+    let mut consumer = consume(&env.channel, &queue).await;
+    cut_over_scene(&mut env, &Cap { name }, &mut consumer).await;
+    drop(consumer);
+    drop(objects);
+}

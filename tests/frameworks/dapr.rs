@@ -199,3 +199,114 @@ async fn assert_subscriber_can_read(env: &TestEnv, delivery: &Delivery, sent: &M
         assert!(is_timestamp(env, time).await, "time {time}");
     }
 }
+
+/// MASA's IntegrationEventLog as IntegrationEventLogService writes it: rows in every
+/// IntegrationEventStates state (NotPublished 0, InProgress 1, Published 2, PublishedFailed 3),
+/// UpdateEventStatus writing InProgress (TimesSent + 1) and then Published, with a new
+/// ModificationTime and RowVersion each time.
+struct Masa {
+    topic: String,
+}
+
+impl Framework for Masa {
+    fn ddl(&self) -> &'static str {
+        MASA_DDL
+    }
+    fn table(&self) -> &'static str {
+        r#""IntegrationEventLog""#
+    }
+    fn id_column(&self) -> &'static str {
+        r#""EventId""#
+    }
+    fn created_column(&self) -> &'static str {
+        r#""CreationTime""#
+    }
+    fn states(&self) -> &'static [(&'static str, bool)] {
+        &[
+            ("NotPublished", false),
+            ("InProgress", false),
+            ("Published", true),
+            ("PublishedFailed", false),
+        ]
+    }
+    async fn insert(
+        &self,
+        db: &tokio_postgres::Client,
+        n: i64,
+        state: usize,
+        age_ms: i32,
+    ) -> String {
+        let content = json!({"EvenCreateTime": "2026-12-02T10:31:05.123Z", "Topic": self.topic, "OrderId": n})
+            .to_string();
+        db.query_one(
+            "INSERT INTO \"IntegrationEventLog\" (\"Id\", \"Content\", \"CreationTime\", \
+             \"EventId\", \"EventTypeName\", \"ExpandContent\", \"ModificationTime\", \
+             \"RowVersion\", \"State\", \"TimesSent\", \"TransactionId\") VALUES \
+             (gen_random_uuid(), $1, now() - ($2::int * interval '1 ms'), gen_random_uuid(), \
+             'Masa.Demo.Ordering.OrderPaidIntegrationEvent', '', now(), gen_random_uuid()::text, \
+             $3, 0, gen_random_uuid()) RETURNING \"EventId\"::text",
+            &[&content, &age_ms, &(state as i32)],
+        )
+        .await
+        .expect("insert as MASA")
+        .get(0)
+    }
+    fn publish_steps(&self) -> &'static [(&'static str, bool)] {
+        &[
+            (
+                "UPDATE \"IntegrationEventLog\" SET \"ModificationTime\" = now(), \
+                 \"RowVersion\" = gen_random_uuid()::text, \"State\" = 1, \
+                 \"TimesSent\" = \"TimesSent\" + 1 WHERE \"EventId\" = $1::text::uuid",
+                false,
+            ),
+            (
+                "UPDATE \"IntegrationEventLog\" SET \"ModificationTime\" = now(), \
+                 \"RowVersion\" = gen_random_uuid()::text, \"State\" = 2 \
+                 WHERE \"EventId\" = $1::text::uuid",
+                true,
+            ),
+        ]
+    }
+    fn walbox_args(&self, env: &TestEnv) -> Vec<String> {
+        // The preset names the table (public.IntegrationEventLog) and its predicate.
+        let mut args = preset_args(env);
+        args.extend(["--preset".to_owned(), "dapr".to_owned()]);
+        args
+    }
+}
+
+#[tokio::test]
+async fn masa_cut_over_sends_the_unpublished_rows_once_then_the_new_ones() {
+    let mut env = TestEnv::new("fw_masa_cutover").await;
+    let mut objects = BrokerObjects::new();
+    let topic = format!("{}.paid", env.name);
+    let channel = &env.channel;
+    declare_exchange(
+        channel,
+        &mut objects,
+        &topic,
+        ExchangeKind::Fanout,
+        true,
+        true,
+    )
+    .await;
+    let queue = format!("{}-{topic}", env.name);
+    let options = QueueDeclareOptions {
+        durable: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    declare_queue(
+        channel,
+        &mut objects,
+        &queue,
+        options,
+        FieldTable::default(),
+    )
+    .await;
+    bind_queue(channel, &queue, &topic, "").await;
+    let mut consumer = consume(channel, &queue).await;
+    cut_over_scene(&mut env, &Masa { topic }, &mut consumer).await;
+    drop(consumer);
+    drop(objects);
+}

@@ -77,3 +77,77 @@ async fn ef_core_outbox_messages_reach_a_home_grown_envelope_consumer() {
     let envelope = body_json(delivery);
     assert_eq!(envelope, json!({"Id": id, "Content": content}));
 }
+
+/// The EF Core pattern's OutboxMessages as its interceptor and job write them: unprocessed
+/// rows (ProcessedOnUtc NULL), processed ones, and processed with an Error (the job sets
+/// ProcessedOnUtc either way); the job marking a row processed.
+struct OutboxMessages;
+
+impl Framework for OutboxMessages {
+    fn ddl(&self) -> &'static str {
+        OUTBOX_MESSAGES_DDL
+    }
+    fn table(&self) -> &'static str {
+        r#""OutboxMessages""#
+    }
+    fn id_column(&self) -> &'static str {
+        r#""Id""#
+    }
+    fn created_column(&self) -> &'static str {
+        r#""OccurredOnUtc""#
+    }
+    fn states(&self) -> &'static [(&'static str, bool)] {
+        &[
+            ("unprocessed", false),
+            ("processed", true),
+            ("failed", true),
+        ]
+    }
+    async fn insert(
+        &self,
+        db: &tokio_postgres::Client,
+        n: i64,
+        state: usize,
+        age_ms: i32,
+    ) -> String {
+        let content = format!(r#"{{"$type":"Shop.Events.Registered, Shop","N":{n}}}"#);
+        db.query_one(
+            "INSERT INTO \"OutboxMessages\" (\"Id\", \"Content\", \"Error\", \"OccurredOnUtc\", \
+             \"ProcessedOnUtc\", \"Type\") VALUES (gen_random_uuid(), $1, \
+             CASE WHEN $2 = 2 THEN 'Timeout' END, now() - ($3::int * interval '1 ms'), \
+             CASE WHEN $2 > 0 THEN now() END, 'Registered') RETURNING \"Id\"::text",
+            &[&content, &(state as i32), &age_ms],
+        )
+        .await
+        .expect("insert as the interceptor")
+        .get(0)
+    }
+    fn publish_steps(&self) -> &'static [(&'static str, bool)] {
+        &[(
+            "UPDATE \"OutboxMessages\" SET \"ProcessedOnUtc\" = now() WHERE \"Id\" = $1::text::uuid",
+            true,
+        )]
+    }
+    fn walbox_args(&self, env: &TestEnv) -> Vec<String> {
+        let mut args = env.args();
+        args.extend(
+            [
+                "--columns",
+                "outbox-messages",
+                "--table",
+                "public.OutboxMessages",
+                "--routing-key",
+                "outbox.message",
+            ]
+            .map(str::to_owned),
+        );
+        args
+    }
+}
+
+#[tokio::test]
+async fn ef_core_cut_over_sends_the_unprocessed_rows_once_then_the_new_ones() {
+    let mut env = TestEnv::new("fw_efcore_cutover").await;
+    let mut consumer = env.queue("cutover", "outbox.message").await;
+    cut_over_scene(&mut env, &OutboxMessages, &mut consumer).await;
+}

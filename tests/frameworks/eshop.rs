@@ -137,3 +137,110 @@ async fn eshop_consumer_gets_content_on_the_short_type_name() {
     drop(consumer);
     drop(objects);
 }
+
+/// eShop's IntegrationEventLog, as IntegrationEventLogService writes it: rows in every
+/// EventStateEnum state (src/IntegrationEventLogEF/EventStateEnum.cs: NotPublished 0,
+/// InProgress 1, Published 2, PublishedFailed 3), the publisher's UpdateEventStatus moving a row
+/// to InProgress (TimesSent + 1) and then Published.
+struct Eshop {
+    type_name: String,
+}
+
+impl Framework for Eshop {
+    fn ddl(&self) -> &'static str {
+        ESHOP_DDL
+    }
+    fn table(&self) -> &'static str {
+        r#""IntegrationEventLog""#
+    }
+    fn id_column(&self) -> &'static str {
+        r#""EventId""#
+    }
+    fn created_column(&self) -> &'static str {
+        r#""CreationTime""#
+    }
+    fn states(&self) -> &'static [(&'static str, bool)] {
+        &[
+            ("NotPublished", false),
+            ("InProgress", false),
+            ("Published", true),
+            ("PublishedFailed", false),
+        ]
+    }
+    async fn insert(
+        &self,
+        db: &tokio_postgres::Client,
+        n: i64,
+        state: usize,
+        age_ms: i32,
+    ) -> String {
+        let content = format!("{{\n  \"OrderId\": {n},\n  \"Id\": \"{n}\"\n}}");
+        db.query_one(
+            "INSERT INTO \"IntegrationEventLog\" (\"EventId\", \"Content\", \"CreationTime\", \
+             \"EventTypeName\", \"State\", \"TimesSent\", \"TransactionId\") VALUES \
+             (gen_random_uuid(), $1, now() - ($2::int * interval '1 ms'), $3, $4, 0, \
+             gen_random_uuid()) RETURNING \"EventId\"::text",
+            &[&content, &age_ms, &self.type_name, &(state as i32)],
+        )
+        .await
+        .expect("insert as eShop")
+        .get(0)
+    }
+    fn publish_steps(&self) -> &'static [(&'static str, bool)] {
+        &[
+            (
+                "UPDATE \"IntegrationEventLog\" SET \"State\" = 1, \"TimesSent\" = \"TimesSent\" + 1 \
+                 WHERE \"EventId\" = $1::text::uuid",
+                false,
+            ),
+            (
+                "UPDATE \"IntegrationEventLog\" SET \"State\" = 2 WHERE \"EventId\" = $1::text::uuid",
+                true,
+            ),
+        ]
+    }
+    fn walbox_args(&self, env: &TestEnv) -> Vec<String> {
+        // The preset names the table (public.IntegrationEventLog) and its predicate.
+        let mut args = preset_args(env);
+        args.extend(["--preset".to_owned(), "eshop".to_owned()]);
+        args
+    }
+}
+
+#[tokio::test]
+async fn eshop_cut_over_sends_the_unpublished_rows_once_then_the_new_ones() {
+    let mut env = TestEnv::new("fw_eshop_cutover").await;
+    let mut objects = BrokerObjects::new();
+    let exchange = "eshop_event_bus";
+    declare_exchange(
+        &env.channel,
+        &mut objects,
+        exchange,
+        ExchangeKind::Direct,
+        false,
+        false,
+    )
+    .await;
+    let short = format!("CutOver{}IntegrationEvent", env.name);
+    let queue = format!("{}_Ordering", env.name);
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare_queue(
+        &env.channel,
+        &mut objects,
+        &queue,
+        durable,
+        FieldTable::default(),
+    )
+    .await;
+    bind_queue(&env.channel, &queue, exchange, &short).await;
+    let mut consumer = consume(&env.channel, &queue).await;
+    let framework = Eshop {
+        type_name: format!("eShop.Ordering.API.Application.IntegrationEvents.Events.{short}"),
+    };
+    cut_over_scene(&mut env, &framework, &mut consumer).await;
+    drop(consumer);
+    drop(objects);
+}

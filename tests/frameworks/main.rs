@@ -15,6 +15,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod cutover;
 mod scene;
 
 mod cap;
@@ -31,6 +32,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use cutover::*;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
