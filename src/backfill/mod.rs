@@ -172,15 +172,22 @@ struct Work<'a> {
 }
 
 impl Work<'_> {
-    /// Wait for `work` (a server-side step that can take long on a big table: waiting for the
-    /// slot's consistent point, counting, sorting), proving the loop turns meanwhile.
-    async fn beating<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+    /// Wait for `work` (a step that can take long: waiting for the slot's consistent point,
+    /// counting and sorting a big table, a broker node that does not answer), proving the loop
+    /// turns meanwhile. None when a stop is asked for first: nothing was sent in this attempt
+    /// yet, and the record says what the next start does.
+    async fn beating<T>(
+        &self,
+        shutdown: &mut Shutdown,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<Option<T>> {
         tokio::pin!(work);
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                done = &mut work => return done,
+                done = &mut work => return done.map(Some),
                 _ = heartbeat.tick() => self.telemetry.health.beat(),
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
             }
         }
     }
@@ -217,11 +224,10 @@ impl Work<'_> {
         // Written before the slot exists: from the moment it does, a start finds the record.
         self.records.begin(slot, predicate).await?;
         let version = control.server_version_num().await?;
-        let exported = self
-            .beating(crate::source::create_slot_exporting_snapshot(
-                config, version,
-            ))
-            .await?;
+        let exporting = crate::source::create_slot_exporting_snapshot(config, version);
+        let Some(exported) = self.beating(shutdown, exporting).await? else {
+            return Ok(Phase::Stopped);
+        };
         let consistent = exported.consistent_point;
         info!(%slot, consistent_point = %consistent, "created replication slot; its exported snapshot holds the rows committed before the consistent point, the slot streams the rest");
         let reader = Reader::open(config, Some(&exported.snapshot)).await?;
@@ -237,8 +243,10 @@ impl Work<'_> {
             key: &key,
             selection: &selection,
         };
-        let expected = self.beating(reader.count(&query)).await?;
-        let end_key = self.beating(reader.last_key(&query)).await?;
+        let counted = async { Ok((reader.count(&query).await?, reader.last_key(&query).await?)) };
+        let Some((expected, end_key)) = self.beating(shutdown, counted).await? else {
+            return Ok(Phase::Stopped);
+        };
         let snapshot = reader.snapshot().await?;
         self.records
             .sending(
@@ -279,7 +287,9 @@ impl Work<'_> {
             key: &key,
             selection: &selection,
         };
-        let remaining = self.beating(reader.count(&query)).await?;
+        let Some(remaining) = self.beating(shutdown, reader.count(&query)).await? else {
+            return Ok(Phase::Stopped);
+        };
         let before = record.rows_confirmed;
         match (&record.last_key, &record.end_key) {
             (Some(after), _) => {
@@ -315,7 +325,12 @@ impl Work<'_> {
         shutdown: &mut Shutdown,
     ) -> Result<Phase> {
         let (config, slot, telemetry) = (self.config, self.config.slot.as_str(), self.telemetry);
-        let publisher = AmqpPublisher::connect(config).await?;
+        let Some(publisher) = self
+            .beating(shutdown, AmqpPublisher::connect(config))
+            .await?
+        else {
+            return Ok(Phase::Stopped);
+        };
         telemetry.health.set_state(RelayState::Backfilling);
         telemetry.metrics.backfill_started(expected, before);
         let began = Instant::now();
@@ -342,7 +357,7 @@ impl Work<'_> {
                 .progress(slot, key, before + done.rows_confirmed)
                 .await?;
         }
-        publisher.close().await;
+        close(publisher).await;
         match end? {
             End::Finished => {
                 self.records.done(slot).await?;
@@ -356,6 +371,20 @@ impl Work<'_> {
         }
     }
 }
+
+/// Close the broker connection, waiting at most [`CLOSING`]: a broker that blocks publishers
+/// (a memory alarm) answers no close either.
+async fn close(publisher: AmqpPublisher) {
+    if tokio::time::timeout(CLOSING, publisher.close())
+        .await
+        .is_err()
+    {
+        warn!("the broker connection did not close in time; leaving it");
+    }
+}
+
+/// How long closing the broker connection may take after the backfill stopped.
+const CLOSING: Duration = Duration::from_secs(3);
 
 /// The relay's end, checked against the reading task: rows that stopped coming because the
 /// read failed are a failure, not the end of the table.

@@ -79,7 +79,16 @@ impl<P: Publisher> Relay<'_, P> {
             while in_flight.len() < self.max_in_flight
                 && let Some(row) = pending.pop_front()
             {
-                in_flight.push_back(self.publish(row, &mut routing_key).await?);
+                // A blocked broker can hold a publish: a stop ends the wait (the row was not
+                // confirmed, so the next attempt sends it).
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => {
+                        self.drain(in_flight, grace).await;
+                        return Ok(End::Stopped);
+                    }
+                    published = self.publish(row, &mut routing_key) => in_flight.push_back(published?),
+                }
             }
             if !reading && pending.is_empty() && in_flight.is_empty() {
                 return Ok(End::Finished);

@@ -354,6 +354,8 @@ impl OutboxShape {
             Field::EventType => self.event_type.as_ref(),
             Field::Headers => self.headers.as_ref(),
             Field::Payload => Some(&self.payload.source),
+            Field::Traceparent => self.traceparent.as_ref(),
+            Field::Tracestate => self.tracestate.as_ref(),
             Field::Exchange => return self.exchange_column,
         }?;
         source.path.is_empty().then_some(source.index)
