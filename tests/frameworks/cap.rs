@@ -41,6 +41,7 @@ fn cap_content(id: i64, name: &str, type_name: &str, value: &Value) -> String {
 
 #[tokio::test]
 async fn cap_consumer_gets_the_value_and_its_cap_headers() {
+    let _exchange = exclusive("cap.default.router").await;
     let mut env = TestEnv::new("fw_cap").await;
     let mut objects = BrokerObjects::new();
     env.db.batch_execute(CAP_DDL).await.expect("CAP tables");
@@ -240,6 +241,7 @@ impl Framework for Cap {
 
 #[tokio::test]
 async fn cap_cut_over_sends_the_unpublished_rows_once_then_the_new_ones() {
+    let _exchange = exclusive("cap.default.router").await;
     let mut env = TestEnv::new("fw_cap_cutover").await;
     let mut objects = BrokerObjects::new();
     let exchange = "cap.default.router";

@@ -20,6 +20,7 @@ CREATE TABLE "IntegrationEventLog" (
 
 #[tokio::test]
 async fn eshop_consumer_gets_content_on_the_short_type_name() {
+    let _exchange = exclusive("eshop_event_bus").await;
     let mut env = TestEnv::new("fw_eshop").await;
     let mut objects = BrokerObjects::new();
     env.db.batch_execute(ESHOP_DDL).await.expect("eShop table");
@@ -209,6 +210,7 @@ impl Framework for Eshop {
 
 #[tokio::test]
 async fn eshop_cut_over_sends_the_unpublished_rows_once_then_the_new_ones() {
+    let _exchange = exclusive("eshop_event_bus").await;
     let mut env = TestEnv::new("fw_eshop_cutover").await;
     let mut objects = BrokerObjects::new();
     let exchange = "eshop_event_bus";

@@ -272,3 +272,20 @@ pub(crate) async fn is_timestamp(env: &TestEnv, text: &str) -> bool {
             .await
             .is_ok()
 }
+
+/// Hold the framework's fixed-name exchange (`cap.default.router`, `eshop_event_bus`) for one
+/// test at a time: every test of that framework declares it and deletes it when it ends, which
+/// would remove another running test's bindings. Take it before declaring anything; the guard,
+/// dropped last, outlives the test's [`BrokerObjects`].
+pub(crate) async fn exclusive(exchange: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    static LOCKS: std::sync::Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let lock = std::sync::Arc::clone(
+        LOCKS
+            .lock()
+            .unwrap()
+            .entry(exchange.to_owned())
+            .or_default(),
+    );
+    lock.lock_owned().await
+}
