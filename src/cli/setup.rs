@@ -70,6 +70,21 @@ pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) ->
     let publisher = AmqpPublisher::connect(config).await?;
     publisher.close().await;
     let node = AmqpPublisher::node(config);
+    if let Some(alternate) = config.unroutable.alternate_exchange() {
+        match config.exchange_spec.mode {
+            DeclareMode::Declare => println!(
+                "alternate exchange {alternate}: declared (fanout, durable) with queue \
+                 {alternate} bound, for events no queue takes"
+            ),
+            DeclareMode::Passive => {
+                println!("alternate exchange {alternate}: exists (passive check)")
+            }
+            DeclareMode::None => println!(
+                "alternate exchange {alternate}: not declared (--exchange-declare none); the \
+                 exchanges need it set by a policy"
+            ),
+        }
+    }
     let mapping = &config.mapping;
     let spec = config.exchange_spec;
     match (mapping.exchange.as_constant(), spec.mode) {

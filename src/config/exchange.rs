@@ -75,3 +75,51 @@ impl fmt::Display for ExchangeSpec {
         Ok(())
     }
 }
+
+/// `--unroutable`: what walbox does with an event the broker returns because no queue is bound
+/// for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnroutableMode {
+    /// Retry it until a queue takes it; the slot waits before it.
+    Hold,
+    /// Count it and go on, as publish/subscribe frameworks do.
+    Drop,
+    /// Declare the exchanges with an alternate exchange that takes it.
+    AlternateExchange,
+}
+
+impl UnroutableMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnroutableMode::Hold => "hold",
+            UnroutableMode::Drop => "drop",
+            UnroutableMode::AlternateExchange => "alternate-exchange",
+        }
+    }
+}
+
+/// What walbox does with an event the broker returns as unroutable, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unroutable {
+    /// Hold it and retry until a queue is bound: walbox's default for its own table, where a
+    /// missing queue is a mistake to wait out.
+    Hold,
+    /// Count it and go on: nobody subscribes to that event (yet), and the framework whose
+    /// conventions walbox follows would have published it without `mandatory` for the broker
+    /// to drop.
+    Drop,
+    /// The events' exchanges are declared with this alternate exchange, where the broker sends
+    /// what no queue takes: nothing is dropped and nothing held. A return then means the
+    /// alternate exchange routed it nowhere either, and the event is held.
+    AlternateExchange(String),
+}
+
+impl Unroutable {
+    /// The alternate exchange the events' exchanges are declared with, if any.
+    pub fn alternate_exchange(&self) -> Option<&str> {
+        match self {
+            Unroutable::AlternateExchange(name) => Some(name),
+            Unroutable::Hold | Unroutable::Drop => None,
+        }
+    }
+}

@@ -12,7 +12,7 @@ use amq_protocol::types::ShortString;
 use clap::Args;
 
 use super::ConfigError;
-pub use super::exchange::{DeclareMode, ExchangeSpec, Kind};
+pub use super::exchange::{DeclareMode, ExchangeSpec, Kind, Unroutable, UnroutableMode};
 use super::preset::Preset;
 use crate::encode::Encoding;
 use crate::outbox::{ColumnMap, Mapping, Template};
@@ -86,7 +86,18 @@ pub struct MappingArgs {
     /// Leave out walbox's own headers (x-aggregate-type, x-aggregate-id, x-commit-lsn, x-xid).
     #[arg(long, env = "WALBOX_NO_WALBOX_HEADERS")]
     pub no_walbox_headers: bool,
+
+    /// An event no queue takes (the broker returns it): hold (retry it until a queue is bound; the slot waits), drop (count it and go on, as publish/subscribe frameworks do), alternate-exchange (the exchanges are declared with --alternate-exchange, which takes it). Default: hold; the framework presets drop.
+    #[arg(long, env = "WALBOX_UNROUTABLE", value_enum)]
+    pub unroutable: Option<UnroutableMode>,
+
+    /// With --unroutable alternate-exchange: the exchange events no queue takes go to, declared fanout and durable with a durable queue of the same name bound to it. Default: walbox.unroutable.
+    #[arg(long, env = "WALBOX_ALTERNATE_EXCHANGE")]
+    pub alternate_exchange: Option<String>,
 }
+
+/// The alternate exchange's name when `--alternate-exchange` is not given.
+const DEFAULT_ALTERNATE_EXCHANGE: &str = "walbox.unroutable";
 
 /// Built-in defaults of the settings a preset may set.
 const DEFAULTS: &[(&str, &str)] = &[
@@ -102,6 +113,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("body", "raw"),
     ("ce-source", "walbox"),
     ("ce-type", "{event_type}"),
+    ("unroutable", "hold"),
 ];
 
 /// Where a setting's value came from.
@@ -133,6 +145,7 @@ impl MappingArgs {
             "body" => self.body.map(|body| body.name().to_owned()),
             "ce-source" => text(&self.ce_source),
             "ce-type" => text(&self.ce_type),
+            "unroutable" => self.unroutable.map(|mode| mode.name().to_owned()),
             _ => None,
         }
     }
@@ -197,6 +210,30 @@ impl MappingArgs {
             auto_delete: parse_bool("exchange-auto-delete", &value("exchange-auto-delete"))?,
             mode: parse_enum("exchange-declare", &value("exchange-declare"))?,
         })
+    }
+
+    /// What happens to an event the broker returns as unroutable (`--unroutable`,
+    /// `--alternate-exchange`).
+    pub fn unroutable(&self) -> Result<Unroutable, ConfigError> {
+        let mode: UnroutableMode = parse_enum("unroutable", &self.resolve("unroutable").0)?;
+        match (mode, self.alternate_exchange.as_deref()) {
+            (UnroutableMode::Hold, None) => Ok(Unroutable::Hold),
+            (UnroutableMode::Drop, None) => Ok(Unroutable::Drop),
+            (UnroutableMode::AlternateExchange, name) => {
+                let name = name.unwrap_or(DEFAULT_ALTERNATE_EXCHANGE);
+                if name.is_empty() || name.len() > 255 {
+                    return Err(ConfigError(
+                        "--alternate-exchange must be 1 to 255 bytes long".into(),
+                    ));
+                }
+                Ok(Unroutable::AlternateExchange(name.to_owned()))
+            }
+            (other, Some(_)) => Err(ConfigError(format!(
+                "--alternate-exchange is used with --unroutable alternate-exchange only, not \
+                 --unroutable {}",
+                other.name()
+            ))),
+        }
     }
 
     /// What rows become on the wire.

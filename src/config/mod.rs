@@ -33,7 +33,7 @@ pub use args::{
     ResendArgs, RunArgs, SetupArgs, StatusArgs, StreamDeclare, TargetKind, version,
 };
 pub(crate) use backfill::{BackfillConfig, ResendConfig};
-pub use exchange::{DeclareMode, ExchangeSpec, Kind};
+pub use exchange::{DeclareMode, ExchangeSpec, Kind, Unroutable, UnroutableMode};
 pub use mapping::MappingArgs;
 pub(crate) use names::{Identifier, TableName, bookmark_name, copy_name};
 pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};

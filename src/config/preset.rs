@@ -51,6 +51,9 @@ impl Preset {
             // key = message name; its consumer needs the cap-msg-* headers it stored with the
             // message in Content.
             // CAP's PostgreSQL storage creates "published" in schema "cap" (its default).
+            // Unroutable: dropped. CAP publishes with mandatory=false
+            // (src/DotNetCore.CAP.RabbitMQ/ITransport.RabbitMQ.cs, BasicPublishAsync(_exchange,
+            // message.GetName(), false, ...)), so the broker drops what no queue takes.
             Preset::Cap => &[
                 ("table", "cap.published"),
                 ("columns", "cap"),
@@ -60,7 +63,12 @@ impl Preset {
                 ("exchange-auto-delete", "false"),
                 ("routing-key", "{event_type}"),
                 ("body", "raw"),
+                ("unroutable", "drop"),
             ],
+            // Unroutable: dropped. MassTransit publishes with mandatory only when the sender
+            // asks for it: `Mandatory` defaults to false (src/MassTransit/Contexts/Context/
+            // MessageSendContext.cs) and is what RabbitMqSendTransportContext.cs passes to
+            // BasicPublishAsync (src/Transports/MassTransit.RabbitMqTransport/RabbitMqTransport/).
             Preset::MassTransit => &[
                 ("exchange", MASSTRANSIT_EXCHANGE),
                 ("exchange-kind", "fanout"),
@@ -68,7 +76,12 @@ impl Preset {
                 ("exchange-auto-delete", "false"),
                 ("routing-key", ""),
                 ("body", "masstransit"),
+                ("unroutable", "drop"),
             ],
+            // Unroutable: dropped. NServiceBus.RabbitMQ publishes events with mandatory=false
+            // (src/NServiceBus.Transport.RabbitMQ/Routing/ConventionalRoutingTopology.cs,
+            // Publish: BasicPublishAsync(exchangeNameConvention(type), string.Empty, false, ...));
+            // only Send (commands to a queue) is mandatory.
             Preset::NServiceBus => &[
                 ("exchange", NSERVICEBUS_EXCHANGE),
                 ("exchange-kind", "fanout"),
@@ -81,11 +94,16 @@ impl Preset {
                 ("header", "NServiceBus.MessageId={id}"),
                 ("header", "NServiceBus.ContentType=application/json"),
                 ("header", "NServiceBus.MessageIntent=Publish"),
+                ("unroutable", "drop"),
             ],
             // eShopOnContainers' EventBusRabbitMQ: direct exchange eshop_event_bus, declared
             // non-durable; routing key = the event's short type name; body = Content.
             // The entity's table is "IntegrationEventLog" in the DbContext's schema (public
             // unless the service sets another, e.g. Ordering's `ordering`).
+            // Unroutable: dropped. eShop publishes with mandatory: true but registers no
+            // basic.return handler and disposes the channel right after publishing
+            // (src/EventBusRabbitMQ/RabbitMQEventBus.cs, PublishAsync): a returned event is
+            // never seen, so in effect the broker drops it.
             Preset::Eshop => &[
                 ("table", "public.IntegrationEventLog"),
                 ("columns", "eshop"),
@@ -95,10 +113,14 @@ impl Preset {
                 ("exchange-auto-delete", "false"),
                 ("routing-key", "{event_type|short}"),
                 ("body", "raw"),
+                ("unroutable", "drop"),
             ],
             // Dapr's RabbitMQ pub/sub: a fanout exchange per topic, declared durable and
             // auto-delete; CloudEvents structured JSON bodies (its subscriber does not read
             // binary mode). MASA keeps the topic in the event's own `Topic` property.
+            // Unroutable: dropped. Dapr's component publishes with mandatory=false
+            // (dapr/components-contrib pubsub/rabbitmq/rabbitmq.go, publishSync:
+            // PublishWithDeferredConfirmWithContext(ctx, req.Topic, routingKey, false, false, p)).
             Preset::Dapr => &[
                 ("table", "public.IntegrationEventLog"),
                 ("columns", "masa"),
@@ -108,7 +130,9 @@ impl Preset {
                 ("exchange-auto-delete", "true"),
                 ("routing-key", ""),
                 ("body", "cloudevents"),
+                ("unroutable", "drop"),
             ],
+            // Not a framework: walbox's own default (hold) stays.
             Preset::CloudEvents => &[("body", "cloudevents")],
         }
     }

@@ -11,7 +11,7 @@ use super::amqp_urls::AmqpUrls;
 use super::args::{CommonArgs, ReplayArgs, RunArgs};
 use super::args::{StreamDeclare, TargetKind};
 use super::backfill::{BackfillArgs, BackfillConfig};
-use super::mapping::ExchangeSpec;
+use super::mapping::{ExchangeSpec, Unroutable};
 use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
 use super::postgres::{self, PostgresTls};
 use super::replay::{ReplayConfig, ReplayWindow};
@@ -39,6 +39,8 @@ pub(crate) struct Config {
     pub(crate) mapping: Mapping,
     /// How the exchange is declared.
     pub(crate) exchange_spec: ExchangeSpec,
+    /// What happens to an event the broker returns as unroutable.
+    pub(crate) unroutable: Unroutable,
     pub(crate) max_in_flight: usize,
     /// `--target stream`: where events go instead of an exchange.
     pub(crate) stream: Option<StreamTarget>,
@@ -100,6 +102,7 @@ impl Config {
         }
         let mut mapping = args.mapping.mapping()?;
         let exchange_spec = args.mapping.exchange_spec()?;
+        let unroutable = args.mapping.unroutable()?;
         if args.super_stream.is_none()
             && (args.partition_key.is_some() || args.partition_key_header.is_some())
         {
@@ -159,6 +162,7 @@ impl Config {
             table: TableName::parse(&args.mapping.table())?,
             mapping,
             exchange_spec,
+            unroutable,
             max_in_flight: args.max_in_flight as usize,
             stream,
         })

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::publish::Publisher;
-use crate::publish::confirm::track;
+use crate::publish::confirm::{Tracking, track};
 use crate::source::Change;
 use crate::telemetry::{Side, Telemetry};
 use crate::watermark::Watermark;
@@ -118,10 +118,13 @@ impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
         let (pending_tx, pending_rx) = mpsc::channel(config.max_in_flight.max(64));
         let tracker = tokio::spawn(track(
             pending_rx,
-            Watermark::new(from),
-            flush_tx,
-            Arc::clone(&window),
-            Arc::clone(telemetry),
+            Tracking {
+                watermark: Watermark::new(from),
+                flush: flush_tx,
+                window: Arc::clone(&window),
+                unroutable: config.unroutable.clone(),
+                telemetry: Arc::clone(telemetry),
+            },
         ));
         let stream = Stream::new(config, publisher, pending_tx, window, replaying, telemetry);
         Session {

@@ -25,7 +25,12 @@ use crate::source::Change;
 use crate::telemetry::Telemetry;
 
 fn config() -> Config {
-    let Command::Run(run) = Cli::try_parse_from(["walbox", "run"]).unwrap().command else {
+    config_with(&[])
+}
+
+fn config_with(flags: &[&str]) -> Config {
+    let argv = ["walbox", "run"].iter().chain(flags);
+    let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else {
         unreachable!()
     };
     Config::from_args(&run.common).unwrap()
@@ -61,6 +66,8 @@ struct Script {
     broker: Broker,
     acknowledged: Arc<Mutex<Vec<Lsn>>>,
     violations: Arc<Mutex<Vec<String>>>,
+    /// `--unroutable drop`: an event the broker returned may be passed too.
+    drops_returns: bool,
 }
 
 impl Changes for Script {
@@ -81,9 +88,10 @@ impl Changes for Script {
             if lsn <= event.commit_lsn {
                 continue;
             }
-            let confirmed = sent
-                .iter()
-                .any(|sent| sent.message.id == event.id && sent.confirmed);
+            let confirmed = sent.iter().any(|sent| {
+                sent.message.id == event.id
+                    && (sent.confirmed || (self.drops_returns && sent.returned))
+            });
             if !confirmed {
                 self.violations.lock().unwrap().push(format!(
                     "acknowledged {lsn} past event {} (commit {}) which the broker has not confirmed",
@@ -161,6 +169,7 @@ fn script(transactions: &[(usize, bool)], broker: &Broker) -> Script {
         broker: broker.clone(),
         acknowledged: Arc::default(),
         violations: Arc::default(),
+        drops_returns: false,
     }
 }
 
@@ -188,15 +197,25 @@ fn run_case(
     transactions: &[(usize, bool)],
     actions: &[Action],
 ) -> (Vec<String>, bool, Vec<Lsn>, Lsn) {
+    run_case_with(transactions, actions, &[])
+}
+
+/// [`run_case`] with walbox run's `flags`.
+fn run_case_with(
+    transactions: &[(usize, bool)],
+    actions: &[Action],
+    flags: &[&str],
+) -> (Vec<String>, bool, Vec<Lsn>, Lsn) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let config = config();
+        let config = config_with(flags);
         let telemetry = Arc::new(Telemetry::default());
         let broker = Broker::default();
-        let script = script(transactions, &broker);
+        let mut script = script(transactions, &broker);
+        script.drops_returns = config.unroutable == crate::config::Unroutable::Drop;
         let last_boundary = script
             .changes
             .iter()
@@ -302,6 +321,23 @@ proptest! {
         let (violations, complete_unless_refused, acknowledged, _) = run_case(&transactions, &actions);
         prop_assert!(violations.is_empty(), "{violations:?}");
         prop_assert!(complete_unless_refused, "everything was confirmed, yet the flush LSN stopped short");
+        prop_assert!(acknowledged.windows(2).all(|pair| pair[0] <= pair[1]), "went backwards: {acknowledged:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// With `--unroutable drop`, the flush LSN passes a returned event, and still never one
+    /// that was nacked, lost with the connection or refused with the channel.
+    #[test]
+    fn dropping_returns_passes_nothing_else_unconfirmed(
+        transactions in transactions(),
+        actions in actions(),
+    ) {
+        let (violations, _, acknowledged, _) =
+            run_case_with(&transactions, &actions, &["--unroutable", "drop"]);
+        prop_assert!(violations.is_empty(), "{violations:?}");
         prop_assert!(acknowledged.windows(2).all(|pair| pair[0] <= pair[1]), "went backwards: {acknowledged:?}");
     }
 }

@@ -201,7 +201,9 @@ impl AmqpPublisher {
             .create_channel()
             .await
             .map_err(|e| Error::from_amqp("opening a channel for declares", &e))?;
-        let topology = Topology::new(config.exchange_spec, declares);
+        let alternate = config.unroutable.alternate_exchange();
+        let topology = Topology::new(config.exchange_spec, alternate, declares);
+        topology.ensure_alternate().await?;
         let exchange = ShortString::from(config.mapping.exchange.as_constant().unwrap_or(""));
         topology.ensure(&exchange, "--exchange").await?;
         Ok(AmqpPublisher {

@@ -8,7 +8,7 @@
 //! closed with PRECONDITION_FAILED comes back as [`Error::Refused`], naming the event, so the
 //! supervisor can tell a poison event from a broker that is away.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +17,10 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use tracing::{debug, info};
+
 use super::{Outcome, Refused};
+use crate::config::Unroutable;
 use crate::error::{Error, Held, Refusal, Result};
 use crate::lsn::Lsn;
 use crate::telemetry::{Metrics, Telemetry};
@@ -59,30 +62,39 @@ struct Verdict {
     permit: OwnedSemaphorePermit,
 }
 
+/// What the tracker works with besides the engine's hand-overs.
+pub(crate) struct Tracking {
+    pub(crate) watermark: Watermark,
+    /// Where the flush LSN goes each time it moves.
+    pub(crate) flush: watch::Sender<Lsn>,
+    /// The in-flight window, closed at the first verdict that is not a confirm.
+    pub(crate) window: Arc<Semaphore>,
+    /// What a return of an event means.
+    pub(crate) unroutable: Unroutable,
+    pub(crate) telemetry: Arc<Telemetry>,
+}
+
 /// Run until the sender is dropped and every verdict is in (returns the final flush LSN), or
-/// until a message is not confirmed (returns why). A message not confirmed closes `window`
+/// until a message is not confirmed (returns why). A message not confirmed closes the window
 /// first: the engine publishes nothing more in a session that is over, so a held event is
 /// not overtaken by, nor retried with, events the engine would otherwise still send.
 pub(crate) async fn track<C>(
     mut pending: mpsc::Receiver<Pending<C>>,
-    mut watermark: Watermark,
-    flush: watch::Sender<Lsn>,
-    window: Arc<Semaphore>,
-    telemetry: Arc<Telemetry>,
+    mut tracking: Tracking,
 ) -> Result<Lsn>
 where
     C: Future<Output = Outcome> + Send + 'static,
 {
-    let metrics = &telemetry.metrics;
     let mut in_flight = FuturesOrdered::new();
     // When each message in `in_flight` was published, oldest first (verdicts come in order).
     let mut published_at = VecDeque::new();
+    let mut drops = Drops::default();
     let mut sender_open = true;
     loop {
         tokio::select! {
             item = pending.recv(), if sender_open => match item {
                 Some(Pending::Published(Published { confirm, permit, event })) => {
-                    let sequence = watermark.publish();
+                    let sequence = tracking.watermark.publish();
                     published_at.push_back(Instant::now());
                     in_flight.push_back(async move {
                         let outcome = confirm.await;
@@ -90,37 +102,97 @@ where
                     });
                 }
                 Some(Pending::Boundary(lsn)) => {
-                    if let Some(lsn) = watermark.boundary(lsn) {
-                        flush.send_replace(lsn);
+                    if let Some(lsn) = tracking.watermark.boundary(lsn) {
+                        tracking.flush.send_replace(lsn);
                     }
                 }
                 None => sender_open = false,
             },
             Some(verdict) = in_flight.next(), if !in_flight.is_empty() => {
                 let sent_at = published_at.pop_front().unwrap_or_else(Instant::now);
-                metrics.answered(published_at.front().copied());
-                count(metrics, &verdict.outcome);
-                if let Err(error) = confirmed(verdict.outcome, &verdict.event) {
-                    window.close();
-                    return Err(error);
-                }
-                drop(verdict.permit);
-                metrics.confirmed(sent_at, verdict.event.commit_time_micros);
-                if verdict.event.dead_letter {
-                    metrics.dead_lettered();
-                }
-                if let Some(lsn) = watermark.confirm(verdict.sequence) {
-                    flush.send_replace(lsn);
-                }
+                tracking.telemetry.metrics.answered(published_at.front().copied());
+                tracking.settle(verdict, sent_at, &mut drops)?;
             }
-            else => return Ok(watermark.flush_lsn()),
+            else => return Ok(tracking.watermark.flush_lsn()),
         }
     }
 }
 
-fn count(metrics: &Metrics, outcome: &Outcome) {
+impl Tracking {
+    /// Act on one verdict: a confirm, or a return `--unroutable drop` lets go, moves the
+    /// watermark; anything else closes the window and ends the tracker with why.
+    fn settle(&mut self, verdict: Verdict, sent_at: Instant, drops: &mut Drops) -> Result<()> {
+        let metrics = &self.telemetry.metrics;
+        let dropping = drops_returns(&self.unroutable, &verdict.event);
+        count(metrics, &verdict.outcome, dropping);
+        match verdict.outcome {
+            Outcome::Refused(Refused::Returned {
+                exchange,
+                routing_key,
+                ..
+            }) if dropping => drops.dropped(&verdict.event, exchange, routing_key),
+            outcome => {
+                if let Err(error) = confirmed(outcome, &verdict.event, &self.unroutable) {
+                    self.window.close();
+                    return Err(error);
+                }
+                metrics.confirmed(sent_at, verdict.event.commit_time_micros);
+                if verdict.event.dead_letter {
+                    metrics.dead_lettered();
+                }
+            }
+        }
+        drop(verdict.permit);
+        if let Some(lsn) = self.watermark.confirm(verdict.sequence) {
+            self.flush.send_replace(lsn);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a return of `event` is let go: with `--unroutable drop`, an event nobody
+/// subscribes to. Never a poison event's dead-letter record: a dead-letter exchange without a
+/// queue is a mistake to wait out, and dropping the record would lose the event it stands for.
+fn drops_returns(unroutable: &Unroutable, event: &EventRef) -> bool {
+    *unroutable == Unroutable::Drop && !event.dead_letter
+}
+
+/// The routes (exchange, routing key) events were dropped on in this session: the first drop
+/// on each is logged at info level, the others at debug.
+#[derive(Default)]
+struct Drops {
+    routes: HashSet<(String, String)>,
+}
+
+impl Drops {
+    fn dropped(&mut self, event: &EventRef, exchange: String, routing_key: String) {
+        let EventRef {
+            event_id,
+            commit_lsn,
+            ..
+        } = event;
+        let first = !self
+            .routes
+            .contains(&(exchange.clone(), routing_key.clone()));
+        if first {
+            info!(%event_id, %commit_lsn, %exchange, %routing_key,
+                "dropping an event no queue takes (--unroutable drop); further drops on this exchange and routing key are logged at debug level");
+            self.routes.insert((exchange, routing_key));
+        } else {
+            debug!(%event_id, %commit_lsn, %exchange, %routing_key, "dropped an event no queue takes");
+        }
+    }
+}
+
+fn count(metrics: &Metrics, outcome: &Outcome, dropping: bool) {
     match outcome {
-        Outcome::Refused(Refused::Returned { .. }) => metrics.returned(),
+        Outcome::Refused(Refused::Returned { .. }) => {
+            metrics.returned();
+            match dropping {
+                true => metrics.unroutable_dropped(),
+                false => metrics.unroutable_held(),
+            }
+        }
         Outcome::Refused(Refused::Nacked) => metrics.nacked(),
         _ => {}
     }
@@ -130,7 +202,7 @@ fn count(metrics: &Metrics, outcome: &Outcome) {
 const PRECONDITION_FAILED: u16 = 406;
 
 /// `Ok` only for a positive confirm.
-fn confirmed(outcome: Outcome, event: &EventRef) -> Result<()> {
+fn confirmed(outcome: Outcome, event: &EventRef, unroutable: &Unroutable) -> Result<()> {
     let EventRef {
         event_id,
         commit_lsn,
@@ -151,7 +223,13 @@ fn confirmed(outcome: Outcome, event: &EventRef) -> Result<()> {
             format!(
                 "the broker returned event {event_id} (commit {commit_lsn}) as unroutable: \
                  {reply_code} {reply_text} — no queue is bound for exchange `{exchange}` with \
-                 routing key `{routing_key}`; holding it and retrying"
+                 routing key `{routing_key}`{}; holding it and retrying",
+                match unroutable.alternate_exchange() {
+                    Some(alternate) => {
+                        format!(", nor to its alternate exchange `{alternate}`")
+                    }
+                    None => String::new(),
+                }
             ),
         ),
         Refused::Nacked => held(
@@ -200,6 +278,7 @@ fn held(event: &EventRef, message: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::Telemetry;
 
     fn event() -> EventRef {
         EventRef {
@@ -223,7 +302,7 @@ mod tests {
             406,
             "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536",
         );
-        match confirmed(outcome, &event()) {
+        match confirmed(outcome, &event(), &Unroutable::Hold) {
             Err(Error::Refused(refusal)) => {
                 assert_eq!(refusal.event_id, "e-1");
                 assert_eq!(refusal.commit_lsn, Lsn(0x10));
@@ -239,18 +318,22 @@ mod tests {
             reason: "too large".into(),
         });
         assert!(matches!(
-            confirmed(rejected, &event()),
+            confirmed(rejected, &event(), &Unroutable::Hold),
             Err(Error::Refused(refusal)) if refusal.reason == "too large"
         ));
         let error = Outcome::Refused(Refused::StreamError {
             code: "PublisherDoesNotExist".into(),
         });
-        assert!(confirmed(error, &event()).unwrap_err().is_transient());
+        assert!(
+            confirmed(error, &event(), &Unroutable::Hold)
+                .unwrap_err()
+                .is_transient()
+        );
     }
 
     #[test]
     fn only_a_positive_confirm_confirms() {
-        assert!(confirmed(Outcome::Confirmed, &event()).is_ok());
+        assert!(confirmed(Outcome::Confirmed, &event(), &Unroutable::Hold).is_ok());
         for outcome in [
             closed(404, "NOT_FOUND - no exchange 'x' in vhost '/'"),
             Outcome::Refused(Refused::Nacked),
@@ -262,7 +345,7 @@ mod tests {
             }),
             Outcome::Refused(Refused::Lost(Error::transient("reset"))),
         ] {
-            let error = confirmed(outcome, &event()).expect_err("not confirmed");
+            let error = confirmed(outcome, &event(), &Unroutable::Hold).expect_err("not confirmed");
             assert!(error.is_transient() && !matches!(error, Error::Refused(_)));
         }
     }
@@ -276,7 +359,7 @@ mod tests {
             routing_key: "order.created".into(),
         });
         for outcome in [returned, Outcome::Refused(Refused::Nacked)] {
-            match confirmed(outcome, &event()) {
+            match confirmed(outcome, &event(), &Unroutable::Hold) {
                 Err(Error::Held(held)) => {
                     assert_eq!(
                         (held.event_id.as_str(), held.commit_lsn),
@@ -287,6 +370,133 @@ mod tests {
             }
         }
         let lost = Outcome::Refused(Refused::Lost(Error::transient("reset")));
-        assert!(!matches!(confirmed(lost, &event()), Err(Error::Held(_))));
+        assert!(!matches!(
+            confirmed(lost, &event(), &Unroutable::Hold),
+            Err(Error::Held(_))
+        ));
+    }
+
+    fn returned() -> Outcome {
+        Outcome::Refused(Refused::Returned {
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+            exchange: "Contracts:OrderShipped".into(),
+            routing_key: "".into(),
+        })
+    }
+
+    /// Run the tracker over events each in its own transaction (commit at 0x100 · n, end
+    /// 0x100 · n + 0x20), answered with `outcomes` (and whether the message is a dead-letter
+    /// record). How it ended, the flush LSN reached, and whether the window was closed.
+    fn tracked(unroutable: Unroutable, outcomes: Vec<(Outcome, bool)>) -> (Result<Lsn>, Lsn, bool) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let window = Arc::new(Semaphore::new(outcomes.len()));
+            let (flush, flushed) = watch::channel(Lsn(0x10));
+            let (sender, receiver) = mpsc::channel(64);
+            let tracker = tokio::spawn(track(
+                receiver,
+                Tracking {
+                    watermark: Watermark::new(Lsn(0x10)),
+                    flush,
+                    window: Arc::clone(&window),
+                    unroutable,
+                    telemetry: Arc::new(Telemetry::default()),
+                },
+            ));
+            for (n, (outcome, dead_letter)) in outcomes.into_iter().enumerate() {
+                let commit_lsn = Lsn(0x100 * (n as u64 + 1));
+                let permit = Arc::clone(&window).acquire_owned().await.unwrap();
+                let event = EventRef {
+                    event_id: format!("e-{n}"),
+                    commit_lsn,
+                    commit_time_micros: 0,
+                    dead_letter,
+                };
+                let confirm = std::future::ready(outcome);
+                let _ = sender
+                    .send(Pending::Published(Published {
+                        confirm,
+                        permit,
+                        event,
+                    }))
+                    .await;
+                let _ = sender
+                    .send(Pending::Boundary(Lsn(commit_lsn.0 + 0x20)))
+                    .await;
+            }
+            drop(sender);
+            let end = tracker.await.unwrap();
+            let reached = *flushed.borrow();
+            (end, reached, window.is_closed())
+        })
+    }
+
+    #[test]
+    fn drop_lets_a_return_go_and_nothing_else() {
+        // A return, then a confirm: both are behind the flush LSN.
+        let (end, flushed, window_closed) = tracked(
+            Unroutable::Drop,
+            vec![(returned(), false), (Outcome::Confirmed, false)],
+        );
+        assert_eq!(end.unwrap(), Lsn(0x220));
+        assert_eq!(flushed, Lsn(0x220));
+        assert!(!window_closed);
+        // A nack, a lost link, a closed channel are never dropped: held or failed, and the
+        // flush LSN stays before them.
+        for refused in [
+            Outcome::Refused(Refused::Nacked),
+            Outcome::Refused(Refused::Lost(Error::transient("reset"))),
+            closed(
+                406,
+                "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536",
+            ),
+        ] {
+            let (end, flushed, window_closed) = tracked(
+                Unroutable::Drop,
+                vec![
+                    (Outcome::Confirmed, false),
+                    (refused, false),
+                    (Outcome::Confirmed, false),
+                ],
+            );
+            assert!(end.is_err());
+            assert_eq!(flushed, Lsn(0x120), "stopped before the refused event");
+            assert!(
+                window_closed,
+                "the window closes at the first verdict not a confirm"
+            );
+        }
+        // A poison event's dead-letter record returned is held, not dropped.
+        let (end, flushed, _) = tracked(Unroutable::Drop, vec![(returned(), true)]);
+        assert!(matches!(end, Err(Error::Held(_))));
+        assert_eq!(flushed, Lsn(0x10));
+    }
+
+    #[test]
+    fn hold_and_an_alternate_exchange_hold_a_returned_event() {
+        for unroutable in [Unroutable::Hold, Unroutable::AlternateExchange("ae".into())] {
+            let alternate = unroutable.alternate_exchange().is_some();
+            let (end, flushed, closed) = tracked(
+                unroutable,
+                vec![
+                    (Outcome::Confirmed, false),
+                    (returned(), false),
+                    (Outcome::Confirmed, false),
+                ],
+            );
+            match end {
+                Err(Error::Held(held)) => {
+                    assert_eq!(held.event_id, "e-1");
+                    assert_eq!(held.message.contains("alternate exchange `ae`"), alternate);
+                }
+                other => panic!("expected the returned event held, got {other:?}"),
+            }
+            assert_eq!(flushed, Lsn(0x120));
+            assert!(closed);
+        }
     }
 }

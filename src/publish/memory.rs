@@ -16,6 +16,8 @@ pub(crate) struct Sent {
     answer: Option<oneshot::Sender<Outcome>>,
     /// The broker positively confirmed it.
     pub(crate) confirmed: bool,
+    /// The broker returned it as unroutable.
+    pub(crate) returned: bool,
 }
 
 impl Sent {
@@ -30,6 +32,7 @@ impl Sent {
         match self.answer.take() {
             Some(sender) => {
                 self.confirmed = matches!(outcome, Outcome::Confirmed);
+                self.returned = matches!(outcome, Outcome::Refused(Refused::Returned { .. }));
                 let _ = sender.send(outcome);
                 true
             }
@@ -86,6 +89,7 @@ impl Publisher for MemoryPublisher {
             message,
             answer: Some(sender),
             confirmed: false,
+            returned: false,
         });
         Ok(Box::pin(answered(receiver)))
     }

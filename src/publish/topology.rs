@@ -8,12 +8,17 @@
 //!
 //! A declare that does not match an existing exchange is a definite error that names what was
 //! asked and what exists (from the broker's reply), and how to reconcile them.
+//!
+//! With `--unroutable alternate-exchange` every event exchange is declared with the argument
+//! `alternate-exchange`, so the broker sends an event no queue takes there; the alternate
+//! exchange itself is declared fanout and durable, with a durable queue of its name bound to
+//! it, so that nothing it receives is discarded.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use lapin::options::ExchangeDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::config::{DeclareMode, ExchangeSpec, Kind};
@@ -22,9 +27,14 @@ use crate::error::{Error, Result};
 /// The declares of one connection.
 pub(crate) struct Topology {
     spec: ExchangeSpec,
+    /// `--unroutable alternate-exchange`: where the broker sends what no queue takes.
+    alternate: Option<ShortString>,
     channel: Channel,
     declared: Mutex<HashSet<ShortString>>,
 }
+
+/// The exchange argument naming an alternate exchange (RabbitMQ's extension).
+const ALTERNATE_EXCHANGE: &str = "alternate-exchange";
 
 /// AMQP reply codes of a declare the broker refused.
 const NOT_FOUND: u16 = 404;
@@ -32,9 +42,10 @@ const PRECONDITION_FAILED: u16 = 406;
 
 impl Topology {
     /// `channel` is used for declares only.
-    pub(crate) fn new(spec: ExchangeSpec, channel: Channel) -> Self {
+    pub(crate) fn new(spec: ExchangeSpec, alternate: Option<&str>, channel: Channel) -> Self {
         Topology {
             spec,
+            alternate: alternate.map(ShortString::from),
             channel,
             declared: Mutex::new(HashSet::new()),
         }
@@ -43,14 +54,69 @@ impl Topology {
     /// Make sure `name` is declared as specified, once per connection. The default exchange
     /// (`""`) is never declared. `flag` names the setting that chose the exchange, for errors.
     pub(crate) async fn ensure(&self, name: &ShortString, flag: &str) -> Result<()> {
-        self.ensure_as(name, self.spec, flag).await
+        let mut arguments = FieldTable::default();
+        if let Some(alternate) = &self.alternate {
+            arguments.insert(
+                ALTERNATE_EXCHANGE.into(),
+                AMQPValue::LongString(LongString::from(alternate.as_str())),
+            );
+        }
+        self.declare(name, self.spec, arguments, flag).await
     }
 
-    /// As [`Topology::ensure`], with another spec (the dead-letter exchange).
+    /// As [`Topology::ensure`], with another spec and no alternate exchange (the dead-letter
+    /// exchange: a record that no queue takes is held, never sent elsewhere).
     pub(crate) async fn ensure_as(
         &self,
         name: &ShortString,
         spec: ExchangeSpec,
+        flag: &str,
+    ) -> Result<()> {
+        self.declare(name, spec, FieldTable::default(), flag).await
+    }
+
+    /// Declare the alternate exchange, if there is one: fanout and durable, with a durable
+    /// queue of its name bound to it (with `--exchange-declare passive` only checked to exist;
+    /// with `none` left alone).
+    pub(crate) async fn ensure_alternate(&self) -> Result<()> {
+        let Some(name) = &self.alternate else {
+            return Ok(());
+        };
+        let spec = ExchangeSpec {
+            kind: Kind::Fanout,
+            mode: self.spec.mode,
+            ..ExchangeSpec::DURABLE_TOPIC
+        };
+        self.ensure_as(name, spec, "--alternate-exchange").await?;
+        if spec.mode != DeclareMode::Declare {
+            return Ok(());
+        }
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declaring = format!("declaring the alternate exchange's queue {name}");
+        self.channel
+            .queue_declare(name.clone(), durable, FieldTable::default())
+            .await
+            .map_err(|error| Error::from_amqp(&declaring, &error))?;
+        self.channel
+            .queue_bind(
+                name.clone(),
+                name.clone(),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|error| Error::from_amqp(&declaring, &error))
+    }
+
+    async fn declare(
+        &self,
+        name: &ShortString,
+        spec: ExchangeSpec,
+        arguments: FieldTable,
         flag: &str,
     ) -> Result<()> {
         if name.as_str().is_empty() || spec.mode == DeclareMode::None || self.is_declared(name) {
@@ -63,12 +129,7 @@ impl Topology {
             ..ExchangeDeclareOptions::default()
         };
         self.channel
-            .exchange_declare(
-                name.clone(),
-                amqp_kind(spec.kind),
-                options,
-                FieldTable::default(),
-            )
+            .exchange_declare(name.clone(), amqp_kind(spec.kind), options, arguments)
             .await
             .map_err(|error| declare_error(name.as_str(), spec, flag, &error))?;
         tracing::debug!(exchange = %name, %spec, mode = spec.mode.name(), "exchange declared");
@@ -99,6 +160,12 @@ fn declare_error(name: &str, spec: ExchangeSpec, flag: &str, error: &lapin::Erro
     };
     let said = amqp.get_message().to_string();
     match amqp.get_id() {
+        PRECONDITION_FAILED if said.contains("'alternate-exchange'") => Error::definite(format!(
+            "exchange {name} exists with another alternate exchange than --unroutable \
+             alternate-exchange asks for (the broker: {said}). Delete the exchange so that \
+             walbox declares it anew, or set its alternate exchange by a RabbitMQ policy and \
+             pass --exchange-declare passive, or choose another --unroutable"
+        )),
         PRECONDITION_FAILED if spec.mode == DeclareMode::Declare => Error::definite(format!(
             "exchange {name} exists with other settings than walbox was asked to declare: asked \
              for {spec}; it exists with {} (the broker: {said}). Make --exchange-kind, \

@@ -41,9 +41,18 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
+
+/// The outcomes of `walbox_unroutable_events_total`.
+const UNROUTABLE_HELD: &str = "held";
+const UNROUTABLE_DROPPED: &str = "dropped";
 
 /// Seconds between the Unix epoch and PostgreSQL's (2000-01-01), in microseconds.
 const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
@@ -56,6 +65,7 @@ pub struct Metrics {
     events_confirmed: Counter,
     events_nacked: Counter,
     events_returned: Counter,
+    unroutable: Family<OutcomeLabel, Counter>,
     events_dead_lettered: Counter,
     poison_refusals: Counter,
     transactions: Counter,
@@ -98,6 +108,7 @@ impl Metrics {
             events_confirmed: Counter::default(),
             events_nacked: Counter::default(),
             events_returned: Counter::default(),
+            unroutable: Family::default(),
             events_dead_lettered: Counter::default(),
             poison_refusals: Counter::default(),
             transactions: Counter::default(),
@@ -127,6 +138,9 @@ impl Metrics {
     /// Register every metric with its help text; the docs' metrics reference is checked against
     /// the names registered here.
     fn registered(mut self) -> Self {
+        for outcome in [UNROUTABLE_HELD, UNROUTABLE_DROPPED] {
+            let _ = self.unroutable.get_or_create(&OutcomeLabel { outcome });
+        }
         for side in [Side::Postgres, Side::Amqp] {
             let _ = self
                 .reconnects
@@ -155,8 +169,13 @@ impl Metrics {
         );
         self.add(
             "walbox_events_returned_total",
-            "Events returned as unroutable under the mandatory flag (they are sent again)",
+            "Events returned as unroutable under the mandatory flag (walbox_unroutable_events_total says what walbox did with them)",
             self.events_returned.clone(),
+        );
+        self.add(
+            "walbox_unroutable_events_total",
+            "Events the broker returned as unroutable, by what walbox did (held: retried until a queue takes it; dropped: --unroutable drop). Events an alternate exchange took are not returned: the broker counts them on its queue",
+            self.unroutable.clone(),
         );
         self.add(
             "walbox_events_dead_lettered_total",
@@ -315,6 +334,24 @@ impl Metrics {
 
     pub(crate) fn returned(&self) {
         self.events_returned.inc();
+    }
+
+    /// An unroutable event was held (it is sent again).
+    pub(crate) fn unroutable_held(&self) {
+        self.unroutable
+            .get_or_create(&OutcomeLabel {
+                outcome: UNROUTABLE_HELD,
+            })
+            .inc();
+    }
+
+    /// An unroutable event was dropped (`--unroutable drop`).
+    pub(crate) fn unroutable_dropped(&self) {
+        self.unroutable
+            .get_or_create(&OutcomeLabel {
+                outcome: UNROUTABLE_DROPPED,
+            })
+            .inc();
     }
 
     pub(crate) fn dead_lettered(&self) {

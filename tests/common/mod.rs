@@ -316,6 +316,11 @@ impl TestEnv {
         self.exchanges.push(name.to_owned());
     }
 
+    /// Delete queue `name` at cleanup (one walbox declared).
+    pub fn delete_queue_at_cleanup(&mut self, name: &str) {
+        self.durable_queues.push(name.to_owned());
+    }
+
     /// Insert one outbox event in its own transaction; returns its id.
     pub async fn insert(&self, aggregate_type: &str, event_type: &str, payload: &str) -> String {
         let row = self
