@@ -832,6 +832,19 @@ impl Drop for MemoryAlarm {
 /// event. Runs only where it may alarm the broker (a private node, or CI's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_a_memory_alarm_exits_within_the_grace() {
+    stop_under_a_memory_alarm(false).await;
+}
+
+/// As [`sigterm_under_a_memory_alarm_exits_within_the_grace`], with the session failing on
+/// the PostgreSQL side meanwhile (its walsender terminated) while messages wait for their
+/// confirms: closing the blocked broker connection (which answers no close) must not hang
+/// walbox, which reconnects and still stops within the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_failing_under_a_memory_alarm_reconnects_and_stops_within_the_grace() {
+    stop_under_a_memory_alarm(true).await;
+}
+
+async fn stop_under_a_memory_alarm(cut_replication: bool) {
     const GRACE_SECS: u64 = 5;
     /// Closing the connections after the grace takes at most 3 s (engine/mod.rs), and a
     /// loaded machine a little more.
@@ -852,15 +865,40 @@ async fn sigterm_under_a_memory_alarm_exits_within_the_grace() {
     let alarm = tokio::task::spawn_blocking(MemoryAlarm::raise)
         .await
         .unwrap();
-    let mut committed = vec![before.clone()];
-    for n in 0..40 {
+    // Cutting the replication connection ends the session only while walbox is not waiting
+    // for a window permit: then fewer events than the window.
+    let count = if cut_replication { 3 } else { 40 };
+    let mut committed = Vec::new();
+    for n in 0..count {
         committed.push(
             env.insert("order", "blocked", &format!("{{\"n\": {n}}}"))
                 .await,
         );
     }
-    // walbox fills its window of 8 and waits for confirms that do not come.
+    // walbox publishes (filling its window of 8) and waits for confirms that do not come.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    if cut_replication {
+        let sessions = env.run_log(run).matches("session ended").count();
+        env.db
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&env.name],
+            )
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while env.run_log(run).matches("session ended").count() == sessions {
+            assert!(
+                Instant::now() < deadline,
+                "the failed session never ended (closing the blocked broker connection hangs?)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("memory alarm: the failed session ended; walbox reconnects");
+        env.wait_slot_active(Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let mut seen: Vec<(String, Lsn)> = receive_any(&mut consumer, Duration::from_millis(500))
         .await
         .iter()
@@ -868,19 +906,7 @@ async fn sigterm_under_a_memory_alarm_exits_within_the_grace() {
         .collect();
     let taken_before_stop = seen.len();
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &env.pid(run).to_string()])
-        .status();
-    let asked = Instant::now();
-    let exited = loop {
-        if let Some(status) = env.try_wait(run) {
-            break Some((asked.elapsed(), status));
-        }
-        if asked.elapsed() > Duration::from_secs(30) {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exited = sigterm_and_wait(&mut env, run, Duration::from_secs(30)).await;
     let slot_at_exit = env.slot_confirmed().await.unwrap();
     eprintln!(
         "memory alarm: SIGTERM with --shutdown-grace {GRACE_SECS}: {}; {taken_before_stop} \
@@ -908,7 +934,7 @@ async fn sigterm_under_a_memory_alarm_exits_within_the_grace() {
     drop(alarm);
     let again = env.spawn_run(&["--max-in-flight", "8"]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.iter().map(|(id, _)| id).collect::<HashSet<_>>().len() < committed.len() - 1
+    while seen.iter().map(|(id, _)| id).collect::<HashSet<_>>().len() < committed.len()
         && Instant::now() < deadline
     {
         for delivery in receive_any(&mut consumer, Duration::from_millis(500)).await {
@@ -916,10 +942,7 @@ async fn sigterm_under_a_memory_alarm_exits_within_the_grace() {
         }
     }
     let unique: HashSet<&String> = seen.iter().map(|(id, _)| id).collect();
-    let lost: Vec<&String> = committed[1..]
-        .iter()
-        .filter(|id| !unique.contains(id))
-        .collect();
+    let lost: Vec<&String> = committed.iter().filter(|id| !unique.contains(id)).collect();
     // The first event the broker had not taken when walbox stopped: the slot must not be past
     // its commit.
     let taken: HashSet<&String> = seen[..taken_before_stop].iter().map(|(id, _)| id).collect();
@@ -931,7 +954,7 @@ async fn sigterm_under_a_memory_alarm_exits_within_the_grace() {
     eprintln!(
         "memory alarm: committed={} delivered={} unique={} lost={} duplicates={} first \
          untaken commit={first_untaken:?}",
-        committed.len() - 1,
+        committed.len(),
         seen.len(),
         unique.len(),
         lost.len(),
@@ -945,4 +968,26 @@ async fn sigterm_under_a_memory_alarm_exits_within_the_grace() {
         );
     }
     assert!(env.terminate(again).success());
+}
+
+/// SIGTERM to run `run`; how long it took to exit and how, or None if it still ran after
+/// `within`.
+async fn sigterm_and_wait(
+    env: &mut TestEnv,
+    run: usize,
+    within: Duration,
+) -> Option<(Duration, std::process::ExitStatus)> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &env.pid(run).to_string()])
+        .status();
+    let asked = Instant::now();
+    loop {
+        if let Some(status) = env.try_wait(run) {
+            return Some((asked.elapsed(), status));
+        }
+        if asked.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

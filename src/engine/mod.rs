@@ -402,7 +402,9 @@ impl<'a> Supervisor<'a> {
             End::Failed(failure) => {
                 let (source, publisher) = session.abort();
                 drop(source);
-                publisher.close().await;
+                // A broker that blocks publishers answers no close: do not wait for it
+                // (the next session, or a stop request, must not hang here).
+                let _ = tokio::time::timeout(CLOSING, publisher.close()).await;
                 Err(failure)
             }
         }
