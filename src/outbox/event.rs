@@ -370,14 +370,7 @@ impl OutboxShape {
         index: u32,
         routing_key: &mut String,
     ) -> Result<OutboxMessage, EventError> {
-        if tuple.columns.len() < self.columns {
-            return Err(EventError::ColumnCount {
-                expected: self.columns,
-                found: tuple.columns.len(),
-            });
-        }
-        let row = Row::new(&tuple.columns, &self.json_columns);
-
+        let row = self.row(tuple)?;
         self.routing_key.render(routing_key, &row)?;
         let routing_key = short_string("routing key", routing_key.as_str())?;
         let id = self.event_id(&row, transaction, index)?;
@@ -400,10 +393,7 @@ impl OutboxShape {
 
         let (ce_source, ce_type) = self.cloud_event_attributes(&row)?;
         let aggregate_id = self.text(&row, self.aggregate_id.as_ref())?;
-        let mut rendered_body = String::new();
-        if let Some(template) = &self.body_template {
-            template.render(&mut rendered_body, &row)?;
-        }
+        let rendered_body = self.rendered_body(&row)?;
         let encoded = self.encoder.encode(&encode::Event {
             id: &id,
             event_type: &event_type,
@@ -447,6 +437,26 @@ impl OutboxShape {
             id,
             headers_warning,
         })
+    }
+
+    /// The insert's row, once it is known to have every column of the table's shape.
+    fn row<'t>(&self, tuple: &'t TupleData) -> Result<Row<'t>, EventError> {
+        if tuple.columns.len() < self.columns {
+            return Err(EventError::ColumnCount {
+                expected: self.columns,
+                found: tuple.columns.len(),
+            });
+        }
+        Ok(Row::new(&tuple.columns, &self.json_columns))
+    }
+
+    /// The rendered `--body-template` (empty without one).
+    fn rendered_body(&self, row: &Row<'_>) -> Result<String, EventError> {
+        let mut rendered = String::new();
+        if let Some(template) = &self.body_template {
+            template.render(&mut rendered, row)?;
+        }
+        Ok(rendered)
     }
 
     /// The id column's value, or (missing or empty) an id derived from the WAL position.
