@@ -60,8 +60,8 @@ cargo test --locked --test frameworks -- --ignored --test-threads=2
   bash scripts/trixie-servers.sh start
   cargo test --locked --test ha -- --ignored --test-threads=1 --nocapture
   # The stream target on the same servers: exactly once across kills and a leader move, a
-  # super stream across kills (3 kills each; WALBOX_STREAM_ROUNDS=N for more), a failover to
-  # the synchronized standby, an event too large for a frame, and the rewound-LSN stop.
-  # About 85 s.
+  # super stream across kills, rows with logical decoding messages across kills (3 kills
+  # each; WALBOX_STREAM_ROUNDS=N for more), a failover to the synchronized standby, an event
+  # too large for a frame, and the rewound-LSN stop. About 110 s.
   cargo test --locked --test stream -- --ignored --test-threads=1 --nocapture
 )

@@ -73,6 +73,26 @@ impl Control {
         move |error| Error::from_postgres(context, error)
     }
 
+    /// PostgreSQL 14 or later: walbox's replication client (pgwire-replication 0.5) always
+    /// asks pgoutput for logical decoding messages (`messages 'true'`), an option PostgreSQL
+    /// 14 brought; an older pgoutput refuses to start streaming ("unrecognized pgoutput
+    /// option"), so walbox says why before it tries.
+    pub(crate) async fn check_server_version(&self) -> Result<()> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_setting('server_version_num')::int, \
+                 current_setting('server_version')",
+                &[],
+            )
+            .await
+            .map_err(Self::sql_error("reading the server version"))?;
+        match too_old(row.get(0), row.get(1)) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
     /// wal_level must be logical for a logical slot to exist or stream.
     pub(crate) async fn check_wal_level(&self) -> Result<()> {
         let row = self
@@ -475,6 +495,7 @@ impl Control {
     /// What [`Control::prepare`] checks and makes before it comes to the slot: wal_level, the
     /// table and its mapped columns, the role's privileges, the publication.
     pub(crate) async fn prepare_publication(&self, config: &Config) -> Result<Ensured> {
+        self.check_server_version().await?;
         self.check_wal_level().await?;
         self.check_table(config).await?;
         self.check_privileges(&config.table).await?;
@@ -546,9 +567,36 @@ fn drop_publication_sql(publication: &Identifier) -> String {
     format!("DROP PUBLICATION IF EXISTS {}", publication.quoted())
 }
 
+/// The first PostgreSQL release whose pgoutput takes the `messages` option.
+const MESSAGES_SINCE: i32 = 140_000;
+
+/// The definite error for a server older than [`MESSAGES_SINCE`], naming its version.
+fn too_old(server_version_num: i32, server_version: &str) -> Option<Error> {
+    (server_version_num < MESSAGES_SINCE).then(|| {
+        Error::definite(format!(
+            "PostgreSQL {server_version} is too old: walbox needs PostgreSQL 14 or later. Its \
+             replication client asks pgoutput for logical decoding messages (the `messages` \
+             option, new in 14; --messages relays them), which older servers refuse. Upgrade \
+             the server"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_before_14_is_a_definite_error_naming_its_version() {
+        let error = too_old(130_016, "13.16 (Debian 13.16-1)").expect("too old");
+        assert!(!error.is_transient());
+        let text = error.to_string();
+        assert!(text.contains("PostgreSQL 13.16 (Debian 13.16-1)"), "{text}");
+        assert!(text.contains("14 or later"), "{text}");
+        assert!(too_old(140_000, "14.0").is_none());
+        assert!(too_old(150_010, "15.10").is_none());
+        assert!(too_old(170_012, "17.12").is_none());
+    }
 
     #[test]
     fn names_in_statements_are_quoted_identifiers() {

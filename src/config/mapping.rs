@@ -94,6 +94,10 @@ pub struct MappingArgs {
     /// With --unroutable alternate-exchange: the exchange events no queue takes go to, declared fanout and durable with a durable queue of the same name bound to it. Default: walbox.unroutable.
     #[arg(long, env = "WALBOX_ALTERNATE_EXCHANGE")]
     pub alternate_exchange: Option<String>,
+
+    /// Relay logical decoding messages (pg_logical_emit_message, PostgreSQL 14+) with this prefix (`audit.*`: every prefix starting with `audit.`), optionally with their own ;exchange=T;routing-key=T;type=T templates (repeatable; commas separate several; `\,` is a comma).
+    #[arg(long, env = "WALBOX_MESSAGES")]
+    pub messages: Vec<String>,
 }
 
 /// The alternate exchange's name when `--alternate-exchange` is not given.
@@ -148,6 +152,14 @@ impl MappingArgs {
             "unroutable" => self.unroutable.map(|mode| mode.name().to_owned()),
             _ => None,
         }
+    }
+
+    /// The effective value of a template setting (`exchange`, `routing-key`,
+    /// `message-type`) and whether the built-in default gave it, for the logical message
+    /// routes that start from it.
+    pub(super) fn setting(&self, flag: &str) -> (String, bool) {
+        let (value, source) = self.resolve(flag);
+        (value, source == Source::Default)
     }
 
     /// A setting's effective value and where it came from.
@@ -285,6 +297,7 @@ impl MappingArgs {
             walbox_headers: !self.no_walbox_headers,
             // Decided with the target (`--super-stream`), in `Config::from_args`.
             partition_key: None,
+            own_exchange: false,
         })
     }
 

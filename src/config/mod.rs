@@ -11,7 +11,7 @@
 //! and its TLS settings, [`replay`] the replay settings, [`backfill`] which rows already in the
 //! table are sent (cut-over and re-send), [`validate`] flags → settings, and
 //! [`reference`] the docs' options table; [`mapping`] and [`preset`] what rows become on
-//! the wire (#11's flags), [`exchange`] how the exchange is declared.
+//! the wire (#11's flags), [`messages`] which logical decoding messages are relayed and how, [`exchange`] how the exchange is declared.
 
 mod amqp_urls;
 mod args;
@@ -19,6 +19,7 @@ pub mod backfill;
 mod exchange;
 pub mod file;
 pub mod mapping;
+mod messages;
 mod names;
 pub(crate) mod postgres;
 pub mod preset;

@@ -18,7 +18,7 @@ use super::replay::{ReplayConfig, ReplayWindow};
 use super::secrets::{CaFile, Secret, SecretUrl, redact_url};
 use super::stream::{PartitionKey, StreamTarget};
 use crate::lsn::Lsn;
-use crate::outbox::Mapping;
+use crate::outbox::{LogicalMessages, Mapping};
 
 /// Everything a subcommand needs, validated.
 #[derive(Clone, Debug)]
@@ -44,6 +44,8 @@ pub(crate) struct Config {
     pub(crate) max_in_flight: usize,
     /// `--target stream`: where events go instead of an exchange.
     pub(crate) stream: Option<StreamTarget>,
+    /// The logical decoding messages relayed (`--messages`); empty: none.
+    pub(crate) messages: LogicalMessages,
 }
 
 /// `walbox run`'s own settings.
@@ -150,6 +152,7 @@ impl Config {
                 Some(target)
             }
         };
+        let messages = super::messages::logical_messages(&args.mapping, &mapping)?;
         Ok(Config {
             postgres_url: SecretUrl::new(args.postgres_url.clone()),
             postgres,
@@ -165,6 +168,7 @@ impl Config {
             unroutable,
             max_in_flight: args.max_in_flight as usize,
             stream,
+            messages,
         })
     }
 }

@@ -305,6 +305,9 @@ impl<'a> Supervisor<'a> {
         if self.telemetry.health.state() == RelayState::StandingBy {
             info!(slot = %config.slot, "took over: the other walbox released the slot");
         }
+        if !config.messages.is_empty() {
+            info!(prefixes = ?config.messages.patterns(), "relaying logical decoding messages");
+        }
         match &config.stream {
             None => {
                 info!(slot = %config.slot, from = %start, exchange = %config.mapping.exchange, "streaming")

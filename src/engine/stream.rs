@@ -1,7 +1,8 @@
 //! Changes → messages → the publisher: the apply step of a session. It keeps the outbox
 //! table's shape (from its Relation messages) and the open transaction, turns each outbox
-//! Insert into a message, publishes it within the in-flight window, and hands its confirm and
-//! every transaction boundary to the confirm tracker, in stream order.
+//! Insert and each relayed logical decoding message into a message, publishes it within the
+//! in-flight window, and hands its confirm and every transaction boundary to the confirm
+//! tracker, in stream order.
 
 use std::sync::Arc;
 
@@ -13,8 +14,9 @@ use super::poison::DeadLetter;
 use crate::config::Config;
 use crate::error::Error;
 use crate::lsn::Lsn;
+use crate::outbox::message_id;
 use crate::outbox::{EventError, OutboxMessage, OutboxShape, Transaction};
-use crate::pgoutput::{Insert, Message, Relation, TupleData};
+use crate::pgoutput::{Insert, LogicalMessage, Message, Relation, TupleData};
 use crate::publish::confirm::{EventRef, Pending, Published};
 use crate::publish::{Position, Publisher};
 use crate::source::Change;
@@ -32,7 +34,8 @@ pub(crate) struct Stream<'a, P: Publisher> {
     shape: Option<OutboxShape>,
     transaction: Option<Transaction>,
     /// The next outbox event's index in the open transaction (its id when the table has no
-    /// id column is derived from the commit LSN and this index).
+    /// id column is derived from the commit LSN and this index). Every logical decoding
+    /// message of the transaction takes an index too, relayed or not.
     index_in_transaction: u32,
     routing_key: String,
     /// A poison event to replace by its dead-letter record when it comes by.
@@ -101,7 +104,8 @@ impl<'a, P: Publisher> Stream<'a, P> {
             Change::Keepalive { .. } => {}
             Change::Message(Message::Relation(relation)) => self.relation(&relation)?,
             Change::Message(Message::Insert(insert)) => self.insert(&insert).await?,
-            // Updates, deletes, truncates, types, origins, messages: not outbox events.
+            Change::Message(Message::Message(message)) => self.logical(&message).await?,
+            // Updates, deletes, truncates, types, origins: not outbox events.
             Change::Message(_) => {}
         }
         Ok(())
@@ -159,21 +163,89 @@ impl<'a, P: Publisher> Stream<'a, P> {
         })?;
         let index = self.index_in_transaction;
         self.index_in_transaction += 1;
-        let outgoing = self.build(&insert.new_tuple, &transaction, index)?;
+        let outgoing = self.build(None, &insert.new_tuple, &transaction, index)?;
         self.events += 1;
         let outgoing = self.replace_poison(outgoing, &transaction);
-        self.publish(outgoing, &transaction, index).await
+        let position = Position {
+            commit_lsn: transaction.commit_lsn,
+            index,
+        };
+        self.publish(outgoing, &transaction, position).await
     }
 
-    /// The message for the `index`-th outbox row of `transaction`, marked as a replay when
-    /// replaying.
+    /// A logical decoding message: when a `--messages` route takes its prefix, build its
+    /// message and publish it. A transactional one is an event of its transaction, in its
+    /// place among the transaction's rows; a non-transactional one stands alone in WAL order,
+    /// between transactions, and (relayed or not) is a boundary at its LSN, as a keepalive
+    /// there would be: the server has sent everything before it.
+    async fn logical(&mut self, message: &LogicalMessage) -> Result<(), Failure> {
+        let (transaction, position) = self.place(message)?;
+        let id = message_id::from_position(position.commit_lsn, position.index);
+        // A message whose prefix no route names is not published, and that is safe: the
+        // prefix is how its writer says whom the message is for (PostgreSQL: "a textual prefix
+        // that can be used by logical decoding plugins to easily recognize messages that are
+        // interesting for them"), and it travels inside every message, so unlike a table's
+        // identity it cannot be misread from a stale lookup. Other prefixes belong to other
+        // readers of the WAL; `--messages` lists every prefix that is an event of ours. Its
+        // index in the transaction was taken all the same (see `index_in_transaction`).
+        if let Some((shape, tuple)) = self.config.messages.row(message, &id) {
+            let outgoing = self.build(Some(shape), &tuple, &transaction, position.index)?;
+            self.events += 1;
+            let outgoing = self.replace_poison(outgoing, &transaction);
+            self.publish(outgoing, &transaction, position).await?;
+        }
+        if !message.transactional() {
+            self.telemetry.metrics.received(message.lsn);
+            self.boundary(message.lsn).await?;
+        }
+        Ok(())
+    }
+
+    /// The transaction a logical message belongs to and its position. A non-transactional
+    /// message gets a transaction of its own: its LSN as the commit LSN, no xid (0), the time
+    /// walbox read it; PostgreSQL sends no time with it.
+    fn place(&mut self, message: &LogicalMessage) -> Result<(Transaction, Position), Failure> {
+        match (message.transactional(), self.transaction) {
+            (true, Some(transaction)) => {
+                let index = self.index_in_transaction;
+                self.index_in_transaction += 1;
+                let position = Position {
+                    commit_lsn: transaction.commit_lsn,
+                    index,
+                };
+                Ok((transaction, position))
+            }
+            (false, None) => {
+                let transaction = Transaction {
+                    xid: 0,
+                    commit_lsn: message.lsn,
+                    commit_time_micros: crate::outbox::timestamp::now_postgres_micros(),
+                };
+                Ok((transaction, Position::of_message(message.lsn)))
+            }
+            (true, None) => Err(postgres(Error::definite(format!(
+                "a transactional logical message (prefix {}) arrived outside a transaction (a \
+                 walbox bug)",
+                message.prefix
+            )))),
+            (false, Some(transaction)) => Err(postgres(Error::definite(format!(
+                "a non-transactional logical message (prefix {}) arrived inside the transaction \
+                 committed at {}, which PostgreSQL does not do (a walbox bug)",
+                message.prefix, transaction.commit_lsn
+            )))),
+        }
+    }
+
+    /// The message for the `index`-th event of `transaction`, marked as a replay when
+    /// replaying: an outbox row (`logical` None) or a logical message's row with its shape.
     fn build(
         &mut self,
+        logical: Option<&'a OutboxShape>,
         tuple: &TupleData,
         transaction: &Transaction,
         index: u32,
     ) -> Result<Outgoing, Failure> {
-        let Some(shape) = &self.shape else {
+        let Some(shape) = logical.or(self.shape.as_ref()) else {
             return Err(postgres(Error::definite(
                 "an outbox insert arrived before the table's shape (a walbox bug)",
             )));
@@ -256,7 +328,7 @@ impl<'a, P: Publisher> Stream<'a, P> {
         &mut self,
         outgoing: Outgoing,
         transaction: &Transaction,
-        index: u32,
+        position: Position,
     ) -> Result<(), Failure> {
         let Outgoing {
             message,
@@ -273,10 +345,6 @@ impl<'a, P: Publisher> Stream<'a, P> {
             dead_letter,
         };
         self.published_through = self.published_through.max(transaction.commit_lsn);
-        let position = Position {
-            commit_lsn: transaction.commit_lsn,
-            index,
-        };
         let confirm = self
             .publisher
             .publish(message, position)

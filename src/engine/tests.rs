@@ -1,7 +1,9 @@
 //! In-process tests of the session engine with the live policy: a scripted replication
 //! stream, the in-memory publisher answering as each test case says, and a check, at every
 //! acknowledgement, that the flush LSN never passes an event the broker did not positively
-//! confirm — whatever mix of confirms, nacks, returns, closed channels and lost connections.
+//! confirm — whatever mix of confirms, nacks, returns, closed channels and lost connections,
+//! with outbox rows and logical decoding messages (relayed or not, in a transaction or not)
+//! mixed in the stream.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -18,22 +20,63 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
 use crate::pgoutput::fixture::{RELATION_ID, outbox_relation, row};
-use crate::pgoutput::{Insert, Message};
+use crate::pgoutput::{Insert, LogicalMessage, Message};
 use crate::publish::memory::{Broker, MemoryPublisher};
-use crate::publish::{Outcome, Refused};
+use crate::publish::{Outcome, Position, Refused};
 use crate::source::Change;
 use crate::telemetry::Telemetry;
 
+/// walbox relaying the logical messages of prefix `ev` (and not `other`).
 fn config() -> Config {
     config_with(&[])
 }
 
+/// The same with walbox run's `flags` added.
 fn config_with(flags: &[&str]) -> Config {
-    let argv = ["walbox", "run"].iter().chain(flags);
+    let argv = ["walbox", "run", "--messages", "ev"].iter().chain(flags);
     let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else {
         unreachable!()
     };
     Config::from_args(&run.common).unwrap()
+}
+
+/// A logical decoding message: relayed (prefix `ev`) or not (`other`).
+fn logical(transactional: bool, relayed: bool, lsn: Lsn, id: &str) -> Change {
+    Change::Message(Message::Message(LogicalMessage {
+        flags: u8::from(transactional),
+        lsn,
+        prefix: if relayed { "ev" } else { "other" }.into(),
+        content: bytes::Bytes::from(format!(r#"{{"script_id": "{id}"}}"#)),
+    }))
+}
+
+/// One item of a scripted transaction.
+#[derive(Clone, Copy, Debug)]
+enum Item {
+    Row,
+    /// A transactional logical message; relayed or not.
+    Message(bool),
+}
+
+/// A scripted transaction: its items, whether an idle keepalive follows, and whether a
+/// non-transactional logical message follows (relayed or not).
+#[derive(Clone, Debug)]
+struct Tx {
+    items: Vec<Item>,
+    keepalive: bool,
+    after: Option<bool>,
+}
+
+/// Transactions of rows only (the shape of the first tests).
+fn rows_only(transactions: &[(usize, bool)]) -> Vec<Tx> {
+    transactions
+        .iter()
+        .map(|&(size, keepalive)| Tx {
+            items: vec![Item::Row; size],
+            keepalive,
+            after: None,
+        })
+        .collect()
 }
 
 fn insert(id: &str) -> Change {
@@ -51,11 +94,33 @@ fn insert(id: &str) -> Change {
     }))
 }
 
-/// An event of the script: its id and the LSN of its transaction's commit record.
+/// An event of the script: its script id and the LSN that, once the flush LSN passes it,
+/// lets PostgreSQL forget the event (its transaction's commit record; for a non-transactional
+/// logical message, the byte before the end of its record).
 #[derive(Clone, Debug)]
 struct Event {
     id: String,
     commit_lsn: Lsn,
+}
+
+impl Event {
+    fn new(id: &str, commit_lsn: Lsn) -> Event {
+        Event {
+            id: id.to_owned(),
+            commit_lsn,
+        }
+    }
+}
+
+/// The script id of a published message: a row's id, or the id inside a logical message's
+/// content.
+fn script_id(message: &crate::outbox::OutboxMessage) -> String {
+    match serde_json::from_slice::<serde_json::Value>(&message.body) {
+        Ok(serde_json::Value::Object(object)) if object.contains_key("script_id") => {
+            object["script_id"].as_str().unwrap_or_default().to_owned()
+        }
+        _ => message.id.clone(),
+    }
 }
 
 /// The scripted replication stream. Every acknowledgement is checked against what the broker
@@ -89,7 +154,7 @@ impl Changes for Script {
                 continue;
             }
             let confirmed = sent.iter().any(|sent| {
-                sent.message.id == event.id
+                script_id(&sent.message) == event.id
                     && (sent.confirmed || (self.drops_returns && sent.returned))
             });
             if !confirmed {
@@ -129,16 +194,28 @@ fn actions() -> impl Strategy<Value = Vec<Action>> {
     )
 }
 
-/// Transactions of 0 to 3 events, each followed or not by an idle keepalive.
-fn transactions() -> impl Strategy<Value = Vec<(usize, bool)>> {
-    proptest::collection::vec((0usize..4, any::<bool>()), 1..12)
+/// Transactions of 0 to 3 events (rows and logical messages), each followed or not by an idle
+/// keepalive and by a non-transactional logical message.
+fn transactions() -> impl Strategy<Value = Vec<Tx>> {
+    let item = prop_oneof![3 => Just(Item::Row), 1 => any::<bool>().prop_map(Item::Message)];
+    let tx = (
+        proptest::collection::vec(item, 0..4),
+        any::<bool>(),
+        proptest::option::of(any::<bool>()),
+    )
+        .prop_map(|(items, keepalive, after)| Tx {
+            items,
+            keepalive,
+            after,
+        });
+    proptest::collection::vec(tx, 1..12)
 }
 
-fn script(transactions: &[(usize, bool)], broker: &Broker) -> Script {
+fn script(transactions: &[Tx], broker: &Broker) -> Script {
     let mut changes = VecDeque::new();
     let mut events = Vec::new();
     let mut lsn = 0x1000u64;
-    for (number, &(size, keepalive)) in transactions.iter().enumerate() {
+    for (number, tx) in transactions.iter().enumerate() {
         let commit_lsn = Lsn(lsn + 0x80);
         changes.push_back(Change::Begin(Transaction {
             xid: 1000 + number as u32,
@@ -148,18 +225,35 @@ fn script(transactions: &[(usize, bool)], broker: &Broker) -> Script {
         if number == 0 {
             changes.push_back(Change::Message(Message::Relation(outbox_relation())));
         }
-        for index in 0..size {
+        for (index, item) in tx.items.iter().enumerate() {
             let id = format!("{number}-{index}");
-            changes.push_back(insert(&id));
-            events.push(Event { id, commit_lsn });
+            match item {
+                Item::Row => changes.push_back(insert(&id)),
+                Item::Message(relayed) => {
+                    changes.push_back(logical(true, *relayed, Lsn(lsn + 0x10), &id))
+                }
+            }
+            if matches!(item, Item::Row | Item::Message(true)) {
+                events.push(Event::new(&id, commit_lsn));
+            }
         }
         changes.push_back(Change::Commit {
             end_lsn: Lsn(commit_lsn.0 + 0x20),
         });
-        if keepalive {
+        if tx.keepalive {
             changes.push_back(Change::Keepalive {
                 wal_end: Lsn(commit_lsn.0 + 0x40),
             });
+        }
+        if let Some(relayed) = tx.after {
+            // Its record ends at commit + 0x48: PostgreSQL may forget it once the flush LSN
+            // gets there.
+            let end = Lsn(commit_lsn.0 + 0x48);
+            let id = format!("{number}-after");
+            changes.push_back(logical(false, relayed, end, &id));
+            if relayed {
+                events.push(Event::new(&id, Lsn(end.0 - 1)));
+            }
         }
         lsn += 0x100;
     }
@@ -193,19 +287,39 @@ async fn settle() {
 
 /// Run one session over the script while the broker acts; returns how it ended, what was
 /// acknowledged, the violations seen, and whether everything was confirmed in the end.
-fn run_case(
-    transactions: &[(usize, bool)],
+fn run_case(transactions: &[Tx], actions: &[Action]) -> (Vec<String>, bool, Vec<Lsn>, Lsn) {
+    let (violations, complete, acknowledged, last, _) = run_case_sent(transactions, actions);
+    (violations, complete, acknowledged, last)
+}
+
+/// What the broker got: script id, message id, position, in publishing order.
+type Published = Vec<(String, String, Position)>;
+
+/// [`run_case`], with what was published.
+fn run_case_sent(
+    transactions: &[Tx],
     actions: &[Action],
-) -> (Vec<String>, bool, Vec<Lsn>, Lsn) {
-    run_case_with(transactions, actions, &[])
+) -> (Vec<String>, bool, Vec<Lsn>, Lsn, Published) {
+    run_case_sent_with(transactions, actions, &[])
 }
 
 /// [`run_case`] with walbox run's `flags`.
 fn run_case_with(
-    transactions: &[(usize, bool)],
+    transactions: &[Tx],
     actions: &[Action],
     flags: &[&str],
 ) -> (Vec<String>, bool, Vec<Lsn>, Lsn) {
+    let (violations, complete, acknowledged, last, _) =
+        run_case_sent_with(transactions, actions, flags);
+    (violations, complete, acknowledged, last)
+}
+
+/// [`run_case_sent`] with walbox run's `flags`.
+fn run_case_sent_with(
+    transactions: &[Tx],
+    actions: &[Action],
+    flags: &[&str],
+) -> (Vec<String>, bool, Vec<Lsn>, Lsn, Published) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -222,6 +336,9 @@ fn run_case_with(
             .filter_map(|change| match change {
                 Change::Commit { end_lsn } => Some(*end_lsn),
                 Change::Keepalive { wal_end } => Some(*wal_end),
+                Change::Message(Message::Message(message)) if !message.transactional() => {
+                    Some(message.lsn)
+                }
                 _ => None,
             })
             .max()
@@ -303,8 +420,21 @@ fn run_case_with(
             _ => false,
         };
         let acknowledged = acknowledged.lock().unwrap().clone();
+        let published = broker
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|sent| (script_id(&sent.message), sent.message.id.clone(), sent.position))
+            .collect();
         let violations = violations.lock().unwrap().clone();
-        (violations, complete || refused, acknowledged, last_boundary)
+        (
+            violations,
+            complete || refused,
+            acknowledged,
+            last_boundary,
+            published,
+        )
     })
 }
 
@@ -352,7 +482,7 @@ fn a_nack_holds_the_flush_lsn_before_its_transaction() {
         Action::Confirm(0),
         Action::Confirm(0),
     ];
-    let (violations, _, acknowledged, _) = run_case(&transactions, &actions);
+    let (violations, _, acknowledged, _) = run_case(&rows_only(&transactions), &actions);
     assert!(violations.is_empty(), "{violations:?}");
     assert!(
         acknowledged.iter().all(|&lsn| lsn <= Lsn(0x1080)),
@@ -363,8 +493,10 @@ fn a_nack_holds_the_flush_lsn_before_its_transaction() {
 #[test]
 fn confirming_everything_acknowledges_the_last_commit() {
     let transactions = [(1, false), (3, true), (0, false), (2, false)];
-    let (violations, complete, acknowledged, last) =
-        run_case(&transactions, &[Action::Confirm(1), Action::Wait]);
+    let (violations, complete, acknowledged, last) = run_case(
+        &rows_only(&transactions),
+        &[Action::Confirm(1), Action::Wait],
+    );
     assert!(violations.is_empty(), "{violations:?}");
     assert!(complete);
     assert_eq!(acknowledged.last(), Some(&last));
@@ -384,7 +516,7 @@ fn a_stop_with_the_window_full_and_no_confirms_ends_within_the_grace() {
         let telemetry = Arc::new(Telemetry::default());
         let broker = Broker::default();
         // Eight one-event transactions, a window of two: the third publish waits for a permit.
-        let script = script(&[(1, false); 8], &broker);
+        let script = script(&rows_only(&[(1, false); 8]), &broker);
         let start = Lsn(0x100);
         let window = Arc::new(Semaphore::new(2));
         let mut session = Session::start(
@@ -447,7 +579,7 @@ fn published_before_a_return(
     runtime.block_on(async {
         let telemetry = Arc::new(Telemetry::default());
         let broker = Broker::default();
-        let script = script(&[(1, false); 6], &broker);
+        let script = script(&rows_only(&[(1, false); 6]), &broker);
         let mut session = Session::start(
             config,
             script,
@@ -524,4 +656,47 @@ fn a_held_event_is_retried_alone() {
     // Once the flush LSN passes the held event, the full window again.
     let _ = supervisor.poison.progressed(Lsn(0x1100));
     assert!(!supervisor.window().1);
+}
+
+#[test]
+fn rows_and_messages_keep_their_order_and_their_positions() {
+    use crate::outbox::message_id::from_position;
+    let transactions = [Tx {
+        items: vec![
+            Item::Row,
+            Item::Message(true),
+            Item::Message(false),
+            Item::Row,
+            Item::Message(true),
+        ],
+        keepalive: false,
+        after: Some(true),
+    }];
+    let (violations, complete, acknowledged, last, published) =
+        run_case_sent(&transactions, &[Action::Wait]);
+    assert!(violations.is_empty(), "{violations:?}");
+    assert!(complete);
+    assert_eq!(acknowledged.last(), Some(&last));
+    let commit = Lsn(0x1080);
+    let script_ids: Vec<&str> = published.iter().map(|(id, _, _)| id.as_str()).collect();
+    // In stream order; the message of prefix `other` is not published but holds index 2.
+    assert_eq!(script_ids, ["0-0", "0-1", "0-3", "0-4", "0-after"]);
+    let positions: Vec<Position> = published.iter().map(|(_, _, p)| *p).collect();
+    let at = |index| Position {
+        commit_lsn: commit,
+        index,
+    };
+    assert_eq!(
+        positions,
+        [
+            at(0),
+            at(1),
+            at(3),
+            at(4),
+            Position::of_message(Lsn(0x10C8))
+        ]
+    );
+    // A logical message's id is the id of its position (rows here have ids of their own).
+    assert_eq!(published[1].1, from_position(commit, 1));
+    assert_eq!(published[4].1, from_position(Lsn(0x10C0), 524_287));
 }

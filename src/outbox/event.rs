@@ -236,8 +236,8 @@ impl OutboxShape {
             }
         };
         let exchange = match mapping.exchange.as_constant() {
-            Some(_) => None,
-            None => Some(resolve_as("--exchange")(&mapping.exchange)?),
+            Some(_) if !mapping.own_exchange => None,
+            _ => Some(resolve_as("--exchange")(&mapping.exchange)?),
         };
         let extra_headers = mapping
             .headers

@@ -29,6 +29,9 @@ pub struct Mapping {
     /// a super stream to route by; None: nothing to route by (a plain stream, the AMQP
     /// target, or `--partition-key-header`).
     pub partition_key: Option<Template>,
+    /// Name the exchange on every message even when it is one fixed name: a logical message
+    /// route (`--messages`) whose exchange is not the one the publisher sends to by default.
+    pub own_exchange: bool,
 }
 
 impl Mapping {
@@ -54,6 +57,7 @@ impl Mapping {
             ce_type: template("{event_type}"),
             walbox_headers: true,
             partition_key: None,
+            own_exchange: false,
         }
     }
 }

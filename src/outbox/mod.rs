@@ -1,4 +1,4 @@
-//! Outbox rows → AMQP messages: the validated [`Mapping`] (what `crate::config` makes of the
+//! Outbox rows (and logical decoding messages, [`logical`]) → AMQP messages: the validated [`Mapping`] (what `crate::config` makes of the
 //! flags), the column map (with JSON paths into columns), templates and their filters, the
 //! message id of id-less tables, and the message contract described in the docs
 //! ([`contract`]). The body encodings themselves are in `crate::encode`. Nothing here reads
@@ -9,8 +9,9 @@ pub(crate) mod contract;
 pub mod event;
 mod filter;
 pub mod headers;
+pub mod logical;
 mod mapping;
-mod message_id;
+pub(crate) mod message_id;
 pub mod path;
 mod row;
 pub mod template;
@@ -18,5 +19,6 @@ pub mod timestamp;
 
 pub use columns::{ColumnMap, Field};
 pub use event::{EventError, OutboxMessage, OutboxShape, ShapeError, Transaction};
+pub use logical::{LogicalMessages, MessageRoute, PrefixPattern};
 pub use mapping::Mapping;
 pub use template::Template;

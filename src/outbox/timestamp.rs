@@ -81,6 +81,17 @@ pub fn postgres_micros_to_unix_micros(micros: i64) -> i64 {
     micros.saturating_add(POSTGRES_EPOCH_UNIX_SECONDS * 1_000_000)
 }
 
+/// Now, in microseconds since the PostgreSQL epoch (for an event PostgreSQL sends no time
+/// with: a non-transactional logical message).
+pub fn now_postgres_micros() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+        });
+    unix.saturating_sub(POSTGRES_EPOCH_UNIX_SECONDS * 1_000_000)
+}
+
 /// Microseconds since the PostgreSQL epoch (as in Begin and Commit messages) → Unix seconds.
 pub fn postgres_micros_to_unix_seconds(micros: i64) -> u64 {
     let seconds = micros.div_euclid(1_000_000) + POSTGRES_EPOCH_UNIX_SECONDS;

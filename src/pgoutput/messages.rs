@@ -135,10 +135,20 @@ pub struct Truncate {
 pub struct LogicalMessage {
     /// Bit 1: the message is transactional.
     pub flags: u8,
-    /// The LSN of the message.
+    /// The LSN of the message. PostgreSQL sends the *end* of the message's WAL record here
+    /// (decode.c queues it with the record's end pointer), which can be the LSN of the next
+    /// record: the next transaction's commit LSN, for one.
     pub lsn: Lsn,
     pub prefix: String,
     pub content: Bytes,
+}
+
+impl LogicalMessage {
+    /// Written with `pg_logical_emit_message(true, …)`: part of its transaction, sent
+    /// between its Begin and Commit, only if it commits.
+    pub fn transactional(&self) -> bool {
+        self.flags & 1 != 0
+    }
 }
 
 /// The columns of one row, in the Relation's column order.

@@ -13,6 +13,8 @@ use crate::outbox::OutboxMessage;
 /// One published message, awaiting the test's answer.
 pub(crate) struct Sent {
     pub(crate) message: OutboxMessage,
+    /// Where the engine said the event lies in the WAL.
+    pub(crate) position: Position,
     answer: Option<oneshot::Sender<Outcome>>,
     /// The broker positively confirmed it.
     pub(crate) confirmed: bool,
@@ -80,13 +82,14 @@ pub(crate) async fn answered(receiver: oneshot::Receiver<Outcome>) -> Outcome {
 impl Publisher for MemoryPublisher {
     type Confirm = std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
-    async fn publish(&self, message: OutboxMessage, _position: Position) -> Result<Self::Confirm> {
+    async fn publish(&self, message: OutboxMessage, position: Position) -> Result<Self::Confirm> {
         if self.broker.lost.load(Ordering::SeqCst) {
             return Err(Error::transient("publishing: the connection is closed"));
         }
         let (sender, receiver) = oneshot::channel();
         self.broker.sent.lock().unwrap().push(Sent {
             message,
+            position,
             answer: Some(sender),
             confirmed: false,
             returned: false,

@@ -66,6 +66,7 @@ pub(crate) async fn replay(
     let began = Instant::now();
     let from = replay.from_lsn;
     let control = Control::connect(config).await?;
+    control.check_server_version().await?;
     control.check_wal_level().await?;
     control.check_table(config).await?;
     if !control
@@ -210,9 +211,10 @@ async fn publish<S: Changes, P: Publisher>(
     Err(outcome)
 }
 
-/// Replay's policy: apply the transactions that committed in `[from, until)` (and every
-/// Relation message, which describes the table whatever transaction carries it); end at the
-/// first transaction or idle keepalive at or past `until`; report the flush LSN as progress.
+/// Replay's policy: apply the transactions that committed in `[from, until)` and the
+/// non-transactional logical messages whose position lies there (and every Relation message, which
+/// describes the table whatever transaction carries it); end at the first of those, or idle
+/// keepalive, at or past `until`; report the flush LSN as progress.
 struct InRange {
     from: Lsn,
     until: Lsn,
@@ -253,6 +255,18 @@ impl Policy for InRange {
             Change::Keepalive { .. } => !self.open,
             // A skipped transaction's Relation messages still describe the table.
             Change::Message(crate::pgoutput::Message::Relation(_)) => true,
+            // A non-transactional logical message stands between transactions at its
+            // position's LSN (8 bytes before the end of its record, which is what PostgreSQL
+            // reports; see publish::stream::id): replayed when that lies in the range.
+            Change::Message(crate::pgoutput::Message::Message(message))
+                if !message.transactional() =>
+            {
+                let at = crate::publish::Position::of_message(message.lsn).commit_lsn;
+                if at >= self.until {
+                    return Admit::End;
+                }
+                at >= self.from
+            }
             Change::Message(_) => self.replaying,
         };
         match apply {

@@ -18,7 +18,7 @@ use crate::config::{Config, Identifier, PostgresTls, RootCerts, SslMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
-use crate::pgoutput::{self, Message};
+use crate::pgoutput::{self, LogicalMessage, Message};
 use pgwire_replication::{
     Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
@@ -47,7 +47,8 @@ fn session_options() -> String {
 #[derive(Debug)]
 pub(crate) enum Change {
     Begin(Transaction),
-    /// A decoded pgoutput message from inside a transaction (Relation, Insert, …).
+    /// A decoded pgoutput message from inside a transaction (Relation, Insert, …), or a
+    /// logical decoding message (a non-transactional one comes between transactions).
     Message(Message),
     Commit {
         end_lsn: Lsn,
@@ -297,42 +298,53 @@ impl Source {
 
     /// The next change, or `None` when the stream ended cleanly.
     pub(crate) async fn next(&mut self) -> Result<Option<Change>> {
-        loop {
-            let event = self.client.recv().await.map_err(Error::from_replication)?;
-            let change = match event {
-                None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
-                Some(ReplicationEvent::Begin {
-                    final_lsn,
-                    xid,
-                    commit_time_micros,
-                }) => Change::Begin(Transaction {
-                    xid,
-                    commit_lsn: ours(final_lsn),
-                    commit_time_micros,
-                }),
-                Some(ReplicationEvent::Commit { end_lsn, .. }) => Change::Commit {
-                    end_lsn: ours(end_lsn),
-                },
-                Some(ReplicationEvent::KeepAlive { wal_end, .. }) => Change::Keepalive {
-                    wal_end: ours(wal_end),
-                },
-                Some(ReplicationEvent::XLogData {
-                    data, wal_start, ..
-                }) => {
-                    let message = pgoutput::decode(&data).map_err(|error| {
-                        Error::definite(format!(
-                            "could not decode the pgoutput message at {}: {error}. This is a \
-                             walbox bug or an unsupported server; please report it",
-                            ours(wal_start)
-                        ))
-                    })?;
-                    Change::Message(message)
-                }
-                // Logical decoding messages (pg_logical_emit_message) are not outbox rows.
-                Some(ReplicationEvent::Message { .. }) => continue,
-            };
-            return Ok(Some(change));
-        }
+        let event = self.client.recv().await.map_err(Error::from_replication)?;
+        let change = match event {
+            None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
+            Some(ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            }) => Change::Begin(Transaction {
+                xid,
+                commit_lsn: ours(final_lsn),
+                commit_time_micros,
+            }),
+            Some(ReplicationEvent::Commit { end_lsn, .. }) => Change::Commit {
+                end_lsn: ours(end_lsn),
+            },
+            Some(ReplicationEvent::KeepAlive { wal_end, .. }) => Change::Keepalive {
+                wal_end: ours(wal_end),
+            },
+            Some(ReplicationEvent::XLogData {
+                data, wal_start, ..
+            }) => {
+                let message = pgoutput::decode(&data).map_err(|error| {
+                    Error::definite(format!(
+                        "could not decode the pgoutput message at {}: {error}. This is a \
+                         walbox bug or an unsupported server; please report it",
+                        ours(wal_start)
+                    ))
+                })?;
+                Change::Message(message)
+            }
+            // pgwire-replication asks pgoutput for logical decoding messages (`messages
+            // 'true'`, always) and decodes them itself; the engine decides which to relay.
+            // It reads the prefix lossily (bytes that are not UTF-8 become U+FFFD), which
+            // no `--messages` pattern may contain, so such a prefix matches no exact route.
+            Some(ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            }) => Change::Message(Message::Message(LogicalMessage {
+                flags: u8::from(transactional),
+                lsn: ours(lsn),
+                prefix,
+                content,
+            })),
+        };
+        Ok(Some(change))
     }
 
     /// PostgreSQL may release WAL up to `lsn`. Only the watermark's flush LSN comes here.

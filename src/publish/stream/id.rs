@@ -11,7 +11,18 @@
 //!   record's LSN has its low 3 bits zero and `commit_lsn >> 3` loses nothing
 //!   (tests/stream.rs checks it on the events it sees).
 //! - id = `((commit_lsn mod 2^48) >> 3) << 19 | index`, where `index` is the event's place
-//!   among the outbox rows of its transaction. 45 bits of position, 19 of index: 64 bits.
+//!   among the outbox rows and logical decoding messages of its transaction (every message
+//!   counts, relayed or not, so which prefixes are relayed never shifts a row's index). 45
+//!   bits of position, 19 of index: 64 bits.
+//! - A non-transactional logical message belongs to no transaction. PostgreSQL reports the
+//!   *end* of its WAL record as its LSN, and that can be the commit LSN of the very next
+//!   transaction (the pitfall Debezium met: resuming at a message's LSN skipped or repeated
+//!   what shares it). So its position is `(end − 8, 2^19 − 1)` ([`Position::of_message`]):
+//!   every record is 8-byte aligned and longer than 8 bytes, so any commit before the
+//!   message starts below `end − 8`, and any commit after it at or above `end`; the
+//!   message's id lies strictly between the ids of the events around it in WAL order, which
+//!   is the order walbox publishes in (PostgreSQL decodes a non-transactional message where
+//!   its record is, a transaction at its commit).
 //! - The generation `commit_lsn >> 48` goes into the producer name,
 //!   `walbox-<slot>-g<generation>`: it changes only after 256 TiB of WAL, and a new name
 //!   starts a new sequence, so ids never wrap.
@@ -74,6 +85,15 @@ pub(crate) enum Unnumbered {
 }
 
 impl Position {
+    /// The position of a non-transactional logical message whose WAL record ends at `end`
+    /// (the LSN PostgreSQL reports for it): see the module doc.
+    pub(crate) fn of_message(end: Lsn) -> Position {
+        Position {
+            commit_lsn: Lsn(end.as_u64().saturating_sub(1 << ALIGNMENT_BITS)),
+            index: (MAX_EVENTS_PER_TRANSACTION - 1) as u32,
+        }
+    }
+
     /// The publishing id of this position.
     pub(crate) fn publishing_id(self) -> Result<PublishingId, Unnumbered> {
         let lsn = self.commit_lsn.as_u64();
@@ -143,6 +163,20 @@ mod tests {
     }
 
     #[test]
+    fn a_message_whose_end_is_the_next_commit_lsn_keeps_its_own_id() {
+        // A message ending at 0/16B3750, and the next transaction's commit record starting there.
+        let message = Position::of_message(Lsn(0x16B_3750));
+        assert_eq!(message.commit_lsn, Lsn(0x16B_3748));
+        let message = message.publishing_id().unwrap();
+        let commit = position(0x16B_3750, 0).publishing_id().unwrap();
+        assert!(message.id < commit.id);
+        assert_eq!(
+            Position::of_message(Lsn(0x16B_3754)).publishing_id(),
+            Err(Unnumbered::Unaligned(Lsn(0x16B_374C)))
+        );
+    }
+
+    #[test]
     fn a_real_position() {
         // 0/16B3748, the third event of its transaction.
         let id = position(0x16B_3748, 2).publishing_id().unwrap();
@@ -163,6 +197,27 @@ mod tests {
         fn round_trip(lsn in aligned(), index in index()) {
             let original = position(lsn, index);
             prop_assert_eq!(original.publishing_id().unwrap().position(), original);
+        }
+
+        #[test]
+        fn a_message_sorts_between_the_commits_around_it(
+            end in aligned().prop_filter("room for a record", |lsn| *lsn >= 32),
+            before in 0..u64::MAX,
+            after in 0..u64::MAX,
+            index in index(),
+        ) {
+            // A record is 8-byte aligned and longer than 8 bytes (its header alone is 24):
+            // a commit before the message starts at most at `end - 32`; one after it starts
+            // at `end` or later (even at `end`: Debezium's pitfall).
+            let earlier = position((before % (end - 24)) & !7, index).publishing_id().unwrap();
+            let later_lsn = end.saturating_add(after % (1 << 40)) & !7;
+            prop_assume!(later_lsn >= end);
+            let later = position(later_lsn, index).publishing_id().unwrap();
+            let message = Position::of_message(Lsn(end)).publishing_id().unwrap();
+            let key = |id: PublishingId| (id.generation, id.id);
+            prop_assert!(key(earlier) < key(message));
+            prop_assert!(key(message) < key(position(later_lsn, 0).publishing_id().unwrap()));
+            prop_assert!(key(message) < key(later));
         }
 
         #[test]

@@ -63,6 +63,19 @@ pub(crate) fn stream_message(message: &OutboxMessage, publishing_id: u64) -> Mes
     application.message_builder().build()
 }
 
+/// A 64-bit integer as AMQP 1.0 `long`, except one in -128..=127, which goes as `int`:
+/// rabbitmq-stream-protocol 0.11 writes such a long in its 2-byte `smalllong` form but counts
+/// 3 bytes for it, so the publish frame's length is one byte too long and the broker misreads
+/// the frames after it ("unknown command"; the connection fails, again on every retry).
+/// `int`'s small form is counted right. (Seen with a non-transactional logical message's
+/// `x-xid` 0; a headers column's `{"n": 7}` did the same.)
+fn long(n: i64) -> SimpleValue {
+    match i8::try_from(n) {
+        Ok(small) => SimpleValue::Int(i32::from(small)),
+        Err(_) => SimpleValue::Long(n),
+    }
+}
+
 fn simple_value(value: &AMQPValue) -> SimpleValue {
     match value {
         AMQPValue::Boolean(flag) => SimpleValue::Boolean(*flag),
@@ -72,7 +85,7 @@ fn simple_value(value: &AMQPValue) -> SimpleValue {
         AMQPValue::ShortUInt(n) => SimpleValue::Ushort(*n),
         AMQPValue::LongInt(n) => SimpleValue::Int(*n),
         AMQPValue::LongUInt(n) => SimpleValue::Uint(*n),
-        AMQPValue::LongLongInt(n) => SimpleValue::Long(*n),
+        AMQPValue::LongLongInt(n) => long(*n),
         AMQPValue::Float(n) => SimpleValue::Float((*n).into()),
         AMQPValue::Double(n) => SimpleValue::Double((*n).into()),
         AMQPValue::ShortString(text) => SimpleValue::String(text.as_str().to_owned()),
@@ -128,7 +141,7 @@ mod tests {
             application.get("x-commit-lsn"),
             Some(&SimpleValue::String("0/16B3748".into()))
         );
-        assert_eq!(application.get("n"), Some(&SimpleValue::Long(7)));
+        assert_eq!(application.get("n"), Some(&SimpleValue::Int(7)));
         assert_eq!(
             application.get("type"),
             Some(&SimpleValue::String("order.created".into()))
@@ -137,5 +150,31 @@ mod tests {
             application.get("timestamp"),
             Some(&SimpleValue::Long(1_700_000_000))
         );
+    }
+
+    #[test]
+    fn every_integer_header_is_counted_as_long_as_it_is_encoded() {
+        use rabbitmq_stream_protocol::codec::Encoder;
+        for n in [0, 1, -1, 127, -128, 128, -129, 70_000, i64::MAX, i64::MIN] {
+            let mut headers = FieldTable::default();
+            headers.insert("x-xid".into(), AMQPValue::LongLongInt(n));
+            let message = OutboxMessage {
+                exchange: None,
+                routing_key: ShortString::from("k"),
+                body: Bytes::from_static(b"{}"),
+                properties: BasicProperties::default().with_headers(headers),
+                id: "e-1".into(),
+                headers_warning: None,
+                partition_key: None,
+            };
+            let stream = stream_message(&message, 1);
+            let mut written = Vec::new();
+            stream.encode(&mut written).unwrap();
+            assert_eq!(
+                written.len(),
+                stream.encoded_size() as usize,
+                "header value {n}: the frame length must be the bytes written"
+            );
+        }
     }
 }
