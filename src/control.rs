@@ -10,6 +10,7 @@
 //! the table's owner creates it beforehand; [`Control::prepare`] then only checks it.
 
 pub(crate) mod failover;
+pub(crate) mod publication;
 
 use std::str::FromStr;
 
@@ -20,8 +21,9 @@ use crate::config::{Config, Identifier, TableName};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::template::TemplateError;
-use crate::outbox::{OutboxShape, ShapeError};
+use crate::outbox::{Mapping, OutboxShape, ShapeError};
 use crate::pgoutput::{Relation, RelationColumn};
+use publication::{Names, Problem, Reading};
 
 /// An open control-plane connection.
 pub(crate) struct Control {
@@ -199,22 +201,17 @@ impl Control {
         Ok(())
     }
 
-    /// Create the publication for the table if it does not exist; check it covers the table.
+    /// Create the publication for the table if it does not exist; then check, in the catalogs,
+    /// that it delivers every insert of the table (see [`publication`]).
     pub(crate) async fn ensure_publication(
         &self,
-        publication: &Identifier,
-        table: &TableName,
+        names: Names<'_>,
+        mapping: &Mapping,
     ) -> Result<Ensured> {
-        let exists = self
-            .client
-            .query_opt(
-                "SELECT 1 FROM pg_publication WHERE pubname = $1",
-                &[&publication.as_str()],
-            )
-            .await
-            .map_err(Self::sql_error("looking up the publication"))?
-            .is_some();
-        if !exists {
+        let (publication, table) = (names.publication, names.table);
+        let ensured = if self.publication_exists(publication).await? {
+            Ensured::Existed
+        } else {
             let ddl = create_publication_sql(publication, table);
             self.client.batch_execute(&ddl).await.map_err(|error| {
                 Error::from_postgres(
@@ -225,31 +222,71 @@ impl Control {
                     error,
                 )
             })?;
-            return Ok(Ensured::Created);
+            Ensured::Created
+        };
+        let reading = self.read_catalog(names, None).await?;
+        self.refuse_problems(&reading, names, mapping).await?;
+        Ok(ensured)
+    }
+
+    /// Each problem of the reading, with its fix, as one definite error.
+    pub(crate) async fn refuse_problems(
+        &self,
+        reading: &Reading,
+        names: Names<'_>,
+        mapping: &Mapping,
+    ) -> Result<()> {
+        let kept = self
+            .column_list_check(reading, names.table, mapping)
+            .await?;
+        let problems: Vec<String> = reading
+            .problems(kept)
+            .iter()
+            .map(|problem| problem.explain(names))
+            .collect();
+        if problems.is_empty() {
+            return Ok(());
         }
-        let covers = self
-            .client
-            .query_opt(
-                "SELECT 1 FROM pg_publication_tables \
-                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-                &[
-                    &publication.as_str(),
-                    &table.schema.as_str(),
-                    &table.name.as_str(),
-                ],
+        Err(Error::definite(problems.join("; and ")))
+    }
+
+    /// What a column list must keep: the columns the mapping reads, checked against the
+    /// table's description (read only when the publication has a column list).
+    pub(crate) async fn column_list_check(
+        &self,
+        reading: &Reading,
+        table: &TableName,
+        mapping: &Mapping,
+    ) -> Result<impl Fn(&[String]) -> std::result::Result<(), String> + use<>> {
+        let description = match reading.relations.iter().any(|row| row.columns.is_some()) {
+            true => Some(self.describe_table(table).await?),
+            false => None,
+        };
+        Ok(publication::columns_kept(description, mapping.clone()))
+    }
+
+    /// Turn on `publish_via_partition_root` when the table is partitioned and the publication
+    /// has it off (`walbox setup`). Returns whether it did.
+    pub(crate) async fn ensure_via_root(&self, names: Names<'_>) -> Result<bool> {
+        let reading = self.read_catalog(names, None).await?;
+        if !reading.problems(|_| Ok(())).contains(&Problem::NotViaRoot) {
+            return Ok(false);
+        }
+        let ddl = format!(
+            "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+            names.publication.quoted()
+        );
+        self.client.batch_execute(&ddl).await.map_err(|error| {
+            Error::from_postgres(
+                &format!(
+                    "{}. Turning it on needs ownership of the publication: have its owner run \
+                     `{ddl}`",
+                    Problem::NotViaRoot.explain(names)
+                ),
+                error,
             )
-            .await
-            .map_err(Self::sql_error("reading the publication's tables"))?
-            .is_some();
-        if !covers {
-            return Err(Error::definite(format!(
-                "publication {publication} exists but does not include {table}. Run `ALTER \
-                 PUBLICATION {} ADD TABLE {}` or choose another --publication",
-                publication.quoted(),
-                table.quoted()
-            )));
-        }
-        Ok(Ensured::Existed)
+        })?;
+        Ok(true)
     }
 
     pub(crate) async fn slot(&self, slot: &Identifier) -> Result<Option<SlotInfo>> {
@@ -499,8 +536,11 @@ impl Control {
         self.check_wal_level().await?;
         self.check_table(config).await?;
         self.check_privileges(&config.table).await?;
-        self.ensure_publication(&config.publication, &config.table)
-            .await
+        let names = Names {
+            publication: &config.publication,
+            table: &config.table,
+        };
+        self.ensure_publication(names, &config.mapping).await
     }
 }
 
@@ -557,7 +597,8 @@ impl Control {
 /// The one statement walbox creates a publication with: names quoted, never pasted raw.
 fn create_publication_sql(publication: &Identifier, table: &TableName) -> String {
     format!(
-        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert', \
+         publish_via_partition_root = true)",
         publication.quoted(),
         table.quoted()
     )
@@ -604,7 +645,7 @@ mod tests {
         let table = TableName::parse(r#"Sales.Out"box"#).unwrap();
         assert_eq!(
             create_publication_sql(&hostile, &table),
-            r#"CREATE PUBLICATION "x"" ; DROP TABLE outbox; --" FOR TABLE "Sales"."Out""box" WITH (publish = 'insert')"#
+            r#"CREATE PUBLICATION "x"" ; DROP TABLE outbox; --" FOR TABLE "Sales"."Out""box" WITH (publish = 'insert', publish_via_partition_root = true)"#
         );
         assert_eq!(
             drop_publication_sql(&hostile),

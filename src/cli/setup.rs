@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::backfill::{self, Phase};
 use crate::config::DeclareMode;
 use crate::config::{BackfillConfig, Config};
+use crate::control::publication::Names;
 use crate::control::{Control, Ensured, SlotCreation};
 use crate::error::{Error, Result};
 use crate::publish::Publisher;
@@ -17,8 +18,14 @@ use crate::publish::amqp::AmqpPublisher;
 use crate::publish::stream;
 
 pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) -> Result<()> {
-    cut_over(config, backfill).await?;
     let control = Control::connect(config).await?;
+    let names = Names {
+        publication: &config.publication,
+        table: &config.table,
+    };
+    // Before the checks (the cut-over's too), so that a publication made without it passes.
+    let via_root = control.ensure_via_root(names).await?;
+    cut_over(config, backfill).await?;
     let prepared = control.prepare(config, SlotCreation::Always).await?;
     println!(
         "wal_level is logical; table {} has every mapped column ({})",
@@ -29,6 +36,11 @@ pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) ->
         config.publication,
         match prepared.publication {
             Ensured::Created => format!("created for {} (inserts only)", config.table),
+            Ensured::Existed if via_root => format!(
+                "already exists and includes the table; publish_via_partition_root turned on, \
+                 so the rows of {}'s partitions are published as its own",
+                config.table
+            ),
             Ensured::Existed => "already exists and includes the table".to_owned(),
         }
     );

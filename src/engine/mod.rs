@@ -27,13 +27,16 @@ use crate::source::{Change, Source};
 use crate::telemetry::{RelayState, Side, Telemetry};
 
 pub(crate) mod backoff;
+pub(crate) mod guard;
 pub(crate) mod poison;
 pub(crate) mod session;
 pub(crate) mod stream;
+pub(crate) mod tables;
 #[cfg(test)]
 mod tests;
 
 use backoff::Backoff;
+use guard::Guard;
 use poison::Poison;
 use session::{Admit, End, Policy, Session};
 pub(crate) use session::{Changes, Shutdown};
@@ -53,7 +56,7 @@ pub(crate) async fn run(
             return Ok(());
         };
         let delay = supervisor.delay_after(failure)?;
-        if !wait(delay, &mut shutdown, &telemetry).await {
+        if !wait(delay, &mut shutdown, &telemetry, &mut supervisor.guard).await? {
             return Ok(());
         }
         supervisor.first = false;
@@ -61,18 +64,36 @@ pub(crate) async fn run(
 }
 
 /// Wait `delay` before the next session, proving the supervisor turns meanwhile; false when
-/// shutdown was asked for instead.
-async fn wait(delay: Duration, shutdown: &mut Shutdown, telemetry: &Telemetry) -> bool {
+/// shutdown was asked for instead, the guard's error when it tripped.
+async fn wait(
+    delay: Duration,
+    shutdown: &mut Shutdown,
+    telemetry: &Telemetry,
+    guard: &mut Option<Guard>,
+) -> Result<bool> {
     let waited = tokio::time::sleep(delay);
     tokio::pin!(waited);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
-            _ = &mut waited => return true,
+            _ = &mut waited => return Ok(true),
             _ = heartbeat.tick() => telemetry.health.beat(),
-            _ = shutdown.wait_for(|stop| *stop) => return false,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(false),
+            tripped = guard_tripped(guard) => return Err(tripped),
         }
     }
+}
+
+/// Resolves with the guard's definite error when it trips; never without a guard.
+async fn guard_tripped(guard: &mut Option<Guard>) -> Error {
+    if let Some(guard) = guard {
+        loop {
+            if let Err(error) = guard.changed().await {
+                return error;
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// How often a standby walbox tries to take the slot over.
@@ -163,12 +184,16 @@ struct Supervisor<'a> {
     first: bool,
     standing_by: bool,
     backoff: Backoff,
-    /// What this process saw the broker confirm: PostgreSQL before 17 saves a logical slot's
-    /// confirmed position only at some checkpoints, so after a server restart the slot can be
-    /// behind what was already confirmed. Resuming from here instead avoids re-sending those
-    /// events.
+    /// What this process acknowledged (confirmed by the broker, and proven by the guard):
+    /// PostgreSQL before 17 saves a logical slot's confirmed position only at some
+    /// checkpoints, so after a server restart the slot can be behind what was already
+    /// confirmed. Resuming from here instead avoids re-sending those events.
     confirmed_here: Lsn,
     poison: Poison,
+    /// One guard for the whole process, started once the first session found the publication
+    /// in order, so the proof that it covers the table runs on without a gap from session to
+    /// session.
+    guard: Option<Guard>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -182,6 +207,7 @@ impl<'a> Supervisor<'a> {
             backoff: Backoff::new(Duration::from_millis(200), run.max_retry_delay),
             confirmed_here: Lsn::ZERO,
             poison: Poison::new(run.poison_after, run.dead_letter_exchange.clone()),
+            guard: None,
         }
     }
 
@@ -288,6 +314,13 @@ impl<'a> Supervisor<'a> {
                 info!(slot = %config.slot, "created replication slot");
             }
         }
+        // The apply step needs the outbox table the guard proved before the first Relation.
+        let telemetry = self.telemetry;
+        let mut guard = self
+            .guard
+            .get_or_insert_with(|| Guard::spawn(config, Arc::clone(telemetry)))
+            .clone();
+        guard.established().await.map_err(postgres)?;
         let confirmed = prepared.slot_info.confirmed_flush().unwrap_or(Lsn::ZERO);
         let start = self.resume_from(confirmed)?;
         let dead_letter_exchange = self.run.dead_letter_exchange.as_deref();
@@ -376,6 +409,12 @@ impl<'a> Supervisor<'a> {
             false,
             telemetry,
         );
+        let mut guard = self.guard.clone().ok_or_else(|| {
+            postgres(Error::definite(
+                "a session started without the guard (a walbox bug)",
+            ))
+        })?;
+        session.guard_with(guard.clone());
         session.stream_mut().dead_letter = self.poison.dead_letter();
         session.stream_mut().unencodable_to = self.run.dead_letter_exchange.clone();
         let mut live = Live {
@@ -395,10 +434,12 @@ impl<'a> Supervisor<'a> {
         if session.flushed() > start {
             self.backoff.reset();
         }
-        self.confirmed_here = self.confirmed_here.max(session.flushed());
+        // What was acknowledged, not what was confirmed: past the guard's proof nothing is
+        // known.
+        self.confirmed_here = self.confirmed_here.max(session.acknowledged());
         match end {
             End::Stopped | End::Finished => {
-                let final_lsn = stop(session, self.run.shutdown_grace, telemetry).await;
+                let final_lsn = stop(session, self.run.shutdown_grace, &mut guard, telemetry).await;
                 self.confirmed_here = self.confirmed_here.max(final_lsn);
                 Ok(())
             }
@@ -452,22 +493,29 @@ async fn connect_publisher(
     Ok(Target::Stream(publisher))
 }
 
-/// Graceful stop: no more reading; wait (at most `grace`) for outstanding confirms, then
-/// tell PostgreSQL the final position, which is returned.
-async fn stop(session: Session<'_, Source, Target>, grace: Duration, telemetry: &Telemetry) -> Lsn {
+/// Graceful stop: no more reading; wait (at most `grace`) for outstanding confirms and a last
+/// proof of the guard's, then tell PostgreSQL the final position, which is returned.
+async fn stop(
+    session: Session<'_, Source, Target>,
+    grace: Duration,
+    guard: &mut Guard,
+    telemetry: &Telemetry,
+) -> Lsn {
     telemetry.health.set_state(RelayState::Stopping);
     info!(
         grace_secs = grace.as_secs(),
         "stopping: waiting for outstanding confirms"
     );
     let drained = session.drain(Some(grace)).await;
-    let final_lsn = match drained.verdict {
+    let confirmed = match drained.verdict {
         Ok(lsn) => lsn,
         Err(error) => {
             warn!(%error, "not every outstanding message was confirmed while stopping; they will be sent again on restart");
             drained.flushed
         }
     };
+    // One more reading, so that the stop acknowledges all that was confirmed.
+    let final_lsn = confirmed.min(guard.fresh(confirmed, FINAL_PROOF_WAIT).await);
     // A broker that blocks publishers does not answer a close either: both goodbyes together
     // take at most CLOSING. Cut short, PostgreSQL may not have heard the final position: the
     // events after its saved one are sent again on restart, never lost.
@@ -484,6 +532,9 @@ async fn stop(session: Session<'_, Source, Target>, grace: Duration, telemetry: 
     info!(flushed = %final_lsn, "stopped");
     final_lsn
 }
+
+/// How long a stopping relay waits for the guard's last reading.
+const FINAL_PROOF_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a graceful stop may take to close both connections, after the grace for
 /// outstanding confirms.

@@ -11,7 +11,9 @@
 //! Data flows one way; the only thing that comes back is the flush LSN, through a `watch`
 //! channel, and only the [`Policy`] decides what it means: the live relay acknowledges it
 //! to the slot, a replay reports it as progress. The policy also decides which changes are
-//! applied and when a session is complete.
+//! applied and when a session is complete. With a [`Guard`] (the live relay), what is
+//! acknowledged is the flush LSN capped at the guard's proof that the publication still
+//! covers the outbox table, and a tripped guard ends the session with its definite error.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Failure;
+use super::guard::Guard;
 use super::stream::Stream;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -90,6 +93,10 @@ pub(crate) struct Session<'a, S: Changes, P: Publisher> {
     tracker: JoinHandle<Result<Lsn>>,
     tracker_ended: bool,
     flush: watch::Receiver<Lsn>,
+    /// Caps what is acknowledged (None: nothing does).
+    guard: Option<Guard>,
+    /// The last position acknowledged (or reported, for a policy that does not acknowledge).
+    acknowledged: Lsn,
 }
 
 /// What is left once a session stopped publishing and its confirms are in (or given up on).
@@ -133,7 +140,16 @@ impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
             tracker,
             tracker_ended: false,
             flush,
+            guard: None,
+            acknowledged: from,
         }
+    }
+
+    /// Cap acknowledgements at `guard`'s proof, and let the apply step know the outbox table
+    /// the guard proved.
+    pub(crate) fn guard_with(&mut self, guard: Guard) {
+        self.stream.guard = Some(guard.clone());
+        self.guard = Some(guard);
     }
 
     pub(crate) fn stream(&self) -> &Stream<'a, P> {
@@ -147,6 +163,26 @@ impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
     /// The flush LSN reached so far.
     pub(crate) fn flushed(&self) -> Lsn {
         *self.flush.borrow()
+    }
+
+    /// The position acknowledged so far: the flush LSN, capped at the guard's proof.
+    pub(crate) fn acknowledged(&self) -> Lsn {
+        self.acknowledged
+    }
+
+    /// Acknowledge (or report) the flush LSN as far as the guard's proof allows.
+    fn acknowledge<Pol: Policy>(&mut self, policy: &mut Pol) {
+        let flushed = *self.flush.borrow_and_update();
+        let ceiling = self.guard.as_ref().map_or(flushed, Guard::through);
+        let acknowledged = flushed.min(ceiling);
+        if acknowledged <= self.acknowledged {
+            return;
+        }
+        self.acknowledged = acknowledged;
+        if Pol::ACKNOWLEDGES {
+            self.source.acknowledge(acknowledged);
+        }
+        policy.flushed(acknowledged);
     }
 
     /// Apply changes as `policy` admits them until shutdown, the policy's end, or a failure.
@@ -166,13 +202,11 @@ impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
                     self.tracker_ended = true;
                     break End::Failed(Failure::new(Side::Amqp, tracker_failure(tracker_end)));
                 }
-                Ok(()) = self.flush.changed() => {
-                    let flushed = *self.flush.borrow_and_update();
-                    if Pol::ACKNOWLEDGES {
-                        self.source.acknowledge(flushed);
-                    }
-                    policy.flushed(flushed);
-                }
+                Ok(()) = self.flush.changed() => self.acknowledge(policy),
+                proven = guard_changed(&mut self.guard) => match proven {
+                    Ok(()) => self.acknowledge(policy),
+                    Err(error) => break End::Failed(Failure::new(Side::Postgres, error)),
+                },
                 _ = heartbeat.tick() => {
                     policy.beat();
                     if !self.stream.publisher().is_connected() {
@@ -292,6 +326,14 @@ impl<'a, S: Changes, P: Publisher> Session<'a, S, P> {
     pub(crate) fn abort(self) -> (S, P) {
         self.tracker.abort();
         (self.source, self.stream.finish())
+    }
+}
+
+/// The guard's next proof or trip; never, without a guard.
+async fn guard_changed(guard: &mut Option<Guard>) -> Result<()> {
+    match guard {
+        Some(guard) => guard.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,7 +10,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
 use super::Failure;
+use super::guard::Guard;
 use super::poison::DeadLetter;
+use super::tables::Tables;
 use crate::config::Config;
 use crate::error::Error;
 use crate::lsn::Lsn;
@@ -30,8 +32,8 @@ pub(crate) struct Stream<'a, P: Publisher> {
     /// Messages published and not yet answered, at most as many as it has permits.
     window: Arc<Semaphore>,
     telemetry: &'a Telemetry,
-    /// The outbox table's shape, from its latest Relation message.
-    shape: Option<OutboxShape>,
+    /// The tables announced by Relation messages: which inserts are outbox events.
+    tables: Tables,
     transaction: Option<Transaction>,
     /// The next outbox event's index in the open transaction (its id when the table has no
     /// id column is derived from the commit LSN and this index). Every logical decoding
@@ -49,6 +51,8 @@ pub(crate) struct Stream<'a, P: Publisher> {
     replaying: bool,
     /// Outbox events handed to the publisher in this session.
     pub(crate) events: u64,
+    /// The guard's view of the outbox table (the live relay; a fixed one for a replay).
+    pub(crate) guard: Option<Guard>,
 }
 
 impl<'a, P: Publisher> Stream<'a, P> {
@@ -66,7 +70,7 @@ impl<'a, P: Publisher> Stream<'a, P> {
             pending,
             window,
             telemetry,
-            shape: None,
+            tables: Tables::default(),
             transaction: None,
             index_in_transaction: 0,
             routing_key: String::new(),
@@ -75,6 +79,7 @@ impl<'a, P: Publisher> Stream<'a, P> {
             published_through: Lsn::ZERO,
             replaying,
             events: 0,
+            guard: None,
         }
     }
 
@@ -123,37 +128,32 @@ impl<'a, P: Publisher> Stream<'a, P> {
         self.boundary(end_lsn).await
     }
 
-    /// A Relation message: when it describes the outbox table, its new shape.
+    /// A Relation message: which table it is, and the outbox's new shape (see `tables`).
     fn relation(&mut self, relation: &Relation) -> Result<(), Failure> {
-        let table = &self.config.table;
-        let named =
-            relation.namespace == table.schema.as_str() && relation.name == table.name.as_str();
-        // A rename keeps the relation id: the table is still the outbox being relayed.
-        let same_table = self
-            .shape
-            .as_ref()
-            .is_some_and(|s| s.relation_id() == relation.relation_id);
-        if named || same_table {
-            let shape =
-                OutboxShape::from_relation(relation, &self.config.mapping).map_err(|problem| {
-                    postgres(Error::definite(format!(
-                        "the outbox table changed so that it can no longer be relayed: \
-                         {problem}. Nothing after this point was acknowledged"
-                    )))
-                })?;
-            self.shape = Some(shape);
-        }
-        Ok(())
+        let outbox = self.guard.as_ref().and_then(Guard::outbox);
+        let commit_lsn = self.transaction.map(|transaction| transaction.commit_lsn);
+        self.tables
+            .relation(
+                relation,
+                &self.config.table,
+                &self.config.mapping,
+                outbox.as_ref(),
+                commit_lsn,
+            )
+            .map_err(postgres)
     }
 
     /// An Insert: when it is an outbox row, build its message (or the dead-letter record in
     /// its place) and publish it.
     async fn insert(&mut self, insert: &Insert) -> Result<(), Failure> {
-        let outbox = self
-            .shape
-            .as_ref()
-            .is_some_and(|s| s.relation_id() == insert.relation_id);
-        if !outbox {
+        // None only for a table its Relation proved to be another; an insert no Relation
+        // announced is an error.
+        if self
+            .tables
+            .shape(insert.relation_id)
+            .map_err(postgres)?
+            .is_none()
+        {
             return Ok(());
         }
         let transaction = self.transaction.ok_or_else(|| {
@@ -163,7 +163,7 @@ impl<'a, P: Publisher> Stream<'a, P> {
         })?;
         let index = self.index_in_transaction;
         self.index_in_transaction += 1;
-        let outgoing = self.build(None, &insert.new_tuple, &transaction, index)?;
+        let outgoing = self.build(Source::Row(insert), &transaction, index)?;
         self.events += 1;
         let outgoing = self.replace_poison(outgoing, &transaction);
         let position = Position {
@@ -189,7 +189,8 @@ impl<'a, P: Publisher> Stream<'a, P> {
         // readers of the WAL; `--messages` lists every prefix that is an event of ours. Its
         // index in the transaction was taken all the same (see `index_in_transaction`).
         if let Some((shape, tuple)) = self.config.messages.row(message, &id) {
-            let outgoing = self.build(Some(shape), &tuple, &transaction, position.index)?;
+            let outgoing =
+                self.build(Source::Message(shape, &tuple), &transaction, position.index)?;
             self.events += 1;
             let outgoing = self.replace_poison(outgoing, &transaction);
             self.publish(outgoing, &transaction, position).await?;
@@ -237,18 +238,23 @@ impl<'a, P: Publisher> Stream<'a, P> {
     }
 
     /// The message for the `index`-th event of `transaction`, marked as a replay when
-    /// replaying: an outbox row (`logical` None) or a logical message's row with its shape.
+    /// replaying: an outbox row or a logical message's row with its shape.
     fn build(
         &mut self,
-        logical: Option<&'a OutboxShape>,
-        tuple: &TupleData,
+        source: Source<'_, 'a>,
         transaction: &Transaction,
         index: u32,
     ) -> Result<Outgoing, Failure> {
-        let Some(shape) = logical.or(self.shape.as_ref()) else {
-            return Err(postgres(Error::definite(
-                "an outbox insert arrived before the table's shape (a walbox bug)",
-            )));
+        let (shape, tuple) = match source {
+            Source::Message(shape, tuple) => (shape, tuple),
+            Source::Row(insert) => match self.tables.shape(insert.relation_id).map_err(postgres)? {
+                Some(shape) => (shape, &insert.new_tuple),
+                None => {
+                    return Err(postgres(Error::definite(
+                        "an outbox insert arrived without the table's shape (a walbox bug)",
+                    )));
+                }
+            },
         };
         let mut outgoing = match shape.message(tuple, transaction, index, &mut self.routing_key) {
             Ok(message) => Outgoing {
@@ -368,6 +374,13 @@ impl<'a, P: Publisher> Stream<'a, P> {
             .await
             .map_err(|_| amqp(Error::transient("the confirm tracker stopped")))
     }
+}
+
+/// Where an event's row comes from: an Insert of the outbox table (its shape from the
+/// table's Relation), or a logical decoding message made into a row by its route's shape.
+enum Source<'r, 'a> {
+    Row(&'r Insert),
+    Message(&'a OutboxShape, &'r TupleData),
 }
 
 /// A message to publish, and whether it is a dead-letter record standing in for its event.

@@ -3,7 +3,7 @@
 //! acknowledgement, that the flush LSN never passes an event the broker did not positively
 //! confirm — whatever mix of confirms, nacks, returns, closed channels and lost connections,
 //! with outbox rows and logical decoding messages (relayed or not, in a transaction or not)
-//! mixed in the stream.
+//! mixed in the stream — nor one the guard had not proven the publication to cover.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -12,6 +12,7 @@ use clap::Parser;
 use proptest::prelude::*;
 use tokio::sync::{Semaphore, watch};
 
+use super::guard::{Guard, Proof};
 use super::poison::Poison;
 use super::session::{End, Session};
 use super::{Changes, Live, Supervisor};
@@ -131,6 +132,8 @@ struct Script {
     broker: Broker,
     acknowledged: Arc<Mutex<Vec<Lsn>>>,
     violations: Arc<Mutex<Vec<String>>>,
+    /// The guard's proof as the test last set it.
+    proven: Arc<Mutex<Lsn>>,
     /// `--unroutable drop`: an event the broker returned may be passed too.
     drops_returns: bool,
 }
@@ -146,6 +149,12 @@ impl Changes for Script {
 
     fn acknowledge(&self, lsn: Lsn) {
         self.acknowledged.lock().unwrap().push(lsn);
+        let proven = *self.proven.lock().unwrap();
+        if lsn > proven {
+            self.violations.lock().unwrap().push(format!(
+                "acknowledged {lsn} past the guard's proof {proven}"
+            ));
+        }
         let sent = self.broker.sent.lock().unwrap();
         for event in &self.events {
             // PostgreSQL may forget everything before `lsn`: the event's transaction is gone
@@ -176,6 +185,8 @@ enum Action {
     /// The broker closes the channel in answer to one message (406: too large).
     Close(usize),
     LoseConnection,
+    /// The guard proves the publication covered the table up to this many bytes further.
+    Prove(u16),
     /// Let the engine run for a while.
     Wait,
 }
@@ -188,6 +199,7 @@ fn actions() -> impl Strategy<Value = Vec<Action>> {
             1 => any::<usize>().prop_map(Action::Return),
             1 => any::<usize>().prop_map(Action::Close),
             1 => Just(Action::LoseConnection),
+            3 => any::<u16>().prop_map(Action::Prove),
             4 => Just(Action::Wait),
         ],
         0..60,
@@ -263,6 +275,7 @@ fn script(transactions: &[Tx], broker: &Broker) -> Script {
         broker: broker.clone(),
         acknowledged: Arc::default(),
         violations: Arc::default(),
+        proven: Arc::default(),
         drops_returns: false,
     }
 }
@@ -345,6 +358,8 @@ fn run_case_sent_with(
             .unwrap();
         let acknowledged = Arc::clone(&script.acknowledged);
         let violations = Arc::clone(&script.violations);
+        let proven = Arc::clone(&script.proven);
+        let (guard, prove) = Guard::manual(Proof::default());
         let start = Lsn(0x100);
         let window = Arc::new(Semaphore::new(config.max_in_flight));
         let mut session = Session::start(
@@ -356,6 +371,14 @@ fn run_case_sent_with(
             false,
             &telemetry,
         );
+        session.guard_with(guard);
+        // The proof moves first, the acknowledgement after it.
+        let prove_to = |lsn: Lsn| {
+            let mut proven = proven.lock().unwrap();
+            *proven = (*proven).max(lsn);
+            let through = *proven;
+            prove.send_modify(|proof| proof.through = through);
+        };
         let mut poison = Poison::new(5, None);
         let mut live = Live {
             config: &config,
@@ -398,10 +421,17 @@ fn run_case_sent_with(
                         broker.lose_connection();
                         refused = true;
                     }
+                    Action::Prove(bytes) => {
+                        let current = *proven.lock().unwrap();
+                        prove_to(Lsn(current.as_u64().max(0x1000) + u64::from(*bytes)));
+                    }
                     Action::Wait => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
                 }
                 settle().await;
             }
+            // The guard proves everything in the end: a session that was not refused must then
+            // reach the last boundary.
+            prove_to(Lsn(u64::MAX));
             // Without a refusal, the broker confirms whatever is still open.
             if !refused {
                 while answer(&broker, 0, || Outcome::Confirmed) {}
@@ -699,4 +729,81 @@ fn rows_and_messages_keep_their_order_and_their_positions() {
     // A logical message's id is the id of its position (rows here have ids of their own).
     assert_eq!(published[1].1, from_position(commit, 1));
     assert_eq!(published[4].1, from_position(Lsn(0x10C0), 524_287));
+}
+
+/// One session over `transactions` whose broker confirms everything and whose guard proves
+/// only up to `proven`, then trips (or not); how it ended and what was acknowledged.
+fn guarded_case(transactions: &[(usize, bool)], proven: Lsn, trip: bool) -> (End, Vec<Lsn>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = config();
+        let telemetry = Arc::new(Telemetry::default());
+        let broker = Broker::default();
+        let script = script(&rows_only(transactions), &broker);
+        let acknowledged = Arc::clone(&script.acknowledged);
+        let window = Arc::new(Semaphore::new(config.max_in_flight));
+        let mut session = Session::start(
+            &config,
+            script,
+            MemoryPublisher::new(broker.clone()),
+            Lsn(0x100),
+            Arc::clone(&window),
+            false,
+            &telemetry,
+        );
+        let (guard, prove) = Guard::manual(Proof {
+            through: proven,
+            ..Proof::default()
+        });
+        session.guard_with(guard);
+        let mut poison = Poison::new(5, None);
+        let mut live = Live {
+            config: &config,
+            telemetry: &telemetry,
+            poison: &mut poison,
+            window,
+            careful: false,
+        };
+        let (stop, mut shutdown) = watch::channel(false);
+        let driver = async {
+            settle().await;
+            while answer(&broker, 0, || Outcome::Confirmed) {}
+            settle().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            if trip {
+                prove.send_modify(|proof| proof.tripped = Some("publication p was dropped".into()));
+            }
+            settle().await;
+            let _ = stop.send(true);
+        };
+        let (end, ()) = tokio::join!(session.run(&mut live, &mut shutdown), driver);
+        let acknowledged = acknowledged.lock().unwrap().clone();
+        (end, acknowledged)
+    })
+}
+
+#[test]
+fn acknowledgements_wait_for_the_guards_proof() {
+    // Everything is confirmed, but the guard proved the publication only up to 0x1150, inside
+    // the second transaction (commits at 0x1080 and 0x1180).
+    let (end, acknowledged) = guarded_case(&[(2, false), (2, true)], Lsn(0x1150), false);
+    assert!(matches!(end, End::Stopped), "{end:?}");
+    assert_eq!(acknowledged, vec![Lsn(0x1150)]);
+}
+
+#[test]
+fn a_tripped_guard_ends_the_session_with_its_definite_error() {
+    let (end, acknowledged) = guarded_case(&[(1, false), (1, true)], Lsn(0x1000), true);
+    let End::Failed(failure) = end else {
+        panic!("the session must fail, ended {end:?}");
+    };
+    assert!(!failure.error.is_transient(), "{}", failure.error);
+    assert!(failure.error.to_string().contains("was dropped"));
+    assert!(
+        acknowledged.iter().all(|&lsn| lsn <= Lsn(0x1000)),
+        "{acknowledged:?}"
+    );
 }

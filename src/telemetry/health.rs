@@ -1,8 +1,8 @@
 //! The relay's state as the health endpoints see it: which phase it is in (ready only while
-//! streaming with the broker connected; available while streaming or standing by to take
-//! over) and a heartbeat proving its loop still turns.
+//! streaming with the broker connected and the outbox table's guard able to check; available
+//! while streaming or standing by to take over) and a heartbeat proving its loop still turns.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where the relay is. [`RelayState::Streaming`] and [`RelayState::Backfilling`] are ready.
@@ -64,6 +64,8 @@ pub(crate) struct Health {
     born: Instant,
     /// Milliseconds since `born` of the last heartbeat.
     last_beat_ms: AtomicU64,
+    /// The guard (engine/guard.rs) cannot read the catalogs: nothing more is acknowledged.
+    unproven: AtomicBool,
 }
 
 impl Default for Health {
@@ -72,6 +74,7 @@ impl Default for Health {
             state: AtomicU8::new(RelayState::Starting as u8),
             born: Instant::now(),
             last_beat_ms: AtomicU64::new(0),
+            unproven: AtomicBool::new(false),
         }
     }
 }
@@ -86,11 +89,13 @@ impl Health {
         RelayState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
+    /// Streaming, and the guard can check the publication (while it cannot, the relay goes
+    /// on but acknowledges nothing more).
     pub(crate) fn ready(&self) -> bool {
         matches!(
             self.state(),
             RelayState::Streaming | RelayState::Backfilling
-        )
+        ) && !self.unproven.load(Ordering::Relaxed)
     }
 
     /// Relaying, or standing by to take over the moment the relaying walbox lets the slot go:
@@ -99,6 +104,11 @@ impl Health {
     /// halted or stopping.
     pub(crate) fn available(&self) -> bool {
         self.ready() || self.state() == RelayState::StandingBy
+    }
+
+    /// Whether the guard's last attempt to read the catalogs failed.
+    pub(crate) fn set_unproven(&self, unproven: bool) {
+        self.unproven.store(unproven, Ordering::Relaxed);
     }
 
     /// The relay's loop is turning.
@@ -137,5 +147,15 @@ mod tests {
             );
         }
         assert!(health.alive());
+    }
+
+    #[test]
+    fn not_ready_while_the_guard_cannot_check() {
+        let health = Health::default();
+        health.set_state(RelayState::Streaming);
+        health.set_unproven(true);
+        assert!(!health.ready());
+        health.set_unproven(false);
+        assert!(health.ready());
     }
 }

@@ -75,6 +75,7 @@ pub struct Metrics {
     commit_to_confirm: Histogram,
     received_lsn: Gauge,
     confirmed_lsn: Gauge,
+    proven_lsn: Gauge,
     slot_lag_bytes: Gauge,
     retained_wal_bytes: Gauge,
     slot_failover: Gauge,
@@ -118,6 +119,7 @@ impl Metrics {
             commit_to_confirm: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             received_lsn: Gauge::default(),
             confirmed_lsn: Gauge::default(),
+            proven_lsn: Gauge::default(),
             slot_lag_bytes: Gauge::default(),
             retained_wal_bytes: Gauge::default(),
             slot_failover: Gauge::default(),
@@ -221,6 +223,12 @@ impl Metrics {
             "walbox_confirmed_lsn",
             "WAL position acknowledged to PostgreSQL: everything before it is confirmed",
             self.confirmed_lsn.clone(),
+        );
+        self.add(
+            "walbox_proven_lsn",
+            "WAL position up to which the publication was last proven to cover the outbox table \
+             as walbox found it (checked every second); walbox_confirmed_lsn never passes it",
+            self.proven_lsn.clone(),
         );
         self.add(
             "walbox_slot_lag_bytes",
@@ -411,6 +419,10 @@ impl Metrics {
 
     pub(crate) fn flushed(&self, lsn: Lsn) {
         self.confirmed_lsn.set(lsn_value(lsn));
+    }
+
+    pub(crate) fn proven(&self, lsn: Lsn) {
+        self.proven_lsn.set(lsn_value(lsn));
     }
 
     pub(crate) fn slot_position(&self, lag_bytes: i64, retained_bytes: i64) {

@@ -1,0 +1,334 @@
+//! The outbox table's guard: once a second it proves that the publication still covers the
+//! table walbox decodes, and no acknowledgement to the slot passes the WAL position of the last
+//! proof.
+//!
+//! A broker's confirm proves that the events walbox saw arrived. It cannot speak for rows
+//! PostgreSQL never sent: a table dropped and created again outside a `FOR TABLE` publication,
+//! a publication altered not to publish inserts, a table set UNLOGGED. Between transactions the
+//! flush position moves on keepalives, with nothing seen at all. So every acknowledgement,
+//! after commits and keepalives alike, is capped at the WAL position of the last reading of the
+//! catalogs ([`crate::control::publication`]) that found the publication and the table as they
+//! were pinned at start. Each reading:
+//!
+//! - holds: the proof moves on to the reading's WAL position;
+//! - is pending (a DDL transaction on them is still open): the proof stays;
+//! - found a change: walbox stops with a definite error naming it and the WAL range (last proof
+//!   → this reading) whose rows may not have reached walbox; nothing past the last proof was
+//!   acknowledged;
+//! - could not run (connection lost, a timeout): transient; not ready; retried with backoff;
+//!   the proof stays.
+//!
+//! The guard lives as long as the process, across sessions, so the proof has no gap while
+//! walbox runs. (While walbox is stopped nothing watches: see docs "When the outbox table or
+//! the publication changes".)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::backoff::Backoff;
+use crate::config::Config;
+use crate::control::Control;
+use crate::control::publication::{Change, Names, Pinned, Reading, Verdict};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::telemetry::Telemetry;
+
+/// How often the guard reads the catalogs: the longest an acknowledgement waits for a proof.
+pub(crate) const PERIOD: Duration = Duration::from_secs(1);
+/// A reading that takes longer (catalogs locked, a server in trouble) counts as failed.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pending reading is quietly waited out before walbox says why it holds back.
+const PENDING_WARNING: Duration = Duration::from_secs(10);
+
+/// What the guard has proven so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Proof {
+    /// Every commit before it is proven to have been published to walbox. ZERO until the
+    /// first reading passed.
+    pub(crate) through: Lsn,
+    /// The outbox table as the last passing reading found it.
+    pub(crate) outbox: Option<Outbox>,
+    /// Why walbox must stop (a definite change).
+    pub(crate) tripped: Option<String>,
+}
+
+/// The outbox table a session follows, as the guard knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Outbox {
+    pub(crate) oid: u32,
+    /// Its partitions (any depth), for telling a partition's Relation from another table's.
+    pub(crate) partitions: Vec<u32>,
+    /// The publication covers the table by name (FOR ALL TABLES, FOR TABLES IN SCHEMA), so a
+    /// table of the same name made anew is covered from its creation: following it loses
+    /// nothing.
+    pub(crate) follows_recreation: bool,
+}
+
+/// A handle on the guard's proof. The guard's task ends with the last handle.
+#[derive(Clone, Debug)]
+pub(crate) struct Guard {
+    proof: watch::Receiver<Proof>,
+    fresh: Arc<Notify>,
+    _task: Option<Arc<Task>>,
+}
+
+/// The guard's task, aborted when dropped.
+#[derive(Debug)]
+struct Task(JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Guard {
+    /// Start guarding the configured publication and table.
+    pub(crate) fn spawn(config: &Config, telemetry: Arc<Telemetry>) -> Guard {
+        let (sender, proof) = watch::channel(Proof::default());
+        let fresh = Arc::new(Notify::new());
+        let runner = Runner {
+            config: config.clone(),
+            telemetry,
+            sender,
+            fresh: Arc::clone(&fresh),
+            pinned: None,
+            last_good: None,
+            pending_since: None,
+        };
+        let task = Task(tokio::spawn(runner.run()));
+        Guard {
+            proof,
+            fresh,
+            _task: Some(Arc::new(task)),
+        }
+    }
+
+    /// A guard whose proof a test sets by hand.
+    #[cfg(test)]
+    pub(crate) fn manual(proof: Proof) -> (Guard, watch::Sender<Proof>) {
+        let (sender, receiver) = watch::channel(proof);
+        let guard = Guard {
+            proof: receiver,
+            fresh: Arc::new(Notify::new()),
+            _task: None,
+        };
+        (guard, sender)
+    }
+
+    /// How far acknowledgements may go.
+    pub(crate) fn through(&self) -> Lsn {
+        self.proof.borrow().through
+    }
+
+    /// The outbox table as last proven (None before the first proof).
+    pub(crate) fn outbox(&self) -> Option<Outbox> {
+        self.proof.borrow().outbox.clone()
+    }
+
+    fn verdict(&self) -> Result<()> {
+        match &self.proof.borrow().tripped {
+            Some(message) => Err(Error::definite(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves when the proof moved on (Ok) or the guard tripped (the definite error).
+    pub(crate) async fn changed(&mut self) -> Result<()> {
+        let running = self.proof.changed().await.is_ok();
+        self.verdict()?;
+        if running {
+            Ok(())
+        } else {
+            Err(Error::definite(
+                "the outbox table's guard stopped without a reason (a walbox bug)",
+            ))
+        }
+    }
+
+    /// Wait until a first reading passed (Ok) or the guard tripped.
+    pub(crate) async fn established(&mut self) -> Result<()> {
+        let _ = self
+            .proof
+            .wait_for(|proof| proof.outbox.is_some() || proof.tripped.is_some())
+            .await;
+        self.verdict()
+    }
+
+    /// Ask for a reading now, and wait at most `within` for the proof to reach `target`
+    /// (the last position walbox would acknowledge when it stops). Returns the proof then.
+    pub(crate) async fn fresh(&mut self, target: Lsn, within: Duration) -> Lsn {
+        self.fresh.notify_one();
+        let reached = self
+            .proof
+            .wait_for(|proof| proof.through >= target || proof.tripped.is_some());
+        let _ = tokio::time::timeout(within, reached).await;
+        self.through()
+    }
+}
+
+/// The guard's task: the readings, their verdicts, and the proof.
+struct Runner {
+    config: Config,
+    telemetry: Arc<Telemetry>,
+    sender: watch::Sender<Proof>,
+    fresh: Arc<Notify>,
+    pinned: Option<Pinned>,
+    /// The last reading that passed: its WAL position and the database's clock then.
+    last_good: Option<(Lsn, String)>,
+    /// Since when readings have been pending, and whether that was said.
+    pending_since: Option<(Instant, bool)>,
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let mut control = None;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let wait = match self.step(&mut control).await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.telemetry.health.set_unproven(false);
+                    PERIOD
+                }
+                Err(error) if error.is_transient() => {
+                    control = None;
+                    self.telemetry.health.set_unproven(true);
+                    let delay = backoff.next_delay();
+                    warn!(%error, retry_in_ms = delay.as_millis() as u64,
+                        "cannot check the publication and the outbox table; acknowledging nothing more until a check passes");
+                    delay
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    self.sender
+                        .send_modify(|proof| proof.tripped = Some(message));
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.fresh.notified() => {}
+            }
+        }
+    }
+
+    fn names(&self) -> Names<'_> {
+        Names {
+            publication: &self.config.publication,
+            table: &self.config.table,
+        }
+    }
+
+    /// One reading and what follows from it. A definite error trips the guard.
+    async fn step(&mut self, control: &mut Option<Control>) -> Result<()> {
+        let control = match control {
+            Some(control) => control,
+            None => control.insert(connect(&self.config).await?),
+        };
+        let names = self.names();
+        let pinned_table = self.pinned.as_ref().map(Pinned::table);
+        let reading = control.read_catalog(names, pinned_table).await?;
+        let verdict = match &self.pinned {
+            None => {
+                control
+                    .refuse_problems(&reading, names, &self.config.mapping)
+                    .await?;
+                first_verdict(&reading)?
+            }
+            Some(pinned) => {
+                let kept = control
+                    .column_list_check(&reading, names.table, &self.config.mapping)
+                    .await?;
+                pinned.judge(&reading, kept)
+            }
+        };
+        match verdict {
+            Verdict::Holds(pinned) => self.proved(pinned, &reading),
+            Verdict::Pending(what) => self.pending(&what),
+            Verdict::Changed(change) => {
+                return Err(Error::definite(self.tripped(&change, &reading)));
+            }
+        }
+        Ok(())
+    }
+
+    fn proved(&mut self, pinned: Pinned, reading: &Reading) {
+        if let Some(before) = &self.pinned
+            && before.table() != pinned.table()
+        {
+            info!(table = %self.config.table, before = before.table(), after = pinned.table(),
+                "the outbox table was dropped and created again; the publication covers it by name, so walbox follows the new table");
+        }
+        if self.pending_since.take().is_some_and(|(_, said)| said) {
+            info!("the open transaction ended; acknowledging again");
+        }
+        let outbox = Outbox {
+            oid: pinned.table(),
+            partitions: reading.partitions(),
+            follows_recreation: pinned.follows_recreation(),
+        };
+        self.pinned = Some(pinned);
+        self.last_good = Some((reading.wal, reading.at.clone()));
+        self.telemetry.metrics.proven(reading.wal);
+        self.sender.send_if_modified(|proof| {
+            let before = proof.clone();
+            proof.through = proof.through.max(reading.wal);
+            proof.outbox = Some(outbox);
+            *proof != before
+        });
+    }
+
+    fn pending(&mut self, what: &str) {
+        let (since, said) = self.pending_since.get_or_insert((Instant::now(), false));
+        if !*said && since.elapsed() >= PENDING_WARNING {
+            *said = true;
+            warn!(pending = what, proven_through = %self.sender.borrow().through,
+                "a transaction that changes the publication or the outbox table is still open: walbox relays on but acknowledges nothing more until it ends");
+        }
+    }
+
+    /// The definite error for a change: what changed, which rows may be lost, how to recover.
+    fn tripped(&self, change: &Change, reading: &Reading) -> String {
+        let what = change.explain(self.names());
+        let Some((good, good_at)) = &self.last_good else {
+            return what;
+        };
+        format!(
+            "{what}. Outbox rows committed between {good} (last proven at {good_at}) and {now} \
+             (read at {now_at}) may never have reached walbox: PostgreSQL decodes past them \
+             without sending them, also after a restart. walbox acknowledged nothing past \
+             {good}. To recover: put the table and the publication right (`walbox setup` says \
+             what is still wrong), re-send the outbox rows created from shortly before \
+             {good_at} on (see the docs' \"When the outbox table or the publication changes\"), \
+             then start walbox again; should it stop at this change again, start it once with \
+             --start-lsn {now}",
+            now = reading.wal,
+            now_at = reading.at,
+        )
+    }
+}
+
+/// The verdict on the first reading, whose problems were already refused.
+fn first_verdict(reading: &Reading) -> Result<Verdict> {
+    if let Some(what) = reading.pending() {
+        return Ok(Verdict::Pending(what));
+    }
+    Pinned::pin(reading).map(Verdict::Holds).ok_or_else(|| {
+        Error::definite("the publication or the table vanished between two reads (a walbox bug)")
+    })
+}
+
+/// The guard's own control connection, with a statement timeout so a blocked reading fails
+/// instead of holding the proof forever, and a name that shows it in pg_stat_activity.
+async fn connect(config: &Config) -> Result<Control> {
+    let control = Control::connect(config).await?;
+    control
+        .name_session(&format!("walbox-guard/{}", config.slot), STATEMENT_TIMEOUT)
+        .await?;
+    Ok(control)
+}
