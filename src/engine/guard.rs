@@ -40,7 +40,7 @@ use crate::telemetry::Telemetry;
 /// How often the guard reads the catalogs: the longest an acknowledgement waits for a proof.
 pub(crate) const PERIOD: Duration = Duration::from_secs(1);
 /// A reading that takes longer (catalogs locked, a server in trouble) counts as failed.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a pending reading is quietly waited out before walbox says why it holds back.
 const PENDING_WARNING: Duration = Duration::from_secs(10);
 
@@ -66,6 +66,17 @@ pub(crate) struct Outbox {
     /// table of the same name made anew is covered from its creation: following it loses
     /// nothing.
     pub(crate) follows_recreation: bool,
+}
+
+impl Outbox {
+    /// The outbox table as `reading`, compared with `pinned`, found it.
+    pub(crate) fn proven(pinned: &Pinned, reading: &Reading) -> Outbox {
+        Outbox {
+            oid: pinned.table(),
+            partitions: reading.partitions(),
+            follows_recreation: pinned.follows_recreation(),
+        }
+    }
 }
 
 /// A handle on the guard's proof. The guard's task ends with the last handle.
@@ -105,6 +116,21 @@ impl Guard {
             proof,
             fresh,
             _task: Some(Arc::new(task)),
+        }
+    }
+
+    /// A guard that only tells the apply step which table is the outbox, as one reading found
+    /// it (a replay, which acknowledges nothing).
+    pub(crate) fn fixed(outbox: Outbox) -> Guard {
+        let (_, proof) = watch::channel(Proof {
+            through: Lsn::ZERO,
+            outbox: Some(outbox),
+            tripped: None,
+        });
+        Guard {
+            proof,
+            fresh: Arc::new(Notify::new()),
+            _task: None,
         }
     }
 
@@ -267,11 +293,7 @@ impl Runner {
         if self.pending_since.take().is_some_and(|(_, said)| said) {
             info!("the open transaction ended; acknowledging again");
         }
-        let outbox = Outbox {
-            oid: pinned.table(),
-            partitions: reading.partitions(),
-            follows_recreation: pinned.follows_recreation(),
-        };
+        let outbox = Outbox::proven(&pinned, reading);
         self.pinned = Some(pinned);
         self.last_good = Some((reading.wal, reading.at.clone()));
         self.telemetry.metrics.proven(reading.wal);

@@ -74,9 +74,12 @@ pub(super) fn sqlstate(code: &SqlState, message: String) -> (Disposition, String
         || *code == SqlState::CRASH_SHUTDOWN
         || *code == SqlState::CANNOT_CONNECT_NOW
         || *code == SqlState::TOO_MANY_CONNECTIONS
+        || *code == SqlState::QUERY_CANCELED
         || class == "08"
     {
-        // The server is starting up, shutting down or out of connections, or the link broke.
+        // The server is starting up, shutting down or out of connections, the link broke, or
+        // a statement ran out of time (statement_timeout) or was cancelled: none is about
+        // what was asked.
         (Disposition::Retry, message)
     } else {
         (Disposition::Stop, message)

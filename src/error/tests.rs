@@ -155,6 +155,7 @@ fn control_errors_are_classified_by_sqlstate() {
         (SqlState::CANNOT_CONNECT_NOW, Disposition::Retry, ""),
         (SqlState::TOO_MANY_CONNECTIONS, Disposition::Retry, ""),
         (SqlState::CONNECTION_FAILURE, Disposition::Retry, ""),
+        (SqlState::QUERY_CANCELED, Disposition::Retry, ""),
         (SqlState::UNDEFINED_TABLE, Disposition::Stop, ""),
         (SqlState::UNDEFINED_COLUMN, Disposition::Stop, ""),
         (

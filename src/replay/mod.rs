@@ -18,6 +18,8 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::{Config, ReplayConfig};
 use crate::control::Control;
+use crate::control::publication::{Names, Pinned};
+use crate::engine::guard::{Guard, Outbox};
 use crate::engine::session::{Admit, End, Policy, Session};
 use crate::engine::{Changes, Shutdown};
 use crate::error::{Error, Result};
@@ -69,16 +71,7 @@ pub(crate) async fn replay(
     control.check_server_version().await?;
     control.check_wal_level().await?;
     control.check_table(config).await?;
-    if !control
-        .publication_tables(&config.publication)
-        .await?
-        .contains(&config.table.to_string())
-    {
-        return Err(Error::definite(format!(
-            "publication {} does not exist or does not include {}; run `walbox setup` first",
-            config.publication, config.table
-        )));
-    }
+    let outbox = outbox(&control, config).await?;
     let (bookmark, copy) = bookmark::names(&config.slot)?;
     let oldest = control
         .slot(&bookmark)
@@ -143,11 +136,11 @@ pub(crate) async fn replay(
     let outcome = match replay.dry_run {
         true => {
             let publisher = CountingPublisher::default();
-            publish(config, source, publisher, &mut policy, shutdown).await
+            publish(config, source, publisher, outbox, &mut policy, shutdown).await
         }
         false => {
             let publisher = AmqpPublisher::connect(config).await?;
-            publish(config, source, publisher, &mut policy, shutdown).await
+            publish(config, source, publisher, outbox, &mut policy, shutdown).await
         }
     };
     let mut report = policy.report;
@@ -171,12 +164,30 @@ pub(crate) async fn replay(
     }
 }
 
+/// The outbox table and its partitions as the catalogs show them now, for telling its
+/// Relation messages from other tables'; the publication must still deliver every insert.
+async fn outbox(control: &Control, config: &Config) -> Result<Outbox> {
+    let names = Names {
+        publication: &config.publication,
+        table: &config.table,
+    };
+    let reading = control.read_catalog(names, None).await?;
+    control
+        .refuse_problems(&reading, names, &config.mapping)
+        .await
+        .map_err(|error| Error::definite(format!("{error}; run `walbox setup` first")))?;
+    let pinned = Pinned::pin(&reading)
+        .ok_or_else(|| Error::definite("the publication or the table vanished while read"))?;
+    Ok(Outbox::proven(&pinned, &reading))
+}
+
 /// Run the session engine over the copy until the range is done (every confirm in), the
 /// replay is interrupted, or something fails.
 async fn publish<S: Changes, P: Publisher>(
     config: &Config,
     source: S,
     publisher: P,
+    outbox: Outbox,
     policy: &mut InRange,
     mut shutdown: Shutdown,
 ) -> Result<()> {
@@ -191,6 +202,7 @@ async fn publish<S: Changes, P: Publisher>(
         true,
         &telemetry,
     );
+    session.stream_mut().guard = Some(Guard::fixed(outbox));
     let end = session.run(policy, &mut shutdown).await;
     let outcome = match end {
         End::Finished => {
