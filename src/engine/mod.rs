@@ -529,7 +529,7 @@ async fn stop(
             "the connections did not close in time; leaving them"
         );
     }
-    info!(flushed = %final_lsn, "stopped");
+    info!(flushed = %final_lsn, %confirmed, "stopped");
     final_lsn
 }
 
