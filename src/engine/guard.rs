@@ -16,7 +16,10 @@
 //!   → this reading) whose rows may not have reached walbox; nothing past the last proof was
 //!   acknowledged;
 //! - could not run (connection lost, a timeout): transient; not ready; retried with backoff;
-//!   the proof stays.
+//!   the proof stays. When PostgreSQL says it is shutting down, the session also ends: a
+//!   clean shutdown waits until the logical replication client has confirmed all WAL sent,
+//!   which walbox cannot do without a proof, so it lets go of the replication connection
+//!   instead and resumes after the restart from what it had acknowledged.
 //!
 //! The guard lives as long as the process, across sessions, so the proof has no gap while
 //! walbox runs. (While walbox is stopped nothing watches: see docs "When the outbox table or
@@ -54,6 +57,8 @@ pub(crate) struct Proof {
     pub(crate) outbox: Option<Outbox>,
     /// Why walbox must stop (a definite change).
     pub(crate) tripped: Option<String>,
+    /// PostgreSQL is shutting down or starting up: the session must let go of the slot.
+    pub(crate) going_away: bool,
 }
 
 /// The outbox table a session follows, as the guard knows it.
@@ -126,6 +131,7 @@ impl Guard {
             through: Lsn::ZERO,
             outbox: Some(outbox),
             tripped: None,
+            going_away: false,
         });
         Guard {
             proof,
@@ -163,10 +169,18 @@ impl Guard {
         }
     }
 
-    /// Resolves when the proof moved on (Ok) or the guard tripped (the definite error).
+    /// Resolves when the proof moved on (Ok), the guard tripped (the definite error) or the
+    /// server started going away (a transient error that ends the session).
     pub(crate) async fn changed(&mut self) -> Result<()> {
         let running = self.proof.changed().await.is_ok();
         self.verdict()?;
+        if self.proof.borrow().going_away {
+            return Err(Error::transient(
+                "PostgreSQL is shutting down or starting up: letting go of the replication \
+                 connection (its shutdown waits for a client that confirmed everything sent, \
+                 and nothing past the guard's last proof is acknowledged)",
+            ));
+        }
         if running {
             Ok(())
         } else {
@@ -219,11 +233,13 @@ impl Runner {
                 Ok(()) => {
                     backoff.reset();
                     self.telemetry.health.set_unproven(false);
+                    self.going_away(false);
                     PERIOD
                 }
                 Err(error) if error.is_transient() => {
                     control = None;
                     self.telemetry.health.set_unproven(true);
+                    self.going_away(error.server_going_away());
                     let delay = backoff.next_delay();
                     warn!(%error, retry_in_ms = delay.as_millis() as u64,
                         "cannot check the publication and the outbox table; acknowledging nothing more until a check passes");
@@ -241,6 +257,15 @@ impl Runner {
                 _ = self.fresh.notified() => {}
             }
         }
+    }
+
+    /// Tell the sessions whether the server is going away (only when that changes).
+    fn going_away(&self, going_away: bool) {
+        self.sender.send_if_modified(|proof| {
+            let changed = proof.going_away != going_away;
+            proof.going_away = going_away;
+            changed
+        });
     }
 
     fn names(&self) -> Names<'_> {

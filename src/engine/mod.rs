@@ -88,8 +88,9 @@ async fn wait(
 async fn guard_tripped(guard: &mut Option<Guard>) -> Error {
     if let Some(guard) = guard {
         loop {
-            if let Err(error) = guard.changed().await {
-                return error;
+            match guard.changed().await {
+                Err(error) if !error.is_transient() => return error,
+                _ => {}
             }
         }
     }
