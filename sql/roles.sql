@@ -57,7 +57,8 @@ GRANT CONNECT ON DATABASE :"DBNAME" TO :"role";
 GRANT USAGE ON SCHEMA :"schema" TO :"role";
 GRANT SELECT ON TABLE :"schema".:"table" TO :"role";
 
--- Inserts only: walbox relays inserts and ignores every other change anyway.
+-- Inserts only: walbox relays inserts and ignores every other change anyway. A partitioned
+-- table's rows are published under its own name (walbox refuses to run without that).
 SELECT NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = :'publication')
   AS create_publication \gset
 SELECT NOT EXISTS (
@@ -65,7 +66,8 @@ SELECT NOT EXISTS (
   WHERE pubname = :'publication' AND schemaname = :'schema' AND tablename = :'table'
 ) AS add_table \gset
 \if :create_publication
-CREATE PUBLICATION :"publication" FOR TABLE :"schema".:"table" WITH (publish = 'insert');
+CREATE PUBLICATION :"publication" FOR TABLE :"schema".:"table"
+  WITH (publish = 'insert', publish_via_partition_root = true);
 \elif :add_table
 ALTER PUBLICATION :"publication" ADD TABLE :"schema".:"table";
 \endif

@@ -35,7 +35,10 @@ pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) ->
         "publication {}: {}",
         config.publication,
         match prepared.publication {
-            Ensured::Created => format!("created for {} (inserts only)", config.table),
+            Ensured::Created => format!(
+                "created for {} (inserts only, partitions' rows as the table's)",
+                config.table
+            ),
             Ensured::Existed if via_root => format!(
                 "already exists and includes the table; publish_via_partition_root turned on, \
                  so the rows of {}'s partitions are published as its own",

@@ -667,13 +667,14 @@ impl Control {
         let position = self
             .client
             .query_one(
-                "SELECT pg_current_wal_lsn()::text, clock_timestamp()::text",
+                "SELECT pg_current_wal_lsn()::text, clock_timestamp()::text, \
+                 current_setting('server_version_num')::int",
                 &[],
             )
             .await
             .map_err(Self::sql_error("reading the current WAL position"))?;
         let wal = Lsn::from_str(position.get(0)).map_err(Error::definite)?;
-        let schemas = self.server_version_num().await? >= 150_000;
+        let schemas = position.get::<_, i32>(2) >= 150_000;
         let row = self
             .client
             .query_one(

@@ -79,6 +79,8 @@ pub struct TestEnv {
     durable_queues: Vec<String>,
     /// Exchanges besides the test's own one, to delete at cleanup.
     exchanges: Vec<String>,
+    /// The walbox binary `walbox` and `spawn_run` start (a benchmark may compare another).
+    pub binary: PathBuf,
 }
 
 impl TestEnv {
@@ -121,6 +123,7 @@ impl TestEnv {
             amqp_port: amqp_port(),
             durable_queues: Vec::new(),
             exchanges: Vec::new(),
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_walbox")),
         }
     }
 
@@ -156,7 +159,7 @@ impl TestEnv {
         } else {
             &[]
         };
-        Command::new(env!("CARGO_BIN_EXE_walbox"))
+        Command::new(&self.binary)
             .arg(subcommand)
             .args(self.args())
             .args(metrics_addr)
@@ -194,7 +197,7 @@ impl TestEnv {
         } else {
             &["--metrics-addr", "127.0.0.1:0"]
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_walbox"))
+        let child = Command::new(&self.binary)
             .arg("run")
             .args(args)
             .args(["--max-retry-delay-ms", "1000", "--log-format", "json"])
