@@ -350,10 +350,11 @@ impl Runner {
              (read at {now_at}) may never have reached walbox: PostgreSQL decodes past them \
              without sending them, also after a restart. walbox acknowledged nothing past \
              {good}. To recover: put the table and the publication right (`walbox setup` says \
-             what is still wrong), re-send the outbox rows created from shortly before \
-             {good_at} on (see the docs' \"When the outbox table or the publication changes\"), \
-             then start walbox again; should it stop at this change again, start it once with \
-             --start-lsn {now}",
+             what is still wrong) and start walbox again (should it stop at this change again, \
+             start it once with --start-lsn {now}); then re-send the rows: `walbox backfill \
+             --created-from '{good_at}'`, earlier if your transactions run long (a row's \
+             created_at is its transaction's start; see the docs' \"When the outbox table or \
+             the publication changes\")",
             now = reading.wal,
             now_at = reading.at,
         )

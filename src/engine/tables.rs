@@ -107,9 +107,10 @@ impl Tables {
                      walbox relayed OID {}. The publication covered the old table by itself \
                      (FOR TABLE), so rows of the new one committed before it was added to the \
                      publication were never published. walbox acknowledged nothing from this \
-                     transaction on. Re-send the new table's rows created before this commit \
-                     (see the docs' \"When the outbox table or the publication changes\"), then \
-                     start walbox once with --start-lsn after this commit ({at})",
+                     transaction on. Start walbox once with --start-lsn after this commit ({at}), \
+                     then re-send the new table's rows committed before it with `walbox \
+                     backfill` (see the docs' \"When the outbox table or the publication \
+                     changes\")",
                     followed.unwrap_or_default()
                 )));
             }
