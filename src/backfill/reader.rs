@@ -40,6 +40,9 @@ const MAX_BATCH: usize = 2048;
 /// Batches read ahead of the publisher.
 const READ_AHEAD: usize = 2;
 
+/// The reading session's `application_name` (pg_stat_activity).
+pub(crate) const APPLICATION_NAME: &str = "walbox-backfill";
+
 /// An open reading transaction.
 pub(crate) struct Reader {
     client: Client,
@@ -67,10 +70,12 @@ impl Reader {
             .collect();
         // A broker that holds the backfill back leaves this transaction idle; a server-wide
         // idle timeout must not end it (and with it the cut-over's snapshot).
-        setup.push_str(
-            "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; \
-             BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;",
-        );
+        // Named, so pg_stat_activity shows whose transaction holds the snapshot (its xmin).
+        setup.push_str(&format!(
+            "SET application_name = '{APPLICATION_NAME}'; \
+             SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; \
+             BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
+        ));
         if let Some(name) = snapshot {
             // Checked to be hex digits and dashes (crate::source::export).
             setup.push_str(&format!(" SET TRANSACTION SNAPSHOT '{name}';"));
