@@ -33,6 +33,10 @@
 --                       drop its slots (walbox teardown, pg_drop_replication_slot)
 --   CONNECT, USAGE      reach the database and the table's schema
 --   SELECT              read the outbox table; nothing else in the database
+--   (with -v backfill=on) SELECT, INSERT, UPDATE, DELETE on walbox_backfill, in the outbox
+--                       table's schema: where `walbox run --backfill` keeps the cut-over
+--                       backfill's record (docs: operations/backfill.md); walbox creates it
+--                       itself only when its role may create tables in that schema
 -- It is not a superuser and owns nothing. Because CREATE PUBLICATION needs ownership of the
 -- table, the publication is created here, by the owner; walbox finds it and only checks that
 -- it covers the table. For the same reason only the owner can drop it: `walbox teardown` as
@@ -42,6 +46,7 @@
 \if :{?schema} \else \set schema public \endif
 \if :{?table} \else \set table outbox \endif
 \if :{?publication} \else \set publication walbox \endif
+\if :{?backfill} \else \set backfill off \endif
 
 BEGIN;
 SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') AS create_role \gset
@@ -70,5 +75,25 @@ CREATE PUBLICATION :"publication" FOR TABLE :"schema".:"table"
   WITH (publish = 'insert', publish_via_partition_root = true);
 \elif :add_table
 ALTER PUBLICATION :"publication" ADD TABLE :"schema".:"table";
+\endif
+
+-- The cut-over backfill's record (walbox run --backfill): the same table walbox would create.
+\if :backfill
+CREATE TABLE IF NOT EXISTS :"schema".walbox_backfill (
+  slot_name text PRIMARY KEY,
+  state text NOT NULL,
+  predicate text NOT NULL,
+  consistent_lsn pg_lsn,
+  snapshot text,
+  end_key text[],
+  rows_expected bigint,
+  rows_confirmed bigint NOT NULL DEFAULT 0,
+  last_key text[],
+  attempts integer NOT NULL DEFAULT 0,
+  started_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  finished_at timestamptz
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE :"schema".walbox_backfill TO :"role";
 \endif
 COMMIT;

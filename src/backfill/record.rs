@@ -148,7 +148,7 @@ impl Records<'_> {
                 &format!(
                     "creating the backfill's record table {}, which keeps a backfill's progress \
                      so that a restart resumes it: have the schema's owner run `{ddl}; GRANT \
-                     SELECT, INSERT, UPDATE, DELETE ON {} TO <walbox's role>` (sql/roles.sql \
+                     SELECT, INSERT, UPDATE, DELETE ON {} TO <walbox's role>` (`sql/roles.sql -v backfill=on` \
                      does)",
                     self.table,
                     self.table.quoted()
@@ -349,6 +349,16 @@ mod tests {
             create_sql(&table)
                 .starts_with(r#"CREATE TABLE IF NOT EXISTS "cap"."walbox_backfill" ("#)
         );
+    }
+
+    #[test]
+    fn sql_roles_makes_the_same_record_table() {
+        let roles = include_str!("../../sql/roles.sql");
+        let ddl = create_sql(&table_of(&TableName::parse("outbox").unwrap()));
+        for column in ddl.lines().skip(1).filter(|line| !line.starts_with(')')) {
+            let column = column.trim_end_matches(',');
+            assert!(roles.contains(column), "sql/roles.sql lacks `{column}`");
+        }
     }
 
     #[test]
