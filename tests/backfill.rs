@@ -95,6 +95,11 @@ async fn a_cut_over_sends_the_unsent_rows_once_before_the_new_ones() {
         .map(|(_, id)| id)
         .collect();
     let run = env.spawn_run(&["--backfill-where", "aggregate_type <> 'sent'"]);
+    // The slot shows a walsender while it is being created too: wait for the live one.
+    while record_state(&env).await.as_deref() != Some("done") {
+        assert!(env.try_wait(run).is_none(), "log:\n{}", env.run_log(run));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     wait_streaming(&mut env, run).await;
     let after = insert_rows(&env, 10, |_| false).await;
 
@@ -126,6 +131,21 @@ async fn a_cut_over_sends_the_unsent_rows_once_before_the_new_ones() {
     assert_eq!(record.get::<_, String>(0), "done");
     assert_eq!(record.get::<_, Option<i64>>(1), Some(owed.len() as i64));
     assert_eq!(record.get::<_, i64>(2), owed.len() as i64);
+    // walbox status shows it.
+    let status = env.walbox("status", &[]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("backfill:          done (30 of 30 rows confirmed, attempt 1)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("predicate:       aggregate_type <> 'sent'"),
+        "{text}"
+    );
+    let json = env.walbox("status", &["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json");
+    assert_eq!(json["backfill"]["state"], "done");
+    assert_eq!(json["backfill"]["rows_confirmed"], 30);
 }
 
 /// Rows owed by the kill test's backfill, and rows an earlier publisher already sent.
@@ -182,30 +202,52 @@ async fn write_until(url: String, stop: Arc<AtomicBool>, committed: Arc<Mutex<Ve
     }
 }
 
-/// Wait until the backfill's record says at least `rows` were confirmed and it is still
-/// sending; false if it finished first or the deadline passed.
-async fn wait_progress(env: &TestEnv, rows: i64, within: Duration) -> bool {
+/// The backfill record's (attempts, rows confirmed), zeros before it exists.
+async fn record_progress(env: &TestEnv) -> (i32, i64) {
+    let record = env
+        .db
+        .query_opt(
+            "SELECT attempts, rows_confirmed FROM walbox_backfill WHERE slot_name = $1",
+            &[&env.name],
+        )
+        .await;
+    match record {
+        Ok(Some(record)) => (record.get(0), record.get(1)),
+        _ => (0, 0),
+    }
+}
+
+/// Wait until the backfill's record says at least `rows` were confirmed, by an attempt after
+/// the `attempts` first ones, and it is still sending; false if it finished first or the
+/// deadline passed.
+async fn wait_progress_of(env: &TestEnv, attempts: i32, rows: i64, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let record = env
             .db
             .query_opt(
-                "SELECT state, rows_confirmed FROM walbox_backfill WHERE slot_name = $1",
+                "SELECT state, rows_confirmed, attempts FROM walbox_backfill WHERE slot_name = $1",
                 &[&env.name],
             )
             .await;
         if let Ok(Some(record)) = record {
-            let (state, confirmed): (String, i64) = (record.get(0), record.get(1));
+            let (state, confirmed, tries): (String, i64, i32) =
+                (record.get(0), record.get(1), record.get(2));
             if state == "done" {
                 return false;
             }
-            if state == "sending" && confirmed >= rows {
+            if state == "sending" && tries > attempts && confirmed >= rows {
                 return true;
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// [`wait_progress_of`] any attempt.
+async fn wait_progress(env: &TestEnv, rows: i64, within: Duration) -> bool {
+    wait_progress_of(env, 0, rows, within).await
 }
 
 /// The record's state.
@@ -254,13 +296,15 @@ async fn a_backfill_killed_mid_way_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     env.kill(run);
     runs.push(run);
-    // Kills 2 and 3: once the record says a third, then two thirds, of the owed rows were
-    // confirmed, with the backfill still sending.
+    // Kills 2 and 3: once the record says this run confirmed a sixth of the owed rows more
+    // (after at least a third, then two thirds, in all), the backfill still sending.
     for fraction in [1, 2] {
+        let (attempts, confirmed) = record_progress(&env).await;
         let run = env.spawn_run(&args);
         runs.push(run);
-        let rows = owed.len() as i64 * fraction / 3;
-        let mid_way = wait_progress(&env, rows, WAIT * 2).await;
+        let sixth = owed.len() as i64 / 6;
+        let rows = (owed.len() as i64 * fraction / 3).max(confirmed + sixth);
+        let mid_way = wait_progress_of(&env, attempts, rows, WAIT * 2).await;
         env.kill(run);
         assert!(
             mid_way && record_state(&env).await.as_deref() == Some("sending"),
@@ -475,12 +519,34 @@ async fn a_resent_row_is_the_message_it_was_live() {
 async fn a_backfill_stopped_by_sigterm_resumes_on_the_next_start() {
     let mut env = TestEnv::new("bf_term").await;
     let mut consumer = env.queue_with("all", "#", true).await;
-    let owed = insert_many(&env, 50_000, 0).await;
+    let owed = insert_many(&env, 100_000, 0).await;
     let args = ["--backfill-where", "true", "--shutdown-grace", "5"];
     let run = env.spawn_run(&args);
+    // While it sends: its metrics, and ready.
     assert!(
-        wait_progress(&env, owed.len() as i64 / 10, WAIT).await,
-        "the backfill never got a tenth of the way; log:\n{}",
+        wait_progress(&env, 1, WAIT).await,
+        "log:\n{}",
+        env.run_log(run)
+    );
+    let address = http::served_address(&env, run, WAIT).await;
+    let (_, scrape) = http::get(&address, "/metrics").await.expect("a scrape");
+    assert_eq!(http::sample(&scrape, "walbox_backfill_running"), Some(1.0));
+    assert_eq!(
+        http::sample(&scrape, "walbox_backfill_rows_expected"),
+        Some(owed.len() as f64)
+    );
+    assert!(http::sample(&scrape, "walbox_backfill_rows_confirmed").is_some_and(|rows| rows > 0.0));
+    assert_eq!(
+        http::sample(&scrape, "walbox_state{state=\"backfilling\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        http::get(&address, "/readyz").await.map(|(code, _)| code),
+        Some(200)
+    );
+    assert!(
+        wait_progress(&env, owed.len() as i64 / 40, WAIT).await,
+        "the backfill never got a fortieth of the way; log:\n{}",
         env.run_log(run)
     );
     let asked = Instant::now();
@@ -500,7 +566,11 @@ async fn a_backfill_stopped_by_sigterm_resumes_on_the_next_start() {
     let confirmed: i64 = record.get(1);
     assert!(confirmed > 0);
     let again = env.spawn_run(&args);
-    wait_streaming(&mut env, again).await;
+    let deadline = Instant::now() + WAIT * 5;
+    while record_state(&env).await.as_deref() != Some("done") {
+        assert!(Instant::now() < deadline, "log:\n{}", env.run_log(again));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let received = receive_unacked(&mut consumer, usize::MAX, Duration::from_secs(3)).await;
     let ids: HashSet<String> = received.iter().map(message_id).collect();
     let lost = owed.iter().filter(|id| !ids.contains(*id)).count();
