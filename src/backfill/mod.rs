@@ -126,7 +126,10 @@ pub(crate) async fn cut_over(
     };
     let control = Control::connect(config).await?;
     let slot = control.slot(&config.slot).await?;
-    let record = records.get(config.slot.as_str()).await?;
+    let record = match asked {
+        Some(_) => records.get(config.slot.as_str()).await?,
+        None => records.get_readable(config.slot.as_str()).await?,
+    };
     let predicate = asked.map(|backfill| backfill.predicate.sql.as_str());
     let work = Work {
         config,
@@ -662,7 +665,7 @@ pub(crate) async fn status(config: &Config) -> Result<Option<Record>> {
         client: &client,
         table: record::table_of(&config.table),
     }
-    .get(config.slot.as_str())
+    .get_readable(config.slot.as_str())
     .await
 }
 

@@ -123,24 +123,40 @@ fn sql_error(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
     move |error| Error::from_postgres(context, error)
 }
 
+/// The record table as the connected role finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    Missing,
+    Readable,
+    /// There, but this role may not read it (made by another role for another deployment).
+    Unreadable,
+}
+
 impl Records<'_> {
-    /// Whether the record table exists (it is made by the first backfill).
-    pub(crate) async fn exists(&self) -> Result<bool> {
+    /// Whether the record table exists (it is made by the first backfill) and may be read.
+    async fn find(&self) -> Result<Found> {
         let row = self
             .client
             .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
+                "SELECT to_regclass($1) IS NOT NULL, \
+                 coalesce(has_table_privilege(to_regclass($1), 'SELECT'), false)",
                 &[&self.table.quoted()],
             )
             .await
             .map_err(sql_error("looking up the backfill record table"))?;
-        Ok(row.get(0))
+        Ok(match (row.get(0), row.get(1)) {
+            (false, _) => Found::Missing,
+            (true, true) => Found::Readable,
+            (true, false) => Found::Unreadable,
+        })
     }
 
     /// Make the record table if it is missing; a role that may not is told what to run.
     pub(crate) async fn ensure_table(&self) -> Result<()> {
-        if self.exists().await? {
-            return Ok(());
+        match self.find().await? {
+            Found::Readable => return Ok(()),
+            Found::Unreadable => return self.get("").await.map(|_| ()),
+            Found::Missing => {}
         }
         let ddl = create_sql(&self.table);
         self.client.batch_execute(&ddl).await.map_err(|error| {
@@ -158,11 +174,36 @@ impl Records<'_> {
         })
     }
 
-    /// The slot's record, if there is one (and the table exists).
+    /// The slot's record, if there is one (and the table exists). A table this role may not
+    /// read is an error: a backfill needs it.
     pub(crate) async fn get(&self, slot: &str) -> Result<Option<Record>> {
-        if !self.exists().await? {
-            return Ok(None);
+        match self.find().await? {
+            Found::Missing => Ok(None),
+            Found::Readable => self.read(slot).await,
+            Found::Unreadable => Err(Error::definite(format!(
+                "role may not read the backfill record table {}: have its owner run `GRANT \
+                 SELECT, INSERT, UPDATE, DELETE ON {} TO <walbox's role>`",
+                self.table,
+                self.table.quoted()
+            ))),
         }
+    }
+
+    /// [`Records::get`] for a walbox that asked for no backfill: a record table this role may
+    /// not read cannot hold a record of its slot (writing one needs the same role's rights),
+    /// so it is passed over, with a warning.
+    pub(crate) async fn get_readable(&self, slot: &str) -> Result<Option<Record>> {
+        match self.find().await? {
+            Found::Missing => Ok(None),
+            Found::Readable => self.read(slot).await,
+            Found::Unreadable => {
+                tracing::warn!(table = %self.table, "the backfill record table exists but this role may not read it; taking it to hold no record of this slot (this role could not have written one)");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn read(&self, slot: &str) -> Result<Option<Record>> {
         let row = self
             .client
             .query_opt(
@@ -294,7 +335,7 @@ impl Records<'_> {
 
     /// Forget the slot's record (`walbox teardown`).
     pub(crate) async fn forget(&self, slot: &str) -> Result<bool> {
-        if !self.exists().await? {
+        if self.get_readable(slot).await?.is_none() {
             return Ok(false);
         }
         let deleted = self
