@@ -587,3 +587,78 @@ async fn a_backfill_stopped_by_sigterm_resumes_on_the_next_start() {
             .contains("resuming the unfinished backfill")
     );
 }
+
+/// Under a preset whose framework drops what nobody subscribes to (`--unroutable drop`), a
+/// backfilled row of an unsubscribed type is let go and the backfill finishes; a subscribed
+/// type's rows arrive.
+#[tokio::test]
+async fn an_unroutable_row_is_dropped_as_the_live_relay_drops_it() {
+    let mut env = TestEnv::new("bf_drop").await;
+    let namespace = format!("{}.Contracts", env.name);
+    for (event_type, count) in [("Unsubscribed", 3), ("Subscribed", 2)] {
+        for n in 0..count {
+            env.db
+                .execute(
+                    "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+                     VALUES ('order', $1, $2, '{}')",
+                    &[&format!("a-{n}"), &format!("{namespace}.{event_type}")],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // The subscriber's exchange, as MassTransit declares it, with a queue.
+    let exchange = format!("{namespace}:Subscribed");
+    lapin_fanout(&env, &exchange).await;
+    env.delete_exchange_at_cleanup(&exchange);
+    env.delete_exchange_at_cleanup(&format!("{namespace}:Unsubscribed"));
+    let mut consumer = consume_bound(
+        &env.channel,
+        &exchange,
+        &format!("{}_q", env.name),
+        "",
+        false,
+    )
+    .await;
+    let mut args = env.args();
+    let at = args.iter().position(|arg| arg == "--exchange").unwrap();
+    args.drain(at..at + 2);
+    let run = env.spawn_run_with(
+        args,
+        &["--preset", "masstransit", "--backfill-where", "true"],
+    );
+    let deadline = Instant::now() + WAIT;
+    while record_state(&env).await.as_deref() != Some("done") {
+        assert!(Instant::now() < deadline, "log:\n{}", env.run_log(run));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deliveries = receive(&mut consumer, 2, WAIT).await;
+    assert_eq!(deliveries.len(), 2);
+    assert!(deliveries.iter().all(is_backfilled));
+    assert!(
+        receive_any(&mut consumer, Duration::from_secs(1))
+            .await
+            .is_empty()
+    );
+    let (_, confirmed) = record_progress(&env).await;
+    assert_eq!(confirmed, 5, "the three dropped rows count as through");
+    assert!(
+        env.run_log(run)
+            .contains("dropping a backfilled row no queue takes")
+    );
+}
+
+async fn lapin_fanout(env: &TestEnv, name: &str) {
+    env.channel
+        .exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("declare the subscriber's exchange");
+}

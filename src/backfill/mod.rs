@@ -343,8 +343,10 @@ impl Work<'_> {
             publisher: &publisher,
             max_in_flight: config.max_in_flight,
             read_at_micros: postgres_now_micros(),
+            unroutable: &config.unroutable,
             telemetry,
             progress: &progress,
+            dropped_on: Default::default(),
         };
         let id = shape.whole_column(Field::Id).expect("checked by order_key");
         let (batches, reading) = reader.read(query, id);
@@ -566,8 +568,10 @@ impl Resending<'_> {
             publisher,
             max_in_flight: self.config.max_in_flight,
             read_at_micros: postgres_now_micros(),
+            unroutable: &self.config.unroutable,
             telemetry: &telemetry,
             progress: self.progress,
+            dropped_on: Default::default(),
         };
         let id = self
             .shape

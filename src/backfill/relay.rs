@@ -8,18 +8,20 @@
 //! attempt resumes. Anything but a positive confirm ends the attempt: nothing after the last
 //! confirmed row counts as sent.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::{mpsc, watch};
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use super::query::Key;
 use super::reader::{Batch, Row};
 use super::record::show_key;
+use crate::config::Unroutable;
 use crate::engine::Shutdown;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -54,8 +56,13 @@ pub(crate) struct Relay<'a, P: Publisher> {
     /// The timestamp of a row without a created_at: when the backfill read it (PostgreSQL
     /// microseconds, as a commit time is).
     pub(crate) read_at_micros: i64,
+    /// What a row the broker returns as unroutable becomes (`--unroutable`).
+    pub(crate) unroutable: &'a Unroutable,
     pub(crate) telemetry: &'a Telemetry,
     pub(crate) progress: &'a watch::Sender<Progress>,
+    /// The routes (exchange, routing key) rows were dropped on: the first drop on each is
+    /// logged at info level, the rest at debug.
+    pub(crate) dropped_on: Mutex<HashSet<(String, String)>>,
 }
 
 /// One message awaiting its verdict: the confirm, and which row it carries.
@@ -148,27 +155,59 @@ impl<P: Publisher> Relay<'_, P> {
         Ok(Box::pin(async move { (confirm.await, id, key) }))
     }
 
-    /// One verdict, in publishing order: a confirm moves the progress on; anything else ends
-    /// the attempt.
+    /// One verdict, in publishing order: a confirm moves the progress on, and so does a return
+    /// `--unroutable drop` lets go (as the live relay does, and the framework would have);
+    /// anything else ends the attempt.
     fn confirmed(&self, (outcome, id, key): (Outcome, String, Key)) -> Result<()> {
         match outcome {
             Outcome::Confirmed => {
-                self.telemetry.metrics.backfill_confirmed();
-                self.progress.send_modify(|progress| {
-                    progress.rows_confirmed += 1;
-                    progress.last_key = Some(key);
-                });
+                self.done(key);
+                Ok(())
+            }
+            Outcome::Refused(Refused::Returned {
+                exchange,
+                routing_key,
+                ..
+            }) if *self.unroutable == Unroutable::Drop => {
+                self.telemetry.metrics.unroutable_dropped();
+                let route = (exchange, routing_key);
+                if self
+                    .dropped_on
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(route.clone())
+                {
+                    info!(row = %id, exchange = %route.0, routing_key = %route.1,
+                        "dropping a backfilled row no queue takes (--unroutable drop); further drops on this exchange and routing key are logged at debug level");
+                } else {
+                    debug!(row = %id, exchange = %route.0, routing_key = %route.1, "dropped a backfilled row no queue takes");
+                }
+                self.done(key);
                 Ok(())
             }
             // A lost link keeps the class it was given where it was born.
             Outcome::Refused(Refused::Lost(error)) => Err(error),
-            Outcome::Refused(refused) => Err(Error::transient(format!(
-                "the broker did not confirm the backfilled row {id} (key {}): {}; the backfill \
+            Outcome::Refused(refused) => {
+                if matches!(refused, Refused::Returned { .. }) {
+                    self.telemetry.metrics.unroutable_held();
+                }
+                Err(Error::transient(format!(
+                    "the broker did not confirm the backfilled row {id} (key {}): {}; the backfill \
                  resumes after the last confirmed row",
-                show_key(&key),
-                describe(&refused)
-            ))),
+                    show_key(&key),
+                    describe(&refused)
+                )))
+            }
         }
+    }
+
+    /// The row is through (confirmed, or dropped as unroutable): the progress moves on.
+    fn done(&self, key: Key) {
+        self.telemetry.metrics.backfill_confirmed();
+        self.progress.send_modify(|progress| {
+            progress.rows_confirmed += 1;
+            progress.last_key = Some(key);
+        });
     }
 
     /// After a stop: take the verdicts that come within `grace`, in order, so the progress
