@@ -149,8 +149,8 @@ async fn a_cut_over_sends_the_unsent_rows_once_before_the_new_ones() {
 }
 
 /// Rows owed by the kill test's backfill, and rows an earlier publisher already sent.
-const KILL_OWED: i64 = 30_000;
-const KILL_SENT: i64 = 3_000;
+const KILL_OWED: i64 = 60_000;
+const KILL_SENT: i64 = 6_000;
 
 /// Insert `owed` unsent rows and `sent` sent ones in one statement, three rows per created_at
 /// (so the id breaks ties), oldest first; returns the owed ids.
@@ -263,8 +263,8 @@ async fn record_state(env: &TestEnv) -> Option<String> {
         .map(|row| row.get(0))
 }
 
-/// SIGKILL at three moments of a cut-over backfill (very early, a third of the way, two thirds
-/// of the way) while two writers insert rows: every row owed before the slot and every row
+/// SIGKILL at three moments of a cut-over backfill (very early, then twice mid-way) while two
+/// writers insert rows: every row owed before the slot and every row
 /// committed by the writers arrives (repeats allowed, losses not), no row an earlier publisher
 /// sent arrives, the backfilled rows first arrive in creation order and before any event from
 /// the slot, and each restart says whether it resumed or redid the backfill.
@@ -296,14 +296,14 @@ async fn a_backfill_killed_mid_way_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     env.kill(run);
     runs.push(run);
-    // Kills 2 and 3: once the record says this run confirmed a sixth of the owed rows more
-    // (after at least a third, then two thirds, in all), the backfill still sending.
+    // Kills 2 and 3: once the record says this run confirmed a tenth of the owed rows more
+    // (after at least a quarter, then half, in all), the backfill still sending.
     for fraction in [1, 2] {
         let (attempts, confirmed) = record_progress(&env).await;
         let run = env.spawn_run(&args);
         runs.push(run);
-        let sixth = owed.len() as i64 / 6;
-        let rows = (owed.len() as i64 * fraction / 3).max(confirmed + sixth);
+        let tenth = owed.len() as i64 / 10;
+        let rows = (owed.len() as i64 * fraction / 4).max(confirmed + tenth);
         let mid_way = wait_progress_of(&env, attempts, rows, WAIT * 2).await;
         env.kill(run);
         assert!(
