@@ -319,19 +319,22 @@ struct Held {
 }
 
 async fn sample(world: &World, held: &mut Held) -> Result<()> {
-    let reader = world
+    // The reading session, and the parallel workers of its statements (they carry its
+    // application_name and an xmin of their own).
+    let reader: Option<i64> = world
         .admin
-        .query_opt(
-            "SELECT age(backend_xmin)::bigint FROM pg_stat_activity \
+        .query_one(
+            "SELECT max(age(backend_xmin))::bigint FROM pg_stat_activity \
              WHERE datname = $1 AND application_name = 'walbox-backfill' AND backend_xmin IS NOT NULL",
             &[&world.name],
         )
-        .await?;
-    if let Some(row) = reader {
+        .await?
+        .get(0);
+    if let Some(age) = reader {
         let now = Instant::now();
         held.reader_first.get_or_insert(now);
         held.reader_last = Some(now);
-        held.oldest_xmin_age = held.oldest_xmin_age.max(row.get(0));
+        held.oldest_xmin_age = held.oldest_xmin_age.max(age);
     }
     let retained = world
         .admin
