@@ -166,10 +166,11 @@ async fn messages_keep_commit_order_with_rows_and_only_listed_prefixes_go_out() 
     assert_eq!(message_id(&got[1]), position_id(commit_a, 1));
     assert_eq!(message_id(&got[3]), position_id(commit_a, 4));
     assert_eq!(header_text(&got[1], "x-xid"), header_text(&got[0], "x-xid"));
-    // The lone messages: their own LSN, no transaction, the documented id.
-    assert_eq!(commit_lsn(&got[4]), lone);
+    // The lone messages: their own position (8 bytes before the LSN PostgreSQL reports), no
+    // transaction, the documented id.
+    assert_eq!(commit_lsn(&got[4]), Lsn(lone.as_u64() - 8));
     assert_eq!(message_id(&got[4]), lone_message_id(lone));
-    assert_eq!(commit_lsn(&got[5]), inside);
+    assert_eq!(commit_lsn(&got[5]), Lsn(inside.as_u64() - 8));
     assert_eq!(message_id(&got[5]), lone_message_id(inside));
     assert_eq!(
         header_text(&got[4], "x-xid").as_deref(),
@@ -400,4 +401,151 @@ async fn a_replay_sends_the_messages_of_its_range_again_with_their_ids() {
     let bounded = exactly(&env, run, &mut consumer, 2).await;
     let got: Vec<String> = bounded.iter().map(message_id).collect();
     assert_eq!(got, expected[..2]);
+}
+
+/// `walbox replay --from-lsn X` replays what committed at or after X, and the docs promise that
+/// an `x-commit-lsn` value works as is: replaying from the `x-commit-lsn` of a non-transactional
+/// message must send that message again, and replaying up to it (`--to-lsn`) must end with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_a_lone_messages_commit_lsn_sends_that_message() {
+    let mut env = TestEnv::new("msg_replay_lone").await;
+    let mut consumer = env.queue("all", "#").await;
+    let run = env.spawn_run(&["--messages", "ev", "--replay-window", "1GB"]);
+    env.wait_slot_active(WAIT).await;
+    let bookmark = format!("{}_bookmark", env.name);
+    let deadline = Instant::now() + WAIT;
+    while env
+        .db
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&bookmark],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "no bookmark slot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 0..2 {
+        insert_row(&env.db, &format!("row {n}")).await;
+        emit(&env.db, false, "ev", &format!(r#"{{"lone": {n}}}"#)).await;
+    }
+    let live = exactly(&env, run, &mut consumer, 4).await;
+    caught_up(&env).await;
+    let ids: Vec<String> = live.iter().map(message_id).collect();
+    let lone = commit_lsn(&live[1]).to_string();
+
+    let replay = |extra: &[&str]| {
+        let mut args = vec!["--messages", "ev", "--from-lsn", &lone];
+        args.extend_from_slice(extra);
+        let output = env.walbox("replay", &args);
+        assert!(
+            output.status.success(),
+            "replay: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    replay(&[]);
+    let from = exactly(&env, run, &mut consumer, 3).await;
+    let got: Vec<String> = from.iter().map(message_id).collect();
+    assert_eq!(
+        got,
+        ids[1..],
+        "from the lone message's x-commit-lsn: it, then what came after it"
+    );
+    replay(&["--to-lsn", &lone]);
+    let only = exactly(&env, run, &mut consumer, 1).await;
+    assert_eq!(
+        message_id(&only[0]),
+        ids[1],
+        "from and to its x-commit-lsn: it alone"
+    );
+    caught_up(&env).await;
+}
+
+/// Wait for walbox run number `run` to exit; its log.
+async fn exited(env: &mut TestEnv, run: usize) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = env.try_wait(run) {
+            assert!(!status.success(), "walbox stopped with a definite error");
+            return env.run_log(run);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "walbox did not stop on the message it cannot send; log:\n{}",
+            env.run_log(run)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `--start-lsn` walbox's stop message advises: `--start-lsn X` (`--start-lsn <X + 1>`
+/// before walbox computed it).
+fn advised_start(log: &str) -> Lsn {
+    let at = log
+        .find("--start-lsn ")
+        .unwrap_or_else(|| panic!("no --start-lsn advice in the log:\n{log}"))
+        + "--start-lsn ".len();
+    let rest = &log[at..];
+    if let Some(inner) = rest.strip_prefix('<') {
+        let lsn = inner.split_whitespace().next().unwrap();
+        assert!(inner[lsn.len()..].starts_with(" + 1>"), "{rest}");
+        return Lsn(Lsn::from_str(lsn).unwrap().as_u64() + 1);
+    }
+    let lsn: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || *c == '/')
+        .collect();
+    Lsn::from_str(&lsn).unwrap()
+}
+
+/// A non-transactional message walbox cannot turn into an AMQP message (its routing key would
+/// be longer than 255 bytes) stops walbox, which says which `--start-lsn` skips it. Following
+/// that advice must skip the message and nothing else — also when the next transaction's
+/// commit record starts where the message's record ends (PostgreSQL reports a message's end as
+/// its LSN): that transaction's row must still arrive. Tried until the server wrote nothing
+/// between the message and the commit, so the case is met.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipping_an_unsendable_lone_message_as_advised_skips_nothing_else() {
+    let mut env = TestEnv::new("msg_skip").await;
+    let mut consumer = env.queue("all", "#").await;
+    let route = "ev;routing-key={content->rk}";
+    let mut run = env.spawn_run(&["--messages", route]);
+    env.wait_slot_active(WAIT).await;
+    let unsendable = format!(r#"{{"rk": "{}"}}"#, "k".repeat(300));
+    for attempt in 1.. {
+        env.db.batch_execute("BEGIN").await.unwrap();
+        let row = insert_row(&env.db, "committed right after the message").await;
+        let lsn = emit(&env.db, false, "ev", &unsendable).await;
+        env.db.batch_execute("COMMIT").await.unwrap();
+        let log = exited(&mut env, run).await;
+        let skip_to = advised_start(&log);
+        run = env.spawn_run(&["--messages", route, "--start-lsn", &skip_to.to_string()]);
+        let got = receive(&mut consumer, 1, WAIT).await;
+        assert_eq!(
+            got.len(),
+            1,
+            "attempt {attempt}: the row committed right after the message (its record ends at \
+             {lsn}) was lost: the advised --start-lsn {skip_to} skipped its transaction too; \
+             log:\n{}",
+            env.run_log(run)
+        );
+        assert_eq!(message_id(&got[0]), row, "the row, not the skipped message");
+        if commit_lsn(&got[0]) == lsn {
+            println!(
+                "the next commit started where the message ended ({lsn}) in attempt {attempt}; \
+                 advised --start-lsn {skip_to}"
+            );
+            break;
+        }
+        assert!(
+            attempt < 20,
+            "the server always wrote something between the message and the commit"
+        );
+    }
+    let extra = receive_any(&mut consumer, QUIET).await;
+    assert!(extra.is_empty(), "only the row: {:?}", describe(&extra));
+    caught_up(&env).await;
 }

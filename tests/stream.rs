@@ -982,11 +982,12 @@ async fn logical_messages_exactly_once_across_kills() {
         .filter(|(key, _)| key.ends_with("-lone"))
         .count();
     let out_of_order = seen.windows(2).filter(|pair| pair[1].1 < pair[0].1).count();
-    // Debezium's pitfall met: a non-transactional message whose LSN is the commit LSN of the
-    // event after it (both must be in the stream, each once).
+    // Debezium's pitfall met: a non-transactional message whose LSN (its position's + 8, its
+    // x-commit-lsn being its position's) is the commit LSN of the event after it (both must be
+    // in the stream, each once).
     let shared_lsn = seen
         .windows(2)
-        .filter(|pair| pair[0].0.ends_with("-lone") && pair[0].1 == pair[1].1)
+        .filter(|pair| pair[0].0.ends_with("-lone") && pair[0].1.as_u64() + 8 == pair[1].1.as_u64())
         .count();
     println!(
         "stream with logical messages: kills={kills} committed={} in_stream={} messages={messages} \

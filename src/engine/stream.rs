@@ -203,8 +203,12 @@ impl<'a, P: Publisher> Stream<'a, P> {
     }
 
     /// The transaction a logical message belongs to and its position. A non-transactional
-    /// message gets a transaction of its own: its LSN as the commit LSN, no xid (0), the time
-    /// walbox read it; PostgreSQL sends no time with it.
+    /// message gets a transaction of its own: no xid (0), the time walbox read it (PostgreSQL
+    /// sends no time with it), and as its commit LSN its position's, 8 bytes before the end of
+    /// its record (publish::stream::id). Not the end PostgreSQL reports: that is often where
+    /// the next transaction's commit record starts, so `--start-lsn` one past it (the advice
+    /// walbox gives for an event it cannot send) would skip that transaction too, and
+    /// `walbox replay --from-lsn` it would leave the message out.
     fn place(&mut self, message: &LogicalMessage) -> Result<(Transaction, Position), Failure> {
         match (message.transactional(), self.transaction) {
             (true, Some(transaction)) => {
@@ -217,12 +221,13 @@ impl<'a, P: Publisher> Stream<'a, P> {
                 Ok((transaction, position))
             }
             (false, None) => {
+                let position = Position::of_message(message.lsn);
                 let transaction = Transaction {
                     xid: 0,
-                    commit_lsn: message.lsn,
+                    commit_lsn: position.commit_lsn,
                     commit_time_micros: crate::outbox::timestamp::now_postgres_micros(),
                 };
-                Ok((transaction, Position::of_message(message.lsn)))
+                Ok((transaction, position))
             }
             (true, None) => Err(postgres(Error::definite(format!(
                 "a transactional logical message (prefix {}) arrived outside a transaction (a \
@@ -290,8 +295,9 @@ impl<'a, P: Publisher> Stream<'a, P> {
                  in the WAL as it was inserted, so changing it in the table does not help; \
                  instead give --dead-letter-exchange to send such rows there and go on, change \
                  the mapping (template, --body, column map) so the row can be encoded, or skip \
-                 that whole transaction with `walbox run --start-lsn <{lsn} + 1>`",
-                lsn = transaction.commit_lsn
+                 that whole transaction with `walbox run --start-lsn {skip_to}`",
+                lsn = transaction.commit_lsn,
+                skip_to = Lsn(transaction.commit_lsn.as_u64() + 1),
             ))));
         };
         let event = shape.fallback(tuple, transaction, index);

@@ -119,7 +119,8 @@ pub(crate) async fn replay(
         return Ok(summary);
     }
 
-    let (source, copied_from) = Source::start_copy(config, &bookmark, &copy, from).await?;
+    let (source, copied_from) =
+        Source::start_copy(config, &bookmark, &copy, stream_from(config, from)).await?;
     // The live walbox may have moved the bookmark between the check and the copy.
     if from < copied_from {
         return Err(too_old(copied_from));
@@ -179,6 +180,22 @@ async fn outbox(control: &Control, config: &Config) -> Result<Outbox> {
     let pinned = Pinned::pin(&reading)
         .ok_or_else(|| Error::definite("the publication or the table vanished while read"))?;
     Ok(Outbox::proven(&pinned, &reading))
+}
+
+/// Where the copy is streamed from for a replay from `from`. PostgreSQL leaves out every
+/// change whose record starts before the position streaming starts at. A transaction is placed
+/// by its commit record, which starts at its commit LSN, so `from` loses none of the range; but
+/// a non-transactional logical message is placed 8 bytes before the *end* of its record
+/// (publish::stream::id), and its record starts earlier still: streamed from `from` = its
+/// x-commit-lsn, the server would leave it out. So with `--messages` the copy is streamed from
+/// its own start (Lsn 0: the copy's confirmed position) and [`InRange`] leaves out what comes
+/// before `from`; PostgreSQL then sends the window's outbox rows before `from` too, which walbox
+/// reads and skips.
+fn stream_from(config: &Config, from: Lsn) -> Lsn {
+    match config.messages.is_empty() {
+        true => from,
+        false => Lsn::ZERO,
+    }
 }
 
 /// Run the session engine over the copy until the range is done (every confirm in), the
