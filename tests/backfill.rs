@@ -662,3 +662,36 @@ async fn lapin_fanout(env: &TestEnv, name: &str) {
         .await
         .expect("declare the subscriber's exchange");
 }
+
+/// `walbox setup --backfill-where …` makes the whole cut-over before it returns (slot, rows
+/// sent, record done); the `walbox run` after it relays from the slot and sends nothing again.
+#[tokio::test]
+async fn setup_with_a_backfill_does_the_cut_over() {
+    let mut env = TestEnv::new("bf_setup").await;
+    let mut consumer = env.queue("all", "#").await;
+    let owed = insert_rows(&env, 5, |_| false).await;
+    let output = env.walbox("setup", &["--backfill-where", "true"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(record_state(&env).await.as_deref(), Some("done"));
+    let sent = receive(&mut consumer, owed.len(), WAIT).await;
+    assert_eq!(sent.iter().map(message_id).collect::<Vec<_>>(), owed);
+    let run = env.spawn_run(&["--backfill-where", "true"]);
+    wait_streaming(&mut env, run).await;
+    let after = insert_rows(&env, 2, |_| false).await;
+    let live = receive(&mut consumer, 2, WAIT).await;
+    assert_eq!(live.iter().map(message_id).collect::<Vec<_>>(), after);
+    assert!(live.iter().all(|d| !is_backfilled(d)));
+    assert!(
+        receive_any(&mut consumer, Duration::from_secs(1))
+            .await
+            .is_empty()
+    );
+    assert!(
+        env.run_log(run)
+            .contains("the slot exists, so there is no cut-over backfill")
+    );
+}
