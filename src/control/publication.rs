@@ -667,13 +667,18 @@ impl Control {
         let position = self
             .client
             .query_one(
-                "SELECT pg_current_wal_lsn()::text, clock_timestamp()::text, \
-                 current_setting('server_version_num')::int",
+                "SELECT CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END, \
+                 clock_timestamp()::text, current_setting('server_version_num')::int",
                 &[],
             )
             .await
             .map_err(Self::sql_error("reading the current WAL position"))?;
-        let wal = Lsn::from_str(position.get(0)).map_err(Error::definite)?;
+        // A standby (one host of a URL that went to it, or a server being promoted) has no WAL
+        // position of its own to prove anything for: wait for the primary.
+        let wal: &str = position.get::<_, Option<&str>>(0).ok_or_else(|| {
+            Error::transient("the server is a standby (in recovery): waiting for the primary")
+        })?;
+        let wal = Lsn::from_str(wal).map_err(Error::definite)?;
         let schemas = position.get::<_, i32>(2) >= 150_000;
         let row = self
             .client

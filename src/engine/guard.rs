@@ -16,10 +16,10 @@
 //!   → this reading) whose rows may not have reached walbox; nothing past the last proof was
 //!   acknowledged;
 //! - could not run (connection lost, a timeout): transient; not ready; retried with backoff;
-//!   the proof stays. When PostgreSQL says it is shutting down, the session also ends: a
-//!   clean shutdown waits until the logical replication client has confirmed all WAL sent,
-//!   which walbox cannot do without a proof, so it lets go of the replication connection
-//!   instead and resumes after the restart from what it had acknowledged.
+//!   the proof stays. When the guard cannot even connect to the primary (it is shutting down,
+//!   or gone), the session also ends: a clean shutdown waits until the logical replication
+//!   client has confirmed all WAL sent, which walbox cannot do without a proof, so it lets go
+//!   of the replication connection instead and resumes from what it had acknowledged.
 //!
 //! The guard lives as long as the process, across sessions, so the proof has no gap while
 //! walbox runs. (While walbox is stopped nothing watches: see docs "When the outbox table or
@@ -57,7 +57,8 @@ pub(crate) struct Proof {
     pub(crate) outbox: Option<Outbox>,
     /// Why walbox must stop (a definite change).
     pub(crate) tripped: Option<String>,
-    /// PostgreSQL is shutting down or starting up: the session must let go of the slot.
+    /// The guard cannot connect to the primary (shutting down, gone): the session must let go
+    /// of the slot.
     pub(crate) going_away: bool,
 }
 
@@ -176,9 +177,9 @@ impl Guard {
         self.verdict()?;
         if self.proof.borrow().going_away {
             return Err(Error::transient(
-                "PostgreSQL is shutting down or starting up: letting go of the replication \
-                 connection (its shutdown waits for a client that confirmed everything sent, \
-                 and nothing past the guard's last proof is acknowledged)",
+                "the guard cannot connect to the primary (shutting down, or gone): letting go \
+                 of the replication connection (a shutdown waits for a client that confirmed \
+                 everything sent, and nothing past the guard's last proof is acknowledged)",
             ));
         }
         if running {
@@ -239,7 +240,6 @@ impl Runner {
                 Err(error) if error.is_transient() => {
                     control = None;
                     self.telemetry.health.set_unproven(true);
-                    self.going_away(error.server_going_away());
                     let delay = backoff.next_delay();
                     warn!(%error, retry_in_ms = delay.as_millis() as u64,
                         "cannot check the publication and the outbox table; acknowledging nothing more until a check passes");
@@ -279,7 +279,13 @@ impl Runner {
     async fn step(&mut self, control: &mut Option<Control>) -> Result<()> {
         let control = match control {
             Some(control) => control,
-            None => control.insert(connect(&self.config).await?),
+            None => {
+                let connected = connect(&self.config).await;
+                // A reading that fails on a connection says nothing about the primary; not
+                // reaching one at all does.
+                self.going_away(connected.as_ref().is_err_and(Error::is_transient));
+                control.insert(connected?)
+            }
         };
         let names = self.names();
         let pinned_table = self.pinned.as_ref().map(Pinned::table);

@@ -26,15 +26,6 @@ impl ControlError {
     pub(crate) fn disposition(&self) -> Disposition {
         self.disposition
     }
-
-    /// The server refused a connection because it is shutting down or starting up, or ended
-    /// one in a crash (SQLSTATE 57P03, 57P02). 57P01 is left out: `pg_terminate_backend`
-    /// sends it too, and a shutdown refuses the reconnection with 57P03 anyway.
-    pub(crate) fn server_going_away(&self) -> bool {
-        self.source.code().is_some_and(|code| {
-            *code == SqlState::CRASH_SHUTDOWN || *code == SqlState::CANNOT_CONNECT_NOW
-        })
-    }
 }
 
 fn classify(context: &str, error: &tokio_postgres::Error) -> (Disposition, String) {

@@ -147,11 +147,6 @@ impl Error {
         )
     }
 
-    /// A control-plane error saying that PostgreSQL is shutting down or starting up.
-    pub(crate) fn server_going_away(&self) -> bool {
-        matches!(self, Error::Control(error) if error.server_going_away())
-    }
-
     /// Classify an error from the control-plane SQL connection.
     pub(crate) fn from_postgres(context: &str, error: tokio_postgres::Error) -> Self {
         Error::Control(ControlError::new(context, error))
