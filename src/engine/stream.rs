@@ -163,6 +163,7 @@ impl<'a, P: Publisher> Stream<'a, P> {
         })?;
         let index = self.index_in_transaction;
         self.index_in_transaction += 1;
+        self.refuse_unchanged_toast(insert, &transaction, index)?;
         let outgoing = self.build(Source::Row(insert), &transaction, index)?;
         self.events += 1;
         let outgoing = self.replace_poison(outgoing, &transaction);
@@ -171,6 +172,36 @@ impl<'a, P: Publisher> Stream<'a, P> {
             index,
         };
         self.publish(outgoing, &transaction, position).await
+    }
+
+    /// An outbox insert whose row carries the "unchanged TOAST" marker is a definite stop, not
+    /// a poison row for the dead-letter exchange: the value is not NULL but unknown to walbox
+    /// (it is in the table, not in the stream), and PostgreSQL never writes the marker in an
+    /// insert, so relaying the row with the column missing would deliver an event that was
+    /// never committed. Nothing from this transaction on is acknowledged.
+    fn refuse_unchanged_toast(
+        &self,
+        insert: &Insert,
+        transaction: &Transaction,
+        index: u32,
+    ) -> Result<(), Failure> {
+        let Some(shape) = self.tables.shape(insert.relation_id).map_err(postgres)? else {
+            return Ok(());
+        };
+        let Some(column) = shape.unchanged_toast(&insert.new_tuple) else {
+            return Ok(());
+        };
+        Err(postgres(Error::definite(format!(
+            "the outbox insert at x-commit-lsn {lsn} (event {index} of transaction {xid}) \
+             carries pgoutput's \"unchanged TOAST\" marker in column {column} instead of its \
+             value. PostgreSQL sends that marker only for an update's unchanged column, never \
+             for an insert, so the replication stream is not what PostgreSQL writes (a proxy or \
+             plugin in between?). walbox stops here rather than relay the column as NULL, and \
+             acknowledged nothing from this transaction on; please report it with the server \
+             version",
+            lsn = transaction.commit_lsn,
+            xid = transaction.xid,
+        ))))
     }
 
     /// A logical decoding message: when a `--messages` route takes its prefix, build its

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::Transaction;
 use crate::pgoutput::fixture::{RELATION_ID, outbox_relation, row};
-use crate::pgoutput::{Insert, LogicalMessage, Message};
+use crate::pgoutput::{ColumnValue, Insert, LogicalMessage, Message};
 use crate::publish::memory::{Broker, MemoryPublisher};
 use crate::publish::{Outcome, Position, Refused};
 use crate::source::Change;
@@ -734,6 +734,13 @@ fn rows_and_messages_keep_their_order_and_their_positions() {
 /// One session over `transactions` whose broker confirms everything and whose guard proves
 /// only up to `proven`, then trips (or not); how it ended and what was acknowledged.
 fn guarded_case(transactions: &[(usize, bool)], proven: Lsn, trip: bool) -> (End, Vec<Lsn>) {
+    let broker = Broker::default();
+    let script = script(&rows_only(transactions), &broker);
+    guarded_script(script, &broker, proven, trip)
+}
+
+/// [`guarded_case`] over a script made (and perhaps changed) by the caller.
+fn guarded_script(script: Script, broker: &Broker, proven: Lsn, trip: bool) -> (End, Vec<Lsn>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -741,8 +748,6 @@ fn guarded_case(transactions: &[(usize, bool)], proven: Lsn, trip: bool) -> (End
     runtime.block_on(async {
         let config = config();
         let telemetry = Arc::new(Telemetry::default());
-        let broker = Broker::default();
-        let script = script(&rows_only(transactions), &broker);
         let acknowledged = Arc::clone(&script.acknowledged);
         let window = Arc::new(Semaphore::new(config.max_in_flight));
         let mut session = Session::start(
@@ -804,6 +809,47 @@ fn a_tripped_guard_ends_the_session_with_its_definite_error() {
     assert!(failure.error.to_string().contains("was dropped"));
     assert!(
         acknowledged.iter().all(|&lsn| lsn <= Lsn(0x1000)),
+        "{acknowledged:?}"
+    );
+}
+
+#[test]
+fn an_unchanged_toast_marker_in_an_outbox_insert_is_a_definite_stop() {
+    // Two transactions of one row each (commits at 0x1080 and 0x1180); the second row's
+    // payload comes as pgoutput's "unchanged TOAST" marker, which PostgreSQL never writes in an
+    // insert. Read as NULL it would go out as an event with an empty payload.
+    let broker = Broker::default();
+    let mut script = script(&rows_only(&[(1, true), (1, true)]), &broker);
+    let second = script
+        .changes
+        .iter_mut()
+        .filter_map(|change| match change {
+            Change::Message(Message::Insert(insert)) => Some(insert),
+            _ => None,
+        })
+        .nth(1)
+        .unwrap();
+    second.new_tuple.columns[4] = ColumnValue::UnchangedToast;
+    let (end, acknowledged) = guarded_script(script, &broker, Lsn(u64::MAX), false);
+    let End::Failed(failure) = end else {
+        panic!("the session must fail, ended {end:?}");
+    };
+    let message = failure.error.to_string();
+    assert!(!failure.error.is_transient(), "{message}");
+    assert!(message.contains("column `payload`"), "{message}");
+    assert!(message.contains("x-commit-lsn 0/1180"), "{message}");
+    // The first event went out and was confirmed; the second never reached the broker, and
+    // nothing at or past its commit was acknowledged.
+    let sent: Vec<String> = broker
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|sent| script_id(&sent.message))
+        .collect();
+    assert_eq!(sent, vec!["0-0".to_owned()]);
+    assert!(
+        acknowledged.iter().all(|&lsn| lsn <= Lsn(0x1180)),
         "{acknowledged:?}"
     );
 }

@@ -24,7 +24,7 @@ use super::template::{ResolvedTemplate, TemplateError, resolve_source};
 use super::timestamp::{parse_unix_micros, postgres_micros_to_unix_micros};
 use crate::encode::{self, CloudEventAttributes, EncodeError, Encoder, PayloadKind, TraceContext};
 use crate::lsn::Lsn;
-use crate::pgoutput::{Relation, TupleData};
+use crate::pgoutput::{ColumnValue, Relation, TupleData};
 
 /// The transaction an event belongs to, from its Begin message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +74,8 @@ struct PayloadSource {
 #[derive(Clone, Debug)]
 pub struct OutboxShape {
     relation_id: u32,
-    columns: usize,
+    /// The relation's column names, in its order (for errors naming a column).
+    column_names: Vec<String>,
     id: Option<Source>,
     aggregate_type: Option<Source>,
     aggregate_id: Option<Source>,
@@ -264,7 +265,7 @@ impl OutboxShape {
             .transpose()?;
         let mut shape = OutboxShape {
             relation_id: relation.relation_id,
-            columns: relation.columns.len(),
+            column_names: relation.columns.iter().map(|c| c.name.clone()).collect(),
             id: field(Field::Id)?,
             aggregate_type: field(Field::AggregateType)?,
             aggregate_id: field(Field::AggregateId)?,
@@ -441,13 +442,32 @@ impl OutboxShape {
 
     /// The insert's row, once it is known to have every column of the table's shape.
     fn row<'t>(&self, tuple: &'t TupleData) -> Result<Row<'t>, EventError> {
-        if tuple.columns.len() < self.columns {
+        if tuple.columns.len() < self.column_names.len() {
             return Err(EventError::ColumnCount {
-                expected: self.columns,
+                expected: self.column_names.len(),
                 found: tuple.columns.len(),
             });
         }
         Ok(Row::new(&tuple.columns, &self.json_columns))
+    }
+
+    /// The name of the first column of an insert's row that carries pgoutput's "unchanged
+    /// TOAST" marker (`u`) instead of a value. PostgreSQL sends it only for an update's column
+    /// whose stored value did not change; an insert has no previous version to refer to, so
+    /// the marker in one means the stream is not what PostgreSQL writes, and the value is
+    /// unknown (not NULL). The row reader reads the marker as NULL, so the apply step asks
+    /// this first.
+    /// A column past the relation's (which [`Self::message`] refuses anyway) is named by its
+    /// number.
+    pub fn unchanged_toast(&self, tuple: &TupleData) -> Option<String> {
+        let index = tuple
+            .columns
+            .iter()
+            .position(|value| *value == ColumnValue::UnchangedToast)?;
+        Some(self.column_names.get(index).map_or_else(
+            || format!("number {}", index + 1),
+            |name| format!("`{name}`"),
+        ))
     }
 
     /// The rendered `--body-template` (empty without one).
