@@ -62,6 +62,7 @@ cargo test --locked --test frameworks -- --ignored --test-threads=2
   # The stream target on the same servers: exactly once across kills and a leader move, a
   # super stream across kills, rows with logical decoding messages across kills (3 kills
   # each; WALBOX_STREAM_ROUNDS=N for more), a failover to the synchronized standby, an event
-  # too large for a frame, and the rewound-LSN stop. About 110 s.
+  # too large for a frame, the rewound-LSN stop, and a super stream's routing change after a
+  # partition's leader hung (a node frozen and killed). About 150 s.
   cargo test --locked --test stream -- --ignored --test-threads=1 --nocapture
 )

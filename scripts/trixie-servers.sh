@@ -23,6 +23,7 @@
 #   pg-sync on|off           the standby's sync_replication_slots (off: its slots stop syncing)
 #   pg-wait-synced SLOT [S]  wait until the standby holds SLOT as synced and not temporary
 #   rabbit-stop|rabbit-kill|rabbit-start N                one node (N = 1, 2, 3)
+#   rabbit-freeze N          SIGSTOP one node (hung, not gone: its peers notice only when it is killed)
 #   rabbit-rolling           restart the nodes one after the other, each back before the next
 #   env                      print the WALBOX_HA_* variables the tests read
 #
@@ -419,6 +420,16 @@ rabbit_stop() {
   log "RabbitMQ node $(node_name "$n") stopped"
 }
 
+# SIGSTOP: the node holds what it received without acting on it (tests/stream.rs: a partition's
+# leader that stores nothing while the others go on); `rabbit-kill` ends it.
+rabbit_freeze() {
+  local n=$1 pid
+  pid=$(beam_pid "$n")
+  alive "$pid" || die "RabbitMQ node $(node_name "$n") is not running"
+  kill -STOP "$pid"
+  log "RabbitMQ node $(node_name "$n") frozen (SIGSTOP)"
+}
+
 rabbit_kill() {
   local n=$1 pid
   pid=$(beam_pid "$n")
@@ -553,6 +564,7 @@ case "$cmd" in
   pg-wait-synced) pg_wait_synced "${1:?slot name}" "${2:-120}" ;;
   rabbit-stop) rabbit_stop "$(node_arg "${1:-}")" ;;
   rabbit-kill) rabbit_kill "$(node_arg "${1:-}")" ;;
+  rabbit-freeze) rabbit_freeze "$(node_arg "${1:-}")" ;;
   rabbit-start)
     prepare
     rabbit_start "$(node_arg "${1:-}")"

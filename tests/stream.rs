@@ -14,6 +14,11 @@
 //!   published, walbox halts on it as a poison event.
 //! - A rewound LSN: the stream holds an id beyond the end of this server's WAL (as after a
 //!   failover to a standby that lacked it): walbox stops with the definite error, exit 1.
+//! - A super stream's routing change (issue #19 item 8): a partition's leader hangs
+//!   (`rabbit-freeze`) while the other partitions store later events, walbox is killed, the
+//!   node killed and started again, and walbox restarts with another `--partition-key`:
+//!   every committed event in the partitions (duplicates across the change allowed, never
+//!   a loss). Before the routing was part of the producer names: 595 of 6,660 lost.
 //! - Logical decoding messages (`--messages`): writers commit rows with transactional
 //!   messages among them (one of a prefix that is not relayed) and write non-transactional
 //!   ones between, while walbox is killed: every committed row and relayed message exactly
@@ -1014,5 +1019,144 @@ async fn logical_messages_exactly_once_across_kills() {
     assert!(
         lone > 0 && messages > lone,
         "both kinds of message were relayed"
+    );
+}
+
+/// `--stream-url` listing the nodes in this order.
+fn stream_urls_of(nodes: &[u16]) -> String {
+    nodes
+        .iter()
+        .map(|node| {
+            format!(
+                "rabbitmq-stream://guest:guest@127.0.0.1:{}/%2f",
+                stream_port(*node)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A super stream of `partitions` partitions whose leaders are spread over the nodes
+/// (`balanced`): one node's failure then hits one partition, not all.
+async fn create_balanced_super_stream(super_stream: &str, partitions: usize) {
+    let client = stream_client(1).await.expect("stream node 1");
+    let keys: Vec<String> = (0..partitions).map(|n| n.to_string()).collect();
+    let names = keys.iter().map(|k| format!("{super_stream}-{k}")).collect();
+    let arguments = [("queue-leader-locator".to_owned(), "balanced".to_owned())].into();
+    let response = client
+        .create_super_stream(super_stream, names, keys, arguments)
+        .await
+        .unwrap();
+    let _ = client.close().await;
+    assert!(
+        response.is_ok(),
+        "create super stream: {:?}",
+        response.code()
+    );
+}
+
+/// Issue #19 item 8. A partition's leader hangs (SIGSTOP) while walbox publishes: what walbox
+/// sent to that partition is never stored, while the other partitions store later events.
+/// walbox is killed, the hung node killed and started again, and walbox restarts with another
+/// `--partition-key`: the events that were never stored are now routed to partitions whose
+/// producers stored higher ids. Every committed event must be in the partitions (duplicates
+/// across the change are allowed: the change starts a new producer identity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (run by scripts/test.sh)"]
+async fn a_routing_change_after_a_partition_stored_nothing_loses_nothing() {
+    fresh_postgres().await;
+    let slot = name("rerouted");
+    let super_stream = name("rerouted");
+    create_balanced_super_stream(&super_stream, 3).await;
+    let mut leaders = Vec::new();
+    for partition in 0..3 {
+        let stream = format!("{super_stream}-{partition}");
+        leaders.push(leader(&stream).await.expect("a partition leader"));
+    }
+    // The hung node leads partition 0 and no other partition all alone; walbox connects
+    // through another node, so the others keep storing.
+    let hung = leaders[0];
+    assert!(
+        leaders.iter().any(|&node| node != hung),
+        "leaders: {leaders:?}"
+    );
+    let mut nodes: Vec<u16> = (1..=3).filter(|&node| node != hung).collect();
+    nodes.push(hung);
+    let mut args = walbox_args(&slot, &super_stream);
+    let at = args.iter().position(|arg| arg == "--stream").unwrap();
+    args[at] = "--super-stream".into();
+    let at = args.iter().position(|arg| arg == "--stream-url").unwrap();
+    args[at + 1] = stream_urls_of(&nodes);
+    walbox_setup(&args);
+    let log = fresh_log("stream-rerouted.log");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(3, Arc::clone(&stop));
+    let mut relay = spawn_run(&args, &log);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    servers(&["rabbit-freeze", &hung.to_string()]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    servers(&["rabbit-kill", &hung.to_string()]);
+    servers(&["rabbit-start", &hung.to_string()]);
+    let partition0 = format!("{super_stream}-0");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while leader(&partition0).await.is_none() {
+        assert!(Instant::now() < deadline, "partition 0 has no leader");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The routing change: every key now hashes differently.
+    args.extend([
+        "--partition-key".into(),
+        "{aggregate_type}:{aggregate_id}".into(),
+    ]);
+    let relay = spawn_run(&args, &log);
+    let (committed, status) = stop_writers_and_walbox(&stop, writers, &slot, &log, relay).await;
+
+    let mut seen = Vec::new();
+    let mut per_partition = Vec::new();
+    for partition in 0..3 {
+        let stream = format!("{super_stream}-{partition}");
+        let events = read_events(&stream, 0, Duration::from_secs(5)).await;
+        per_partition.push(events.len());
+        seen.extend(events.into_iter().map(|event| event.id));
+    }
+    let mut distinct = HashSet::new();
+    let duplicates = seen.iter().filter(|id| !distinct.insert(*id)).count();
+    let committed_set: HashSet<&String> = committed.iter().collect();
+    let missing = committed_set
+        .iter()
+        .filter(|id| !distinct.contains(**id))
+        .count();
+    let unknown = distinct
+        .iter()
+        .filter(|id| !committed_set.contains(*id))
+        .count();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    println!(
+        "routing change: hung node {hung} (leaders {leaders:?}) committed={} in_partitions={} \
+         {per_partition:?} distinct={} duplicates={duplicates} missing={missing} \
+         unknown={unknown} republished_and_dropped={}",
+        committed.len(),
+        seen.len(),
+        distinct.len(),
+        republished(&log_text)
+    );
+
+    if let Some(client) = stream_client(1).await {
+        let _ = client.delete_super_stream(&super_stream).await;
+        let _ = client.close().await;
+    }
+    drop_slot(&slot).await;
+    assert!(status.success(), "walbox exited {status} on SIGTERM");
+    assert_eq!(missing, 0, "committed events missing from the partitions");
+    assert_eq!(
+        unknown, 0,
+        "events in the partitions that were never committed"
+    );
+    assert!(
+        log_text.contains("the super stream's routing changed"),
+        "walbox said nothing of the routing change:\n{log_text}"
     );
 }

@@ -209,6 +209,8 @@ pub(crate) struct StreamPublisher {
     client: Client,
     /// The stream, or the super stream's partitions in the broker's order.
     partitions: Vec<String>,
+    /// A super stream's routing fingerprint, part of its producers' names.
+    routing: Option<String>,
     /// `--super-stream`: what picks the partition.
     partition_key: Option<PartitionKey>,
     slot: String,
@@ -246,7 +248,11 @@ impl StreamPublisher {
     ) -> Result<Self> {
         let (client, shared) = connect_leader(target).await?;
         let checked = check_partitions(&client, target, slot, ceiling).await;
-        let (partitions, stored) = match checked {
+        let Layout {
+            partitions,
+            routing,
+            stored,
+        } = match checked {
             Ok(checked) => checked,
             Err(error) => {
                 let _ = timeout(Duration::from_secs(2), client.close()).await;
@@ -256,6 +262,7 @@ impl StreamPublisher {
         Ok(StreamPublisher {
             client,
             partitions,
+            routing,
             partition_key: target.partition_key.clone(),
             slot: slot.to_owned(),
             shared,
@@ -275,12 +282,12 @@ impl StreamPublisher {
             .unwrap_or(Lsn::ZERO)
     }
 
-    /// The producer's name: per generation, and per partition of a super stream.
+    /// The producer's name: per generation, and per partition and routing of a super stream.
     fn producer_name(&self, generation: u16, partition: usize) -> String {
         name_of(
             &self.slot,
             generation,
-            self.partition_key.is_some().then_some(partition),
+            self.routing.as_deref().map(|routing| (partition, routing)),
         )
     }
 
@@ -334,11 +341,38 @@ impl StreamPublisher {
     }
 }
 
-/// `walbox-<slot>-g<generation>`, with `-p<partition>` on a super stream.
-fn name_of(slot: &str, generation: u16, partition: Option<usize>) -> String {
+/// `walbox-<slot>-g<generation>`, with `-p<partition>-r<routing fingerprint>` on a super
+/// stream ([`partition`]: a routing change is a new producer identity).
+fn name_of(slot: &str, generation: u16, partition: Option<(usize, &str)>) -> String {
     match partition {
         None => producer_name(slot, generation),
-        Some(partition) => format!("{}-p{partition}", producer_name(slot, generation)),
+        Some((partition, routing)) => {
+            format!(
+                "{}-p{partition}-r{routing}",
+                producer_name(slot, generation)
+            )
+        }
+    }
+}
+
+/// Where walbox publishes and what the broker stored there.
+struct Layout {
+    /// The stream, or the super stream's partitions in the broker's order.
+    partitions: Vec<String>,
+    /// A super stream's routing fingerprint ([`partition::fingerprint`]).
+    routing: Option<String>,
+    /// What the broker stored for walbox's producer of each partition.
+    stored: Vec<Stored>,
+}
+
+impl Layout {
+    /// The name of walbox's producer of partition `index`.
+    fn producer(&self, slot: &str, index: usize) -> String {
+        name_of(
+            slot,
+            self.stored[index].generation,
+            self.routing.as_deref().map(|routing| (index, routing)),
+        )
     }
 }
 
@@ -364,18 +398,15 @@ pub(crate) async fn stored_positions(
     let queried = stored_ids(&client, target, slot, ceiling).await;
     let _ = timeout(Duration::from_secs(2), client.close()).await;
     shared.fail_all("status query finished");
-    let (partitions, stored) = queried?;
-    Ok(partitions
+    let layout = queried?;
+    Ok(layout
+        .partitions
         .iter()
-        .zip(&stored)
+        .zip(&layout.stored)
         .enumerate()
         .map(|(index, (stream, here))| StoredFor {
             stream: stream.clone(),
-            producer: name_of(
-                slot,
-                here.generation,
-                target.partition_key.as_ref().map(|_| index),
-            ),
+            producer: layout.producer(slot, index),
             publishing_id: here.publishing_id,
             commit_lsn: here.commit_lsn().to_string(),
         })
@@ -389,7 +420,7 @@ async fn stored_ids(
     target: &StreamTarget,
     slot: &str,
     ceiling: Lsn,
-) -> Result<(Vec<String>, Vec<Stored>)> {
+) -> Result<Layout> {
     let partitions = match target.partition_key {
         None => vec![target.stream.clone()],
         Some(_) => {
@@ -409,13 +440,17 @@ async fn stored_ids(
             response.streams
         }
     };
+    let routing = target
+        .partition_key
+        .as_ref()
+        .map(|key| partition::fingerprint(key, &partitions));
     let generation = (ceiling.as_u64() >> 48) as u16;
     let mut stored = Vec::new();
     for (index, partition) in partitions.iter().enumerate() {
         let name = name_of(
             slot,
             generation,
-            target.partition_key.as_ref().map(|_| index),
+            routing.as_deref().map(|routing| (index, routing)),
         );
         let publishing_id = timeout(
             REQUEST_TIMEOUT,
@@ -429,7 +464,11 @@ async fn stored_ids(
             publishing_id,
         });
     }
-    Ok((partitions, stored))
+    Ok(Layout {
+        partitions,
+        routing,
+        stored,
+    })
 }
 
 /// The partitions to publish to, and for each the stored id of walbox's producer, checked
@@ -439,17 +478,19 @@ async fn check_partitions(
     target: &StreamTarget,
     slot: &str,
     ceiling: Lsn,
-) -> Result<(Vec<String>, Vec<Stored>)> {
-    let (partitions, stored) = stored_ids(client, target, slot, ceiling).await?;
-    for (index, (partition, here)) in partitions.iter().zip(&stored).enumerate() {
+) -> Result<Layout> {
+    let layout = stored_ids(client, target, slot, ceiling).await?;
+    if let Some(routing) = &layout.routing
+        && layout.stored.iter().all(|here| here.publishing_id == 0)
+    {
+        info!(super_stream = %target.stream, routing, partitions = layout.partitions.len(),
+            "nothing stored yet under this routing's producers: a new super stream, or the super stream's routing changed (partition key or partitions); events the slot replays are stored again under the new producers, duplicates of what the old routing stored, never dropped");
+    }
+    for (index, (partition, here)) in layout.partitions.iter().zip(&layout.stored).enumerate() {
         if here.publishing_id == 0 {
             continue;
         }
-        let name = name_of(
-            slot,
-            here.generation,
-            target.partition_key.as_ref().map(|_| index),
-        );
+        let name = layout.producer(slot, index);
         let stored_id = here.publishing_id;
         let through = here.commit_lsn();
         if through > ceiling {
@@ -468,7 +509,7 @@ async fn check_partitions(
             stored_through = %through,
             "the stream holds this slot's events up to here; republished ones at or before it are dropped by the broker");
     }
-    Ok((partitions, stored))
+    Ok(layout)
 }
 
 /// Connect to the first node that answers, then to the stream's leader if that is another

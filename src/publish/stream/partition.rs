@@ -8,6 +8,16 @@
 //!
 //! The key is `--partition-key` rendered by the outbox onto the message (default: the
 //! aggregate id), or with `--partition-key-header` a header's value.
+//!
+//! # A routing change is a new producer identity
+//!
+//! Deduplication is per (producer name, partition). If the partition key or the partitions
+//! change between runs, an event that was sent but never stored (its partition's leader
+//! failed while the others stored later events) is republished to another partition, whose
+//! producer may already hold a higher id: the broker would drop it as a duplicate and it
+//! would be lost. So the routing's [`fingerprint`] is part of every partition's producer name:
+//! a changed routing starts new producers with nothing stored, and what the slot replays is
+//! stored again (duplicates of what the old routing stored, never a loss).
 
 use std::borrow::Cow;
 use std::io::Cursor;
@@ -25,6 +35,24 @@ pub(crate) fn route(key: &str, partitions: usize) -> usize {
     // Reading from an in-memory cursor cannot fail.
     let hash = murmur3::murmur3_32(&mut Cursor::new(key.as_bytes()), SEED).unwrap_or(0);
     (u64::from(hash) % partitions.max(1) as u64) as usize
+}
+
+/// A short, stable name of the routing: the partition key (kind and text) and the
+/// partitions in the broker's order. Any change to either changes it (128-bit MurmurHash3,
+/// shortened to 64 bits: an accidental collision between two routings of one slot is not a
+/// practical concern).
+pub(crate) fn fingerprint(key: &PartitionKey, partitions: &[String]) -> String {
+    let mut text = match key {
+        PartitionKey::Template(template) => format!("template\n{template}"),
+        PartitionKey::Header(name) => format!("header\n{name}"),
+    };
+    for partition in partitions {
+        text.push('\n');
+        text.push_str(partition);
+    }
+    // Reading from an in-memory cursor cannot fail.
+    let hash = murmur3::murmur3_x64_128(&mut Cursor::new(text.as_bytes()), SEED).unwrap_or(0);
+    format!("{:016x}", (hash >> 64) as u64 ^ hash as u64)
 }
 
 /// The partition key of `message`: empty when the message has none (a header that is not
@@ -144,6 +172,29 @@ mod tests {
                 reference_murmur3(key.as_bytes(), SEED),
                 "{key}"
             );
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_the_key_or_the_partitions() {
+        let three: Vec<String> = (0..3).map(|n| format!("orders-{n}")).collect();
+        let key = template_key("{aggregate_id}");
+        let base = fingerprint(&key, &three);
+        assert_eq!(base.len(), 16);
+        // Stable: the same routing, the same name on every run and every machine.
+        assert_eq!(base, fingerprint(&key, &three.clone()));
+        let changed = [
+            fingerprint(&template_key("{aggregate_type}:{aggregate_id}"), &three),
+            fingerprint(&PartitionKey::Header("{aggregate_id}".into()), &three),
+            fingerprint(&key, &three[..2]),
+            fingerprint(
+                &key,
+                &[three[1].clone(), three[0].clone(), three[2].clone()],
+            ),
+            fingerprint(&key, &[three.clone(), vec!["orders-3".into()]].concat()),
+        ];
+        for other in &changed {
+            assert_ne!(&base, other);
         }
     }
 
