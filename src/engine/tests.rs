@@ -775,7 +775,7 @@ fn guarded_script(script: Script, broker: &Broker, proven: Lsn, trip: bool) -> (
         let (stop, mut shutdown) = watch::channel(false);
         let driver = async {
             settle().await;
-            while answer(&broker, 0, || Outcome::Confirmed) {}
+            while answer(broker, 0, || Outcome::Confirmed) {}
             settle().await;
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             if trip {
