@@ -124,6 +124,9 @@ pub(crate) struct Member {
     /// `relpersistence`: p (permanent), u (unlogged), t (temporary).
     pub(crate) persistence: String,
     pub(crate) pending: bool,
+    /// pgoutput sends its inserts: it is the table, a declarative partition (published
+    /// through the root), or an inheritance child the publication covers in its own right.
+    pub(crate) covered: bool,
 }
 
 /// The catalogs about the publication and the table, and the WAL position they hold for.
@@ -150,14 +153,29 @@ pub(crate) struct Reading {
 pub(crate) enum Problem {
     NoPublication,
     NoTable,
-    NotATable { kind: String },
+    NotATable {
+        kind: String,
+    },
     NotCovered,
-    NoInserts { publish: Vec<&'static str> },
+    NoInserts {
+        publish: Vec<&'static str>,
+    },
     NotViaRoot,
     RowFilter,
-    ColumnList { columns: Vec<String>, why: String },
-    Unlogged { name: String },
-    Foreign { name: String },
+    ColumnList {
+        columns: Vec<String>,
+        why: String,
+    },
+    Unlogged {
+        name: String,
+    },
+    Foreign {
+        name: String,
+    },
+    /// An inheritance child (`INHERITS`) the publication does not cover itself.
+    ChildNotCovered {
+        name: String,
+    },
 }
 
 /// How the publication covers the table. A witness that lasts from one reading to the next
@@ -259,6 +277,8 @@ impl Reading {
             Some(Problem::Foreign { name })
         } else if member.persistence != "p" {
             Some(Problem::Unlogged { name })
+        } else if !member.covered {
+            Some(Problem::ChildNotCovered { name })
         } else {
             None
         }
@@ -358,6 +378,16 @@ impl Problem {
                 "partition {name} of {t} is a foreign table: rows routed to it are stored on \
                  another server and never reach this server's WAL. Detach it: `ALTER TABLE {tq} \
                  DETACH PARTITION {}`",
+                quote_qualified(name)
+            ),
+            Problem::ChildNotCovered { name } => format!(
+                "table {name} inherits from {t} (INHERITS), so its rows are rows of {t}, but \
+                 publication {p} does not cover {name} itself (pgoutput publishes a child's \
+                 rows only then; FOR TABLE adds the children that exist when it runs, not later \
+                 ones), so walbox would never see them. Run `ALTER PUBLICATION {pq} ADD TABLE \
+                 {}` in the transaction that creates such a child, or, if its rows are not \
+                 events, `ALTER TABLE {} NO INHERIT {tq}`",
+                quote_qualified(name),
                 quote_qualified(name)
             ),
         }
@@ -599,6 +629,14 @@ fn reading_sql(schemas: bool) -> String {
     } else {
         "NULL::jsonb".to_owned()
     };
+    // An inheritance child's rows are published only when the publication covers the child
+    // itself; a declarative partition's go through the root (publish_via_partition_root).
+    let child_in_schema = if schemas {
+        " OR EXISTS (SELECT 1 FROM pg_publication_namespace s, pub \
+           WHERE s.pnpubid = pub.oid AND s.pnnspid = c.relnamespace)"
+    } else {
+        ""
+    };
     format!(
         "WITH RECURSIVE \
          snap AS (SELECT pg_current_snapshot() AS s, \
@@ -632,7 +670,11 @@ fn reading_sql(schemas: bool) -> String {
            'schemas', COALESCE({schema_rows}, '[]'), \
            'members', COALESCE((SELECT jsonb_agg(jsonb_build_object('oid', c.oid::int8, \
               'name', n.nspname || '.' || c.relname, 'kind', c.relkind, \
-              'persistence', c.relpersistence, 'pending', {member_pending}) \
+              'persistence', c.relpersistence, 'pending', {member_pending}, \
+              'covered', c.oid = (SELECT oid FROM tab) OR c.relispartition \
+                OR COALESCE((SELECT puballtables FROM pub), false) \
+                OR EXISTS (SELECT 1 FROM pg_publication_rel r, pub \
+                  WHERE r.prpubid = pub.oid AND r.prrelid = c.oid){child_in_schema}) \
               ORDER BY c.oid <> (SELECT oid FROM tab), c.oid) \
               FROM tree JOIN pg_class c ON c.oid = tree.oid \
               JOIN pg_namespace n ON n.oid = c.relnamespace, snap), '[]'))::text",

@@ -200,6 +200,39 @@ impl Guard {
         self.verdict()
     }
 
+    /// Whether this guard reads the catalogs itself (the live relay), not one fixed reading.
+    pub(crate) fn is_live(&self) -> bool {
+        self._task.is_some()
+    }
+
+    /// Wait until a reading at or past `lsn` passed, so that [`Guard::outbox`] knows every
+    /// partition and inheritance child made before a commit at `lsn`. Asks for a reading now.
+    /// An error when the guard tripped, the primary is going away, or no reading passed
+    /// within `within` (transient: the session ends and decodes the commit again).
+    pub(crate) async fn proven_to(&mut self, lsn: Lsn, within: Duration) -> Result<()> {
+        if self.through() >= lsn {
+            return Ok(());
+        }
+        self.fresh.notify_one();
+        let reached = self
+            .proof
+            .wait_for(|proof| proof.through >= lsn || proof.tripped.is_some() || proof.going_away);
+        let timed_out = tokio::time::timeout(within, reached).await.is_err();
+        self.verdict()?;
+        if self.through() >= lsn {
+            return Ok(());
+        }
+        Err(Error::transient(if timed_out {
+            format!(
+                "no reading of the catalogs passed within {} s, so walbox cannot tell whether a \
+                 table in the transaction committed at {lsn} belongs to the outbox",
+                within.as_secs()
+            )
+        } else {
+            "the guard cannot connect to the primary (shutting down, or gone)".to_owned()
+        }))
+    }
+
     /// Ask for a reading now, and wait at most `within` for the proof to reach `target`
     /// (the last position walbox would acknowledge when it stops). Returns the proof then.
     pub(crate) async fn fresh(&mut self, target: Lsn, within: Duration) -> Lsn {

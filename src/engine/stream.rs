@@ -5,6 +5,7 @@
 //! tracker, in stream order.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
@@ -23,6 +24,9 @@ use crate::publish::confirm::{EventRef, Pending, Published};
 use crate::publish::{Position, Publisher};
 use crate::source::Change;
 use crate::telemetry::{Side, Telemetry};
+
+/// How long a Relation of a table the guard does not know waits for a newer reading.
+const RELATION_PROOF_WAIT: Duration = Duration::from_secs(30);
 
 /// The per-session state of the apply step.
 pub(crate) struct Stream<'a, P: Publisher> {
@@ -107,7 +111,7 @@ impl<'a, P: Publisher> Stream<'a, P> {
                 self.boundary(wal_end).await?;
             }
             Change::Keepalive { .. } => {}
-            Change::Message(Message::Relation(relation)) => self.relation(&relation)?,
+            Change::Message(Message::Relation(relation)) => self.relation(&relation).await?,
             Change::Message(Message::Insert(insert)) => self.insert(&insert).await?,
             Change::Message(Message::Message(message)) => self.logical(&message).await?,
             // Updates, deletes, truncates, types, origins: not outbox events.
@@ -129,9 +133,23 @@ impl<'a, P: Publisher> Stream<'a, P> {
     }
 
     /// A Relation message: which table it is, and the outbox's new shape (see `tables`).
-    fn relation(&mut self, relation: &Relation) -> Result<(), Failure> {
-        let outbox = self.guard.as_ref().and_then(Guard::outbox);
+    async fn relation(&mut self, relation: &Relation) -> Result<(), Failure> {
         let commit_lsn = self.transaction.map(|transaction| transaction.commit_lsn);
+        // A table the guard's last reading does not know may be a partition or inheritance
+        // child made since (in this very transaction, even): its rows would be skipped as
+        // another table's. A reading at or past this commit knows every table made before it.
+        if let Some(guard) = self.guard.as_mut().filter(|guard| guard.is_live())
+            && self
+                .tables
+                .would_skip(relation, &self.config.table, guard.outbox().as_ref())
+        {
+            let at = commit_lsn.unwrap_or(Lsn::ZERO);
+            guard
+                .proven_to(at, RELATION_PROOF_WAIT)
+                .await
+                .map_err(postgres)?;
+        }
+        let outbox = self.guard.as_ref().and_then(Guard::outbox);
         self.tables
             .relation(
                 relation,

@@ -9,9 +9,9 @@
 //! | Relation | what it is | what happens |
 //! |---|---|---|
 //! | the OID the session follows | the outbox (a rename keeps the OID; the guard stops on it) | relayed |
-//! | a partition of the outbox (the guard's list) | rows written while `publish_via_partition_root` was off | relayed: they are outbox rows |
+//! | a partition of the outbox (the guard's list) | rows written while `publish_via_partition_root` was off, or an inheritance child's | relayed: they are outbox rows |
 //! | the outbox's name, another OID | the table was dropped and created again | followed if the publication covers it by name (FOR ALL TABLES, IN SCHEMA), else a definite stop |
-//! | another name and OID | another table of the publication | skipped |
+//! | another name and OID, unknown to a guard reading at or past its commit | another table of the publication | skipped (the engine asks for that reading first: a partition or inheritance child made since is known to it) |
 //! | never announced | a protocol violation | a definite stop |
 //!
 //! What cannot be proven here: a partition dropped since its rows were written with
@@ -136,6 +136,21 @@ impl Tables {
             self.followed = Some(id);
         }
         Ok(())
+    }
+
+    /// Whether `relation`, as `outbox` knows the table, is another table whose inserts would be
+    /// skipped. The guard's list of partitions and children may be older than the commit
+    /// the Relation comes with, so the engine asks for a newer one before believing that.
+    pub(crate) fn would_skip(
+        &self,
+        relation: &Relation,
+        table: &TableName,
+        outbox: Option<&Outbox>,
+    ) -> bool {
+        let named =
+            relation.namespace == table.schema.as_str() && relation.name == table.name.as_str();
+        let followed = self.followed.or(outbox.map(|outbox| outbox.oid));
+        classify(relation.relation_id, named, followed, outbox) == Kind::Other
     }
 
     /// The shape of an insert's table: Some to relay it, None for another table's.

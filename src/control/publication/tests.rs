@@ -28,6 +28,7 @@ fn member(oid: u32, name: &str, kind: &str) -> Member {
         kind: kind.into(),
         persistence: "p".into(),
         pending: false,
+        covered: true,
     }
 }
 
@@ -137,6 +138,18 @@ fn each_way_of_losing_rows_is_a_problem() {
         problems(&foreign),
         [Problem::Foreign {
             name: "public.outbox_2025".into()
+        }]
+    );
+
+    // An inheritance child the publication does not cover: its rows never reach walbox.
+    let mut child = reading();
+    let mut uncovered = member(501, "public.outbox_2026", "r");
+    uncovered.covered = false;
+    child.members.push(uncovered);
+    assert_eq!(
+        problems(&child),
+        [Problem::ChildNotCovered {
+            name: "public.outbox_2026".into()
         }]
     );
 
@@ -346,9 +359,9 @@ fn the_catalog_answer_parses() {
     // and a row filter.
     let json = r#"{"table": {"oid": 16558, "kind": "p", "pending": false},
         "members": [{"oid": 16558, "kind": "p", "name": "public.outbox", "pending": false,
-                     "persistence": "p"},
+                     "persistence": "p", "covered": true},
                     {"oid": 16561, "kind": "r", "name": "public.o1", "pending": false,
-                     "persistence": "p"}],
+                     "persistence": "p", "covered": true}],
         "schemas": [], "pinned_name": null,
         "relations": [{"oid": 16567, "xmin": 846, "pending": false, "columns": ["id", "a"],
                        "row_filter": true}],
