@@ -750,3 +750,187 @@ async fn a_rolling_restart_of_the_cluster_loses_nothing() {
         assert_eq!(counts.lost, 0, "events lost; walbox's log:\n{log}");
     }
 }
+
+/// Insert `transactions` transactions of 10 rows each through `db`, one at a time; returns the
+/// ids whose commit PostgreSQL acknowledged.
+async fn insert_batches(
+    db: &tokio_postgres::Client,
+    tag: &str,
+    transactions: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..transactions {
+        let rows = db
+            .query(
+                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+                 SELECT 'ha', $1, 'e', jsonb_build_object('n', n) \
+                 FROM generate_series(1, 10) n RETURNING id::text",
+                &[&tag],
+            )
+            .await
+            .unwrap();
+        ids.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+    }
+    ids
+}
+
+/// Scenario 5 (issue 19 item 4): the standby's synchronized slot copy is behind what walbox
+/// confirmed. The primary does not hold logical changes back for the standby
+/// (`synchronized_standby_slots` empty) and the standby's WAL receiver is stopped while walbox
+/// relays 400 more events; the primary stops, the standby is promoted, 300 events are
+/// committed on the new primary. Those 400 were delivered but are not in the new primary's
+/// history; walbox must not resume from where it stood on the old timeline (beyond the fork
+/// point, so PostgreSQL would skip the new primary's commits below it): every row of the new
+/// primary's table arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (scripts/test.sh runs it)"]
+async fn failover_to_a_lagging_standby_resumes_within_the_new_history() {
+    for round in 1..=rounds() {
+        fresh_postgres(true).await;
+        let primary_url = |port: u16| format!("postgres://postgres@127.0.0.1:{port}/{DATABASE}");
+        let admin = connect(&primary_url(primary_port())).await;
+        admin
+            .batch_execute("ALTER SYSTEM SET synchronized_standby_slots = ''")
+            .await
+            .unwrap();
+        admin
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
+        let queue = queue_name("lagging", round);
+        fresh_queue(&queue).await;
+        walbox_setup();
+        let relay = Relay::start("lagging");
+        let drain = Drain::start(&queue);
+        let first: HashSet<String> = insert_batches(&admin, "first", 10)
+            .await
+            .into_iter()
+            .collect();
+        drain.wait_for(&first, Duration::from_secs(60)).await;
+        servers(&["pg-wait-synced", SLOT, "120"]);
+        // Let the sync worker copy the position that covers the first events, then cut the
+        // standby off: its WAL receiver (and with it the slot sync) stops.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let standby = connect(&primary_url(common::trixie::standby_port())).await;
+        standby
+            .batch_execute("ALTER SYSTEM SET primary_conninfo = ''")
+            .await
+            .unwrap();
+        standby
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
+        let cut_off = Instant::now();
+        while standby
+            .query_one("SELECT count(*) FROM pg_stat_wal_receiver", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0
+        {
+            assert!(
+                cut_off.elapsed() < Duration::from_secs(30),
+                "the WAL receiver runs on"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let copy: Option<String> = standby
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&SLOT],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let gone: HashSet<String> = insert_batches(&admin, "gone", 40)
+            .await
+            .into_iter()
+            .collect();
+        drain.wait_for(&gone, Duration::from_secs(60)).await;
+        // walbox confirms them to the old primary: its slot passes their commits.
+        let confirmed_old: String = admin
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map(|row| row.get(0))
+            .unwrap_or_default();
+        let passed = Instant::now();
+        while !admin
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&SLOT, &confirmed_old],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        {
+            assert!(
+                passed.elapsed() < Duration::from_secs(60),
+                "walbox never confirmed the events to the old primary:\n{}",
+                relay.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(admin);
+        servers(&["pg-stop", "primary"]);
+        servers(&["pg-promote"]);
+        let promoted = Instant::now();
+        let new_primary = connect(&primary_url(common::trixie::standby_port())).await;
+        let after: HashSet<String> = insert_batches(&new_primary, "after", 30)
+            .await
+            .into_iter()
+            .collect();
+        drain.wait_for(&after, Duration::from_secs(60)).await;
+        let seen = drain.finish().await;
+        delete_queue(&queue).await;
+        let delivered: HashSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
+        let count_in = |ids: &HashSet<String>| {
+            ids.iter()
+                .filter(|id| delivered.contains(id.as_str()))
+                .count()
+        };
+        let counts = count(&[], &seen, false).await;
+        let slot_now: Option<String> = new_primary
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&SLOT],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        println!(
+            "ha: scenario=lagging round={round} first={}/{} gone_delivered={}/{} \
+             committed_after={} delivered_after={} in_table={} lost={} duplicates={} \
+             copy_at_cut={copy:?} confirmed_on_old={confirmed_old} slot_on_new={slot_now:?} \
+             after_promotion_ms={}",
+            count_in(&first),
+            first.len(),
+            count_in(&gone),
+            gone.len(),
+            after.len(),
+            count_in(&after),
+            counts.in_table,
+            counts.lost,
+            counts.duplicates,
+            promoted.elapsed().as_millis()
+        );
+        let log = relay.log();
+        relay.stop();
+        drop_slot().await;
+        assert_eq!(count_in(&first), first.len(), "{log}");
+        assert_eq!(count_in(&gone), gone.len(), "{log}");
+        assert_eq!(counts.lost, 0, "events lost; walbox's log:\n{log}");
+        assert_eq!(count_in(&after), after.len(), "{log}");
+        // Commit order holds within the new timeline (its positions reuse the old one's).
+        let on_new: Vec<Seen> = seen
+            .iter()
+            .filter(|s| after.contains(&s.id))
+            .cloned()
+            .collect();
+        assert_first_deliveries_in_commit_order(&on_new);
+        assert!(
+            log.contains("forked"),
+            "walbox says the new primary's history forked before what it confirmed:\n{log}"
+        );
+    }
+}

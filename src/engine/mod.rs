@@ -23,7 +23,7 @@ use crate::publish::Publisher;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::stream::{StreamPublisher, declare as declare_stream};
 use crate::publish::target::Target;
-use crate::source::{Change, Source};
+use crate::source::{Change, Confirmed, Origin, Source, Started};
 use crate::telemetry::{RelayState, Side, Telemetry};
 
 pub(crate) mod backoff;
@@ -190,6 +190,9 @@ struct Supervisor<'a> {
     /// checkpoints, so after a server restart the slot can be behind what was already
     /// confirmed. Resuming from here instead avoids re-sending those events.
     confirmed_here: Lsn,
+    /// The server history `confirmed_here` lies on: the cluster and timeline of the last
+    /// session's server. After a failover it is checked against the new primary's history.
+    confirmed_on: Option<Origin>,
     poison: Poison,
     /// One guard for the whole process, started once the first session found the publication
     /// in order, so the proof that it covers the table runs on without a gap from session to
@@ -207,6 +210,7 @@ impl<'a> Supervisor<'a> {
             standing_by: false,
             backoff: Backoff::new(Duration::from_millis(200), run.max_retry_delay),
             confirmed_here: Lsn::ZERO,
+            confirmed_on: None,
             poison: Poison::new(run.poison_after, run.dead_letter_exchange.clone()),
             guard: None,
         }
@@ -327,7 +331,7 @@ impl<'a> Supervisor<'a> {
         let dead_letter_exchange = self.run.dead_letter_exchange.as_deref();
         let publisher =
             connect_publisher(config, dead_letter_exchange, control, first, self.telemetry).await?;
-        let source = Source::start(config, start).await.map_err(postgres)?;
+        let (source, start) = self.start_source(start).await?;
         if first
             && self
                 .run
@@ -351,6 +355,51 @@ impl<'a> Supervisor<'a> {
             }
         }
         Ok((source, publisher, start))
+    }
+
+    /// What this process saw confirmed, and on which server history (None before anything).
+    fn known(&self) -> Option<Confirmed> {
+        let on = self.confirmed_on.clone()?;
+        (self.confirmed_here > Lsn::ZERO).then_some(Confirmed {
+            through: self.confirmed_here,
+            on,
+        })
+    }
+
+    /// Start streaming from `start`; or, when a failover forked the server's history before
+    /// it, from the slot's own position on the new primary (said in the log). Returns where
+    /// the session streams from.
+    async fn start_source(&mut self, start: Lsn) -> std::result::Result<(Source, Lsn), Failure> {
+        let config = self.config;
+        let known = self.known();
+        let started = Source::start(config, start, known.as_ref());
+        let (source, origin, start) = match started.await.map_err(postgres)? {
+            Started::Streaming(source, origin) => (source, origin, start),
+            Started::Forked(fork) => {
+                warn!(slot = %config.slot, forked_at = %fork.at.map_or_else(|| "none".to_owned(), |at| at.to_string()), confirmed_before = %fork.confirmed,
+                    resume_from = %fork.slot, "{}", fork.describe());
+                // What this process confirmed on the old history says nothing on the new one.
+                self.confirmed_here = Lsn::ZERO;
+                let here = Confirmed {
+                    through: fork.slot,
+                    on: fork.now.clone(),
+                };
+                match Source::start(config, fork.slot, Some(&here))
+                    .await
+                    .map_err(postgres)?
+                {
+                    Started::Streaming(source, origin) => (source, origin, fork.slot),
+                    Started::Forked(again) => {
+                        return Err(postgres(Error::transient(format!(
+                            "the primary changed again while walbox resumed after a failover: {}",
+                            again.describe()
+                        ))));
+                    }
+                }
+            }
+        };
+        self.confirmed_on = Some(origin);
+        Ok((source, start))
     }
 
     /// Where this session starts reading, given the slot's `confirmed` position: `--start-lsn`

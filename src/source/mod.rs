@@ -7,9 +7,11 @@
 //! [`Source::acknowledge`], which the engine takes from the watermark.
 
 mod export;
+mod timeline;
 mod verify_ca;
 
 pub(crate) use export::create_slot_exporting_snapshot;
+pub(crate) use timeline::{Confirmed, Fork, Origin};
 
 use std::time::Duration;
 
@@ -236,18 +238,90 @@ pub(crate) async fn enable_failover(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// How [`Source::start`] ended.
+pub(crate) enum Started {
+    /// Streaming from the server of this history.
+    Streaming(Source, Origin),
+    /// Not started: the position to stream from lies beyond where the server's history forked
+    /// from the one it was confirmed on.
+    Forked(Fork),
+}
+
+/// The cluster and timeline of the server a session reached.
+async fn identify(client: &mut ReplicationClient) -> Result<Origin> {
+    let system = client
+        .identify_system()
+        .await
+        .map_err(Error::from_replication)?;
+    Ok(Origin {
+        system_id: system.system_id,
+        timeline: system.timeline,
+    })
+}
+
+/// The switch points of timeline `timeline`'s history (none on timeline 1, which has no file).
+async fn history(client: &mut ReplicationClient, timeline: u32) -> Result<Vec<(u32, Lsn)>> {
+    if timeline <= 1 {
+        return Ok(Vec::new());
+    }
+    let file = client
+        .timeline_history(timeline)
+        .await
+        .map_err(Error::from_replication)?;
+    timeline::parse_history(&file.content)
+}
+
+/// The confirmed position of slot `slot` on the session's own server, if it has one.
+async fn slot_position(client: &mut ReplicationClient, slot: &Identifier) -> Result<Option<Lsn>> {
+    // Slot names are validated (lowercase letters, digits, underscores), so they are safe as
+    // string literals; the replication protocol's simple queries take no parameters.
+    let rows = client
+        .simple_query(&format!(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+             WHERE slot_name = '{slot}'"
+        ))
+        .await
+        .map_err(Error::from_replication)?;
+    Ok(rows
+        .first()
+        .and_then(|row| row.first().cloned().flatten())
+        .and_then(|text| std::str::from_utf8(&text).ok()?.parse::<Lsn>().ok()))
+}
+
 impl Source {
     /// Start streaming from `start` (the slot's confirmed position, or later with
-    /// `--start-lsn`). Until the first acknowledgement, `start` is what the server hears as
-    /// flushed.
-    pub(crate) async fn start(config: &Config, start: Lsn) -> Result<Self> {
+    /// `--start-lsn` or what this process saw confirmed). Until the first acknowledgement,
+    /// `start` is what the server hears as flushed. `known` is what this process saw
+    /// confirmed and where: when the session reached another server history (a failover),
+    /// `start` must lie in the new one's, checked on this very session before it streams.
+    pub(crate) async fn start(
+        config: &Config,
+        start: Lsn,
+        known: Option<&Confirmed>,
+    ) -> Result<Started> {
         let mut client = connect_to_primary(config, start).await?;
+        let origin = identify(&mut client).await?;
+        if let Some(known) = known.filter(|known| known.on != origin) {
+            let slot = slot_position(&mut client, &config.slot)
+                .await?
+                .ok_or_else(|| {
+                    Error::transient(format!(
+                        "replication slot {} is not on the server the replication session reached",
+                        config.slot
+                    ))
+                })?;
+            let history = history(&mut client, origin.timeline).await?;
+            if let Some(fork) = timeline::judge(known, &origin, &history, start, slot) {
+                // Dropping a session that has not started ends it.
+                return Ok(Started::Forked(fork));
+            }
+        }
         client.start().await.map_err(Error::from_replication)?;
         client
             .wait_started()
             .await
             .map_err(Error::from_replication)?;
-        Ok(Source { client })
+        Ok(Started::Streaming(Source { client }, origin))
     }
 
     /// Stream from a temporary copy of `original` (the replay window's bookmark slot), made
