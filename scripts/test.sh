@@ -53,7 +53,7 @@ cargo test --locked --test frameworks -- --ignored --test-threads=2
 
 # High availability (docs/src/operations/high-availability.md): a PostgreSQL 17 primary with a
 # standby and a three-node RabbitMQ 4.0 cluster on private ports, from a Debian trixie userland
-# that scripts/trixie-servers.sh builds once and caches under /var/cache/walbox. The four
+# that scripts/trixie-servers.sh builds once and caches under /var/cache/walbox. The five
 # failover scenarios run once each (quick mode); WALBOX_HA_ROUNDS=N repeats each N times (long mode).
 (
   trap 'bash scripts/trixie-servers.sh stop >/dev/null 2>&1 || true' EXIT
