@@ -349,3 +349,141 @@ async fn an_event_larger_than_the_brokers_maximum_is_dead_lettered() {
     );
     assert!(env.wait_confirmed(end, WAIT).await >= end);
 }
+
+/// Insert one event whose headers column holds a `size`-byte header: its content-header frame
+/// is larger than the connection's negotiated `frame_max` (RabbitMQ's default is 128 KiB).
+async fn insert_large_header(env: &TestEnv, size: i32) -> String {
+    env.db
+        .query_one(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers) \
+             VALUES ('order', 'o-big', 'created', '{\"n\": \"big\"}', \
+                     jsonb_build_object('x-big', repeat('h', $1::int))) RETURNING id::text",
+            &[&size],
+        )
+        .await
+        .expect("insert an event with a large header")
+        .get(0)
+}
+
+/// How many sessions the run opened (each one logs "streaming" once connected).
+fn sessions(log: &str) -> usize {
+    log.matches("\"message\":\"streaming\"").count()
+}
+
+/// Issue #19 item 6: headers and properties over `frame_max` made the broker close the
+/// connection (501 FRAME_ERROR) and walbox reconnect forever, dead-letter exchange or not.
+/// walbox checks the frame size before sending: the event is poison, dead-lettered, and the
+/// next event is delivered.
+#[tokio::test]
+async fn an_event_whose_headers_exceed_the_frame_is_dead_lettered() {
+    let mut env = TestEnv::new("poison_frame").await;
+    let mut consumer = env.queue("all", "#").await;
+    let (dead_letter_exchange, mut dead_letters) = env.extra_exchange("dlx").await;
+    let run = env.spawn_run(&[
+        "--dead-letter-exchange",
+        &dead_letter_exchange,
+        "--poison-after",
+        "2",
+    ]);
+    env.wait_slot_active(WAIT).await;
+    let before = env.insert("order", "created", "{\"n\": 1}").await;
+    let big = insert_large_header(&env, 200_000).await;
+    let after = env.insert("order", "created", "{\"n\": 2}").await;
+    let end = env.current_wal_lsn().await;
+
+    let started = Instant::now();
+    let records = receive(&mut dead_letters, 1, WAIT).await;
+    let log = env.run_log(run);
+    assert_eq!(
+        records.len(),
+        1,
+        "no dead-letter record in {} s ({} sessions); log:\n{log}",
+        started.elapsed().as_secs(),
+        sessions(&log),
+    );
+    let body: serde_json::Value = serde_json::from_slice(&records[0].data).unwrap();
+    assert_eq!(body["id"], big.as_str());
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("frame"), "{body}");
+    // The record itself must fit: the large header is left out of it, its size said.
+    let original = header_text(&records[0], "x-original-headers").unwrap_or_default();
+    assert!(original.len() < 20_000, "{} bytes", original.len());
+
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(seen.contains(&before) && seen.contains(&after))
+        && tokio::time::Instant::now() < deadline
+    {
+        for delivery in receive(&mut consumer, 10, Duration::from_secs(1)).await {
+            seen.insert(message_id(&delivery));
+        }
+    }
+    assert!(
+        seen.contains(&before) && seen.contains(&after),
+        "{seen:?}; log:\n{}",
+        env.run_log(run)
+    );
+    assert!(
+        !seen.contains(&big),
+        "the oversized event itself never arrives"
+    );
+    assert!(env.wait_confirmed(end, WAIT).await >= end);
+    let log = env.run_log(run);
+    eprintln!(
+        "dead-lettered in {} ms; {} sessions in all",
+        started.elapsed().as_millis(),
+        sessions(&log)
+    );
+    assert!(
+        sessions(&log) <= 6,
+        "{} sessions; log:\n{log}",
+        sessions(&log)
+    );
+    assert!(env.try_wait(run).is_none(), "walbox is still running");
+}
+
+/// Without a dead-letter exchange the oversized event halts walbox, the error naming the
+/// event and the frame size; nothing after it is acknowledged.
+#[tokio::test]
+async fn without_a_dead_letter_exchange_an_event_over_the_frame_halts_walbox() {
+    let mut env = TestEnv::new("poison_frame_halt").await;
+    let mut consumer = env.queue("all", "#").await;
+    let run = env.spawn_run(&["--poison-after", "2"]);
+    env.wait_slot_active(WAIT).await;
+    let idle = env.current_wal_lsn().await;
+    env.wait_confirmed(idle, WAIT).await;
+    let big = insert_large_header(&env, 200_000).await;
+    env.insert("order", "created", "{\"n\": 2}").await;
+
+    let deadline = Instant::now() + WAIT;
+    let halted = loop {
+        let log = env.run_log(run);
+        let line = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|entry| entry["level"] == "ERROR" && entry["event_id"] == big.as_str());
+        if let Some(line) = line {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never halted ({} sessions); log:\n{log}",
+            sessions(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = halted["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("frame") && reason.contains("bytes"),
+        "{halted}"
+    );
+    let commit: Lsn = halted["commit_lsn"].as_str().unwrap().parse().unwrap();
+    assert!(env.slot_confirmed().await.unwrap() <= commit);
+    assert!(
+        receive_any(&mut consumer, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "an event after the oversized one was delivered"
+    );
+    assert!(env.try_wait(run).is_none(), "walbox must stay up");
+}

@@ -326,7 +326,14 @@ impl DeadLetter {
             own("x-original-content-type", content_type.as_str());
         }
         if !others.inner().is_empty() {
-            own("x-original-headers", &headers::to_json(&others).to_string());
+            // Capped like the payload: a header too large for the frame may be why the event
+            // was refused, and the record must fit where the event did not.
+            let original = headers::to_json(&others).to_string();
+            if original.len() <= DEAD_LETTER_PAYLOAD_LIMIT {
+                own("x-original-headers", &original);
+            } else {
+                record["original_headers_size"] = json!(original.len());
+            }
         }
         let properties = contract::Properties {
             message_id: event.properties.message_id().clone(),

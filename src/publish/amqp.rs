@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use lapin::{Confirmation, PublisherConfirm};
 use tokio::time::timeout;
 use tracing::{info, warn};
 
+use super::frame;
 use super::topology::Topology;
 use super::{Outcome, Position, Publisher, Refused};
 use crate::config::{Config, DeclareMode, ExchangeSpec, SecretUrl};
@@ -34,6 +35,8 @@ pub(crate) struct LapinConfirm {
 }
 
 enum State {
+    /// walbox refused to send it (the reason): it could never go out on this connection.
+    Rejected(String),
     Writing(WriteFuture),
     Written(PublisherConfirm),
     Answered,
@@ -45,6 +48,11 @@ impl Future for LapinConfirm {
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
         loop {
             match &mut self.state {
+                State::Rejected(reason) => {
+                    let reason = std::mem::take(reason);
+                    self.state = State::Answered;
+                    return Poll::Ready(Outcome::Refused(Refused::Rejected { reason }));
+                }
                 State::Writing(writing) => match writing.as_mut().poll(cx) {
                     Poll::Ready(Ok(written)) => self.state = State::Written(written),
                     Poll::Ready(Err(error)) => {
@@ -103,6 +111,12 @@ pub(crate) struct AmqpPublisher {
     exchange: ShortString,
     /// Declares each exchange before the first publish to it on this connection.
     topology: Topology,
+    /// The connection's negotiated frame size: a content header larger than this would make
+    /// the broker close the whole connection.
+    frame_max: u32,
+    /// walbox refused a message on this connection: nothing after it may go out (it would
+    /// overtake the refused event in its queue), so the session ends at its verdict.
+    refused: AtomicBool,
 }
 
 /// How long one broker node of `--amqp-url` may take to accept a connection before walbox
@@ -206,11 +220,14 @@ impl AmqpPublisher {
         topology.ensure_alternate().await?;
         let exchange = ShortString::from(config.mapping.exchange.as_constant().unwrap_or(""));
         topology.ensure(&exchange, "--exchange").await?;
+        let frame_max = connection.configuration().frame_max();
         Ok(AmqpPublisher {
             connection,
             channel,
             exchange,
             topology,
+            frame_max,
+            refused: AtomicBool::new(false),
         })
     }
 
@@ -237,6 +254,17 @@ impl Publisher for AmqpPublisher {
     /// in the channel's order at once; the write and the broker's answer are awaited later by
     /// the confirm tracker, so publishing never waits for a round trip.
     async fn publish(&self, message: OutboxMessage, _position: Position) -> Result<LapinConfirm> {
+        if self.refused.load(Ordering::SeqCst) {
+            return Err(Error::transient(
+                "an earlier event of this session was refused; nothing after it is published",
+            ));
+        }
+        if let Some(reason) = frame::too_large(&message.properties, self.frame_max) {
+            self.refused.store(true, Ordering::SeqCst);
+            return Ok(LapinConfirm {
+                state: State::Rejected(reason),
+            });
+        }
         let channel = self.channel.clone();
         let exchange = match message.exchange {
             Some(exchange) => {

@@ -16,6 +16,7 @@
 pub(crate) mod amqp;
 pub(crate) mod confirm;
 pub(crate) mod counting;
+pub(crate) mod frame;
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod stream;
