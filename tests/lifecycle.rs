@@ -679,3 +679,52 @@ async fn an_inheritance_child_in_the_publication_is_relayed() {
     );
     assert!(env.try_wait(run).is_none(), "walbox goes on");
 }
+
+#[tokio::test]
+async fn an_outbox_published_as_its_partitioned_parent_is_refused() {
+    // The outbox is one partition of a bigger partitioned table, and a publication FOR ALL
+    // TABLES with publish_via_partition_root = true: PostgreSQL publishes the outbox's rows as
+    // rows of the parent (its OID and name), never as the outbox's.
+    let mut env = TestEnv::new("lc_parent").await;
+    env.db
+        .batch_execute(&format!(
+            "DROP TABLE outbox; \
+             CREATE TABLE events ( \
+               id uuid NOT NULL DEFAULT gen_random_uuid(), \
+               aggregate_type text NOT NULL, aggregate_id text NOT NULL, \
+               event_type text NOT NULL, payload jsonb NOT NULL, headers jsonb, \
+               created_at timestamptz NOT NULL DEFAULT now()) PARTITION BY LIST (aggregate_type); \
+             CREATE TABLE outbox PARTITION OF events FOR VALUES IN ('order'); \
+             CREATE PUBLICATION {} FOR ALL TABLES WITH (publish = 'insert', \
+               publish_via_partition_root = true)",
+            env.name
+        ))
+        .await
+        .unwrap();
+    let mut consumer = env.queue("all", "#").await;
+    let run = env.spawn_run(&[]);
+    // Streaming (before the fix) or refused at start (after it): the rows come after either.
+    let deadline = Instant::now() + WAIT;
+    while !streaming(&env).await && env.try_wait(run).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mark = env.current_wal_lsn().await;
+    let committed = insert_routed(&env, 5).await;
+    let after = env.current_wal_lsn().await;
+    let status = exited(&mut env, run, Duration::from_secs(15)).await;
+    let seen = delivered(&mut consumer, &committed, Duration::from_secs(5)).await;
+    let confirmed = env.slot_confirmed().await;
+    let numbers = tally(&committed, &seen, confirmed, mark);
+    eprintln!("outbox published as its parent: {numbers}; WAL after them {after}; exit {status:?}");
+    let log = env.run_log(run);
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(1),
+        "walbox must refuse to relay; {numbers}; log:\n{log}"
+    );
+    assert!(
+        confirmed.is_none_or(|confirmed| confirmed <= mark),
+        "the slot passed rows walbox did not deliver: {numbers}"
+    );
+    assert!(log.contains("as rows of public.events"), "log:\n{log}");
+}

@@ -146,6 +146,11 @@ pub(crate) struct Reading {
     pub(crate) schemas: Vec<SchemaRow>,
     /// The table first, then its partitions.
     pub(crate) members: Vec<Member>,
+    /// The partitioned table (schema.name) whose rows pgoutput publishes the table's rows as:
+    /// the table is a partition, the publication covers an ancestor of it and publishes via
+    /// the root. None: its rows are published as its own.
+    #[serde(default)]
+    pub(crate) published_as: Option<String>,
 }
 
 /// Why the table's inserts would not all reach walbox.
@@ -175,6 +180,10 @@ pub(crate) enum Problem {
     /// An inheritance child (`INHERITS`) the publication does not cover itself.
     ChildNotCovered {
         name: String,
+    },
+    /// The table is a partition whose rows are published as an ancestor's.
+    PublishedAsAncestor {
+        ancestor: String,
     },
 }
 
@@ -243,6 +252,11 @@ impl Reading {
             }];
         }
         let mut problems = Vec::new();
+        if let Some(ancestor) = &self.published_as {
+            problems.push(Problem::PublishedAsAncestor {
+                ancestor: ancestor.clone(),
+            });
+        }
         if self.witnesses().is_empty() {
             problems.push(Problem::NotCovered);
         }
@@ -379,6 +393,13 @@ impl Problem {
                  another server and never reach this server's WAL. Detach it: `ALTER TABLE {tq} \
                  DETACH PARTITION {}`",
                 quote_qualified(name)
+            ),
+            Problem::PublishedAsAncestor { ancestor } => format!(
+                "table {t} is a partition of {ancestor}, and publication {p} covers {ancestor} \
+                 with publish_via_partition_root on, so PostgreSQL publishes {t}'s rows as rows \
+                 of {ancestor}, never as {t}'s. Point --table at {ancestor} (every partition's \
+                 rows are then events), or relay {t} through a publication of its own: \
+                 `CREATE PUBLICATION ... FOR TABLE {tq} WITH (publish = 'insert')`"
             ),
             Problem::ChildNotCovered { name } => format!(
                 "table {name} inherits from {t} (INHERITS), so its rows are rows of {t}, but \
@@ -637,6 +658,14 @@ fn reading_sql(schemas: bool) -> String {
     } else {
         ""
     };
+    // pgoutput publishes a partition's rows as its topmost ancestor the publication covers,
+    // when the publication publishes via the root (get_rel_sync_entry).
+    let ancestor_in_schema = if schemas {
+        " OR EXISTS (SELECT 1 FROM pg_publication_namespace s \
+           WHERE s.pnpubid = pub.oid AND s.pnnspid = c.relnamespace)"
+    } else {
+        ""
+    };
     format!(
         "WITH RECURSIVE \
          snap AS (SELECT pg_current_snapshot() AS s, \
@@ -668,6 +697,13 @@ fn reading_sql(schemas: bool) -> String {
                    (SELECT jsonb_array_elements_text(to_jsonb(r) -> 'prattrs')::int2) \
                    ORDER BY a.attnum)) END)) FROM rel r), '[]'), \
            'schemas', COALESCE({schema_rows}, '[]'), \
+           'published_as', (SELECT n.nspname || '.' || c.relname \
+              FROM pg_partition_ancestors((SELECT oid FROM tab)) WITH ORDINALITY a(relid, depth) \
+              JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace, pub \
+              WHERE a.relid <> (SELECT oid FROM tab) AND pub.pubviaroot \
+                AND (pub.puballtables OR EXISTS (SELECT 1 FROM pg_publication_rel r \
+                  WHERE r.prpubid = pub.oid AND r.prrelid = a.relid){ancestor_in_schema}) \
+              ORDER BY a.depth DESC LIMIT 1), \
            'members', COALESCE((SELECT jsonb_agg(jsonb_build_object('oid', c.oid::int8, \
               'name', n.nspname || '.' || c.relname, 'kind', c.relkind, \
               'persistence', c.relpersistence, 'pending', {member_pending}, \

@@ -55,6 +55,7 @@ fn reading() -> Reading {
         }],
         schemas: Vec::new(),
         members: vec![member(TABLE, "public.outbox", "r")],
+        published_as: None,
     }
 }
 
@@ -138,6 +139,16 @@ fn each_way_of_losing_rows_is_a_problem() {
         problems(&foreign),
         [Problem::Foreign {
             name: "public.outbox_2025".into()
+        }]
+    );
+
+    // A partition whose rows the publication publishes as its parent's.
+    let mut parent = reading();
+    parent.published_as = Some("public.events".into());
+    assert_eq!(
+        problems(&parent),
+        [Problem::PublishedAsAncestor {
+            ancestor: "public.events".into()
         }]
     );
 
