@@ -62,7 +62,8 @@ cargo test --locked --test frameworks -- --ignored --test-threads=2
   # The stream target on the same servers: exactly once across kills and a leader move, a
   # super stream across kills, rows with logical decoding messages across kills (3 kills
   # each; WALBOX_STREAM_ROUNDS=N for more), a failover to the synchronized standby, an event
-  # too large for a frame, the rewound-LSN stop, and a super stream's routing change after a
-  # partition's leader hung (a node frozen and killed). About 150 s.
+  # too large for a frame, the rewound-LSN stop, a super stream's routing change after a
+  # partition's leader hung (a node frozen and killed), and over TLS (exactly once across 2
+  # kills; a wrong CA, a host the certificate lacks, no client certificate: exit 1). About 170 s.
   cargo test --locked --test stream -- --ignored --test-threads=1 --nocapture
 )

@@ -10,7 +10,11 @@
 #                   (streaming through that slot, hot_standby_feedback, sync_replication_slots)
 #   RabbitMQ 4.0    three clustered nodes walboxha1..3@localhost, AMQP on $BASE+672..674, stream
 #                   on $BASE+552..554, their own epmd on $BASE+369; every port the nodes and
-#                   their CLI open lies in [$BASE, $BASE+999]
+#                   their CLI open lies in [$BASE, $BASE+999]; stream over TLS on $BASE+555..557
+#                   (also on 127.0.0.2, where the certificate's names do not match), with a
+#                   client certificate required: `start` makes a CA, a server certificate naming
+#                   localhost and 127.0.0.1, a client certificate and an unrelated CA under
+#                   $WALBOX_HA_ROOT/rootfs/srv/walbox-ha/tls (openssl, fresh when no node runs)
 #
 # BASE is WALBOX_HA_PORT_BASE (default 46000). Subcommands:
 #
@@ -294,6 +298,8 @@ node_name() { echo "walboxha$1@localhost"; }
 node_dir() { echo "$SRV/rabbit$1"; }
 amqp_port() { echo $((BASE + 671 + $1)); }
 stream_port() { echo $((BASE + 551 + $1)); }
+stream_tls_port() { echo $((BASE + 554 + $1)); }
+TLS_DIR=$SRV/tls
 dist_port() { echo $((BASE + 679 + $1)); }
 beam_pid() { cat "$ROOTFS$(node_dir "$1")/pid" 2>/dev/null || true; }
 node_running() { alive "$(beam_pid "$1")"; }
@@ -347,6 +353,16 @@ node_configure() {
     echo "stream.listeners.tcp.1 = 127.0.0.1:$(stream_port "$n")"
     echo "stream.advertised_host = localhost"
     echo "stream.advertised_port = $(stream_port "$n")"
+    # TLS: a client on a TLS connection is sent to a leader's advertised host and TLS port, so
+    # the certificate must name the advertised host (localhost) too.
+    echo "stream.listeners.ssl.1 = 127.0.0.1:$(stream_tls_port "$n")"
+    echo "stream.listeners.ssl.2 = 127.0.0.2:$(stream_tls_port "$n")"
+    echo "stream.advertised_tls_port = $(stream_tls_port "$n")"
+    echo "ssl_options.cacertfile = $TLS_DIR/ca.pem"
+    echo "ssl_options.certfile = $TLS_DIR/server.pem"
+    echo "ssl_options.keyfile = $TLS_DIR/server.key"
+    echo "ssl_options.verify = verify_peer"
+    echo "ssl_options.fail_if_no_peer_cert = true"
     echo "cluster_formation.peer_discovery_backend = classic_config"
     for i in $NODES; do echo "cluster_formation.classic_config.nodes.$i = $(node_name "$i")"; done
     echo "disk_free_limit.absolute = 50MB"
@@ -474,6 +490,30 @@ prepare() {
   chroot "$ROOTFS" chown rabbitmq:rabbitmq /var/lib/rabbitmq/.erlang.cookie
 }
 
+# A fresh CA, server certificate (localhost, 127.0.0.1), client certificate and an unrelated CA
+# (for the wrong-CA test), all P-256 with PKCS#8 keys. Kept while a node runs (it reads them).
+tls_certs() {
+  local dir="$ROOTFS$TLS_DIR" n
+  for n in $NODES; do if node_running "$n"; then return; fi; done
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 30 \
+    -subj "/CN=walbox test CA" 2>/dev/null
+  openssl req -x509 "${ec[@]}" -keyout "$dir/other-ca.key" -out "$dir/other-ca.pem" -days 30 \
+    -subj "/CN=walbox unrelated CA" 2>/dev/null
+  openssl req "${ec[@]}" -keyout "$dir/server.key" -out "$dir/server.csr" -subj "/CN=localhost" 2>/dev/null
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -days 30 \
+    -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n') \
+    -out "$dir/server.pem" 2>/dev/null
+  openssl req "${ec[@]}" -keyout "$dir/client.key" -out "$dir/client.csr" -subj "/CN=walbox" 2>/dev/null
+  openssl x509 -req -in "$dir/client.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -days 30 \
+    -extfile <(printf 'extendedKeyUsage=clientAuth\n') -out "$dir/client.pem" 2>/dev/null
+  rm -f "$dir"/*.csr "$dir"/*ca.key
+  chmod 644 "$dir"/*
+  [ -s "$dir/client.pem" ] || die "making the TLS certificates failed"
+}
+
 any_running() {
   [ -d "$ROOTFS$SRV" ] || return 1
   local n
@@ -518,6 +558,8 @@ print_env() {
   echo "WALBOX_HA_PG_STANDBY_PORT=$PG_STANDBY_PORT"
   echo "WALBOX_HA_AMQP_PORTS=$(amqp_port 1),$(amqp_port 2),$(amqp_port 3)"
   echo "WALBOX_HA_STREAM_PORTS=$(stream_port 1),$(stream_port 2),$(stream_port 3)"
+  echo "WALBOX_HA_STREAM_TLS_PORTS=$(stream_tls_port 1),$(stream_tls_port 2),$(stream_tls_port 3)"
+  echo "WALBOX_HA_TLS_DIR=$ROOTFS$TLS_DIR"
 }
 
 node_arg() {
@@ -536,6 +578,7 @@ case "$cmd" in
     ;;
   start)
     prepare
+    tls_certs
     pg_start_all
     rabbit_start_all
     ;;

@@ -23,6 +23,10 @@
 //!   messages among them (one of a prefix that is not relayed) and write non-transactional
 //!   ones between, while walbox is killed: every committed row and relayed message exactly
 //!   once, the skipped prefix never, in WAL order.
+//! - Over TLS (the nodes' TLS stream listeners, certificates made by the script, a client
+//!   certificate required): exactly once across two kills, each session moving to the leader
+//!   by its advertised name; a wrong CA, a host the certificate does not name and a missing
+//!   client certificate each stop `walbox run` with exit 1 and the reason.
 //!
 //! Ignored by a plain `cargo test`; scripts/test.sh runs them after tests/ha.rs on the same
 //! servers (`--ignored --test-threads=1`; each test resets the PostgreSQL pair).
@@ -1159,4 +1163,162 @@ async fn a_routing_change_after_a_partition_stored_nothing_loses_nothing() {
         log_text.contains("the super stream's routing changed"),
         "walbox said nothing of the routing change:\n{log_text}"
     );
+}
+
+/// The certificates scripts/trixie-servers.sh made at `start` (its TLS_DIR).
+fn tls_file(file: &str) -> String {
+    let root = std::env::var("WALBOX_HA_ROOT").unwrap_or_else(|_| "/var/lib/walbox-ha".into());
+    format!("{root}/rootfs/srv/walbox-ha/tls/{file}")
+}
+
+/// The nodes' TLS stream listeners at `host` (127.0.0.1: the certificate names it; 127.0.0.2:
+/// the same listeners, a name the certificate lacks).
+fn stream_tls_urls(host: &str) -> String {
+    (1..=3)
+        .map(|node| {
+            format!(
+                "rabbitmq-stream+tls://guest:guest@{host}:{}/%2f",
+                stream_port(node) + 3
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `walbox_args` over TLS at `host`, trusting `ca` and presenting the client certificate when
+/// `client_cert`.
+fn tls_args(slot: &str, stream: &str, host: &str, ca: &str, client_cert: bool) -> Vec<String> {
+    let mut args = walbox_args(slot, stream);
+    let url = args.iter().position(|arg| arg == "--stream-url").unwrap() + 1;
+    args[url] = stream_tls_urls(host);
+    args.extend(["--amqp-ca-file".into(), tls_file(ca)]);
+    if client_cert {
+        args.extend([
+            "--stream-client-cert-file".into(),
+            tls_file("client.pem"),
+            "--stream-client-key-file".into(),
+            tls_file("client.key"),
+        ]);
+    }
+    args
+}
+
+/// Over TLS, with kills: every committed event exactly once. The URLs name 127.0.0.1 and the
+/// nodes advertise `localhost`, so every session moves to the leader by a second name, which
+/// its certificate must carry (a failed move would be logged and publish through the first
+/// node: the log must not show one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (run by scripts/test.sh)"]
+async fn exactly_once_over_tls() {
+    fresh_postgres().await;
+    let slot = name("tls");
+    let stream = name("tls");
+    let args = tls_args(&slot, &stream, "127.0.0.1", "ca.pem", true);
+    walbox_setup(&args);
+    let log = fresh_log("stream-tls.log");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(2, Arc::clone(&stop));
+    let mut relay = spawn_run(&args, &log);
+    let kills = 2;
+    let mut seed = u64::from(std::process::id()) ^ 0x7115;
+    for _ in 0..kills {
+        tokio::time::sleep(next_kill_pause(&mut seed)).await;
+        relay.kill().unwrap();
+        relay.wait().unwrap();
+        relay = spawn_run(&args, &log);
+    }
+    let (committed, status) = stop_writers_and_walbox(&stop, writers, &slot, &log, relay).await;
+    let seen = read_stream(&stream, committed.len()).await;
+    let mut distinct = HashSet::new();
+    let duplicates = seen.iter().filter(|(id, _)| !distinct.insert(id)).count();
+    let missing = committed.iter().filter(|id| !distinct.contains(id)).count();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let leader_missed = log_text.matches("cannot reach the stream's leader").count();
+    println!(
+        "stream over TLS: kills={kills} committed={} in_stream={} duplicates={duplicates} \
+         missing={missing} leader_moves_refused={leader_missed}",
+        committed.len(),
+        seen.len()
+    );
+    delete_stream(&stream).await;
+    drop_slot(&slot).await;
+    assert!(status.success(), "walbox exited {status} on SIGTERM");
+    assert!(!committed.is_empty());
+    assert_eq!(duplicates, 0, "duplicates in the stream");
+    assert_eq!(missing, 0, "committed events missing from the stream");
+    assert_eq!(seen.len(), committed.len());
+    assert_eq!(leader_missed, 0, "log:\n{log_text}");
+}
+
+/// `walbox run` with `args` must stop by itself within 60 s: its exit code and log.
+fn run_to_its_end(args: &[String], file: &str) -> (Option<i32>, String) {
+    let log = fresh_log(file);
+    let mut relay = spawn_run(args, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = relay.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            relay.kill().unwrap();
+            relay.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    (status.and_then(|status| status.code()), text)
+}
+
+/// What no retry can heal stops walbox with exit 1 and says why: a CA that did not sign the
+/// broker's certificate, a certificate that does not name the host connected to, and no
+/// client certificate for a listener that requires one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (run by scripts/test.sh)"]
+async fn tls_refusals_stop_walbox() {
+    fresh_postgres().await;
+    let slot = name("tlsrefused");
+    let stream = name("tlsrefused");
+    walbox_setup(&tls_args(&slot, &stream, "127.0.0.1", "ca.pem", true));
+    let cases = [
+        (
+            "wrong CA",
+            "127.0.0.1",
+            "other-ca.pem",
+            true,
+            "UnknownIssuer",
+        ),
+        (
+            "host not named",
+            "127.0.0.2",
+            "ca.pem",
+            true,
+            "NotValidForName",
+        ),
+        (
+            "no client certificate",
+            "127.0.0.1",
+            "ca.pem",
+            false,
+            "client certificate",
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (case, host, ca, client_cert, expected) in cases {
+        let args = tls_args(&slot, &stream, host, ca, client_cert);
+        let (code, log) = run_to_its_end(&args, "stream-tls-refused.log");
+        let stopped = log
+            .lines()
+            .find(|line| line.contains("walbox stopped"))
+            .unwrap_or("")
+            .to_owned();
+        println!("stream TLS, {case}: exit {code:?}: {stopped}");
+        outcomes.push((case, code, stopped, expected));
+    }
+    delete_stream(&stream).await;
+    drop_slot(&slot).await;
+    for (case, code, stopped, expected) in outcomes {
+        assert_eq!(code, Some(1), "{case}: {stopped}");
+        assert!(stopped.contains(expected), "{case}: {stopped}");
+    }
 }

@@ -143,7 +143,7 @@ pub struct CommonArgs {
     #[arg(long, env = "WALBOX_AMQP_PASSWORD_FILE")]
     pub amqp_password_file: Option<PathBuf>,
 
-    /// PEM file of CA certificates trusted for amqps://, besides the system's.
+    /// PEM file of CA certificates trusted for amqps://, besides the system's; for rabbitmq-stream+tls:// (--target stream), the only ones trusted.
     #[arg(long, env = "WALBOX_AMQP_CA_FILE")]
     pub amqp_ca_file: Option<PathBuf>,
 
@@ -183,9 +183,17 @@ pub struct CommonArgs {
     #[arg(long, env = "WALBOX_SUPER_STREAM_PARTITIONS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=255))]
     pub super_stream_partitions: u16,
 
-    /// Stream protocol URL (rabbitmq-stream://user:password@host:5552/vhost); for a cluster, one per node, comma-separated or repeated. Default: the hosts and credentials of --amqp-url on port 5552.
+    /// Stream protocol URL (rabbitmq-stream://user:password@host:5552/vhost, or rabbitmq-stream+tls://…:5551 with --amqp-ca-file); for a cluster, one per node, comma-separated or repeated. Default: the hosts and credentials of --amqp-url on port 5552 (5551 for amqps://).
     #[arg(long, env = "WALBOX_STREAM_URL")]
     pub stream_url: Vec<String>,
+
+    /// With rabbitmq-stream+tls://: PEM certificate (chain) walbox presents to a stream listener that asks for a client certificate; with --stream-client-key-file.
+    #[arg(long, env = "WALBOX_STREAM_CLIENT_CERT_FILE")]
+    pub stream_client_cert_file: Option<PathBuf>,
+
+    /// The PKCS#8 PEM key (BEGIN PRIVATE KEY) of --stream-client-cert-file.
+    #[arg(long, env = "WALBOX_STREAM_CLIENT_KEY_FILE")]
+    pub stream_client_key_file: Option<PathBuf>,
 
     /// With --target stream: create the stream when it is missing (create), or only use it (none).
     #[arg(long, env = "WALBOX_STREAM_DECLARE", value_enum, default_value_t = StreamDeclare::Create)]

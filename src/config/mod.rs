@@ -27,6 +27,7 @@ pub mod reference;
 mod replay;
 mod secrets;
 mod stream;
+mod stream_tls;
 mod validate;
 
 pub use args::{
@@ -41,6 +42,7 @@ pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};
 pub(crate) use replay::{ReplayConfig, ReplayWindow};
 pub(crate) use secrets::{SecretUrl, redact_url};
 pub(crate) use stream::{PartitionKey, StreamNode, StreamTarget};
+pub(crate) use stream_tls::StreamTls;
 pub(crate) use validate::{Config, RunConfig, backfill_config};
 
 /// A configuration that failed validation: a usage error.

@@ -2,13 +2,18 @@
 //! `--amqp-url` on the stream port), validated.
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::ConfigError;
 use super::secrets::{Secret, redact_url};
+use super::stream_tls::{StreamTls, StreamTlsFlags};
 use crate::outbox::Template;
 
 /// RabbitMQ's stream protocol port.
 const STREAM_PORT: u16 = 5552;
+
+/// RabbitMQ's stream protocol port over TLS.
+const STREAM_TLS_PORT: u16 = 5551;
 
 /// One broker node speaking the stream protocol.
 #[derive(Clone)]
@@ -18,6 +23,8 @@ pub(crate) struct StreamNode {
     pub(crate) user: String,
     pub(crate) password: Secret,
     pub(crate) vhost: String,
+    /// `rabbitmq-stream+tls://`: the files its connections use (shared by the target's nodes).
+    pub(crate) tls: Option<Arc<StreamTls>>,
 }
 
 impl fmt::Display for StreamNode {
@@ -25,7 +32,8 @@ impl fmt::Display for StreamNode {
         // The vhost as a URL writes it (`/` is `%2f`).
         write!(
             f,
-            "rabbitmq-stream://{}@{}:{}/{}",
+            "rabbitmq-stream{}://{}@{}:{}/{}",
+            if self.tls.is_some() { "+tls" } else { "" },
             self.user,
             self.host,
             self.port,
@@ -104,13 +112,15 @@ pub(crate) struct StreamTarget {
 
 impl StreamTarget {
     /// `urls`: `--stream-url` entries (each may be comma-separated); empty: the hosts of
-    /// `amqp_urls` on port 5552 with their credentials. `password` replaces every URL's.
+    /// `amqp_urls` on port 5552 (5551 for amqps://) with their credentials. `password` replaces
+    /// every URL's; `tls` is read when a node asks for TLS.
     pub(crate) fn parse(
         stream: &str,
         urls: &[String],
         amqp_urls: &[String],
         password: Option<&Secret>,
         declare: bool,
+        tls: StreamTlsFlags<'_>,
     ) -> Result<Self, ConfigError> {
         if stream.is_empty() || stream.len() > 255 {
             return Err(ConfigError(
@@ -131,11 +141,26 @@ impl StreamTarget {
             list if list.is_empty() => ("--amqp-url", split(amqp_urls)),
             list => ("--stream-url", list),
         };
+        // Read once, and only when a node asks for TLS.
+        let mut settings: Option<Arc<StreamTls>> = None;
+        let mut tls_settings = || -> Result<Arc<StreamTls>, ConfigError> {
+            if settings.is_none() {
+                settings = Some(Arc::new(tls.validate()?));
+            }
+            Ok(Arc::clone(settings.as_ref().expect("just set")))
+        };
         for text in list {
-            nodes.push(node(flag, &text, password)?);
+            nodes.push(node(flag, &text, password, &mut tls_settings)?);
         }
         if nodes.is_empty() {
             return Err(ConfigError("--stream-url names no broker".into()));
+        }
+        if nodes.iter().all(|node| node.tls.is_none()) && tls.wants_client_certificate() {
+            return Err(ConfigError(
+                "--stream-client-cert-file and --stream-client-key-file need a \
+                 rabbitmq-stream+tls:// --stream-url (or an amqps:// --amqp-url)"
+                    .into(),
+            ));
         }
         Ok(StreamTarget {
             stream: stream.to_owned(),
@@ -147,24 +172,37 @@ impl StreamTarget {
     }
 }
 
-fn node(flag: &str, text: &str, password: Option<&Secret>) -> Result<StreamNode, ConfigError> {
+fn node(
+    flag: &str,
+    text: &str,
+    password: Option<&Secret>,
+    tls_settings: &mut dyn FnMut() -> Result<Arc<StreamTls>, ConfigError>,
+) -> Result<StreamNode, ConfigError> {
     let bad = |why: &str| ConfigError(format!("{flag} `{}` {why}", redact_url(text)));
     let url = url::Url::parse(text).map_err(|error| bad(&format!("is not a URL: {error}")))?;
-    let default_port = match (flag, url.scheme()) {
-        ("--stream-url", "rabbitmq-stream") | ("--amqp-url", "amqp") => STREAM_PORT,
+    let (default_port, tls) = match (flag, url.scheme()) {
+        ("--stream-url", "rabbitmq-stream") | ("--amqp-url", "amqp") => (STREAM_PORT, false),
         ("--stream-url", "rabbitmq-stream+tls") | ("--amqp-url", "amqps") => {
+            (STREAM_TLS_PORT, true)
+        }
+        _ => {
             return Err(bad(
-                "asks for TLS, which the stream target does not support yet; give a \
-                 rabbitmq-stream:// --stream-url",
+                "must start with rabbitmq-stream:// or rabbitmq-stream+tls://",
             ));
         }
-        _ => return Err(bad("must start with rabbitmq-stream://")),
     };
     let host = url
         .host_str()
         .filter(|host| !host.is_empty())
         .ok_or_else(|| bad("names no host"))?
         .to_owned();
+    // The name the broker's certificate is checked against; the stream client would panic on
+    // one rustls cannot take (an IPv6 literal in brackets).
+    if tls && rustls::pki_types::ServerName::try_from(host.as_str()).is_err() {
+        return Err(bad(
+            "names a host that TLS cannot verify; give a DNS name or an IPv4 address",
+        ));
+    }
     let port = match flag {
         "--stream-url" => url.port().unwrap_or(default_port),
         _ => default_port,
@@ -189,6 +227,7 @@ fn node(flag: &str, text: &str, password: Option<&Secret>) -> Result<StreamNode,
         user,
         password,
         vhost,
+        tls: if tls { Some(tls_settings()?) } else { None },
     })
 }
 
@@ -222,6 +261,7 @@ mod tests {
             &[],
             None,
             true,
+            StreamTlsFlags::default(),
         )
         .unwrap();
         let nodes: Vec<String> = target.nodes.iter().map(ToString::to_string).collect();
@@ -239,18 +279,78 @@ mod tests {
             &["amqp://a:b@rabbit:5672/v1".into()],
             None,
             false,
+            StreamTlsFlags::default(),
         )
         .unwrap();
         assert_eq!(
             derived.nodes[0].to_string(),
             "rabbitmq-stream://a@rabbit:5552/v1"
         );
-        assert!(StreamTarget::parse("", &[], &["amqp://h".into()], None, true).is_err());
         assert!(
-            StreamTarget::parse("s", &["http://h".into()], &[], None, true)
+            StreamTarget::parse(
+                "",
+                &[],
+                &["amqp://h".into()],
+                None,
+                true,
+                StreamTlsFlags::default()
+            )
+            .is_err()
+        );
+        assert!(
+            StreamTarget::parse(
+                "s",
+                &["http://h".into()],
+                &[],
+                None,
+                true,
+                StreamTlsFlags::default()
+            )
+            .unwrap_err()
+            .0
+            .contains("rabbitmq-stream://")
+        );
+    }
+
+    #[test]
+    fn tls_nodes_need_a_checked_ca_file() {
+        let urls = ["rabbitmq-stream+tls://u@localhost/%2f,rabbitmq-stream://h2".to_owned()];
+        let no_ca = StreamTarget::parse("s", &urls, &[], None, true, StreamTlsFlags::default());
+        assert!(no_ca.unwrap_err().0.contains("needs --amqp-ca-file"));
+        let ca =
+            super::super::stream_tls::test_file("stream-ca.pem", super::super::stream_tls::TEST_CA);
+        let flags = StreamTlsFlags {
+            ca_file: Some(&ca),
+            ..StreamTlsFlags::default()
+        };
+        let target = StreamTarget::parse("s", &urls, &[], None, true, flags).unwrap();
+        assert_eq!(
+            target.nodes[0].to_string(),
+            "rabbitmq-stream+tls://u@localhost:5551/%2f"
+        );
+        assert_eq!(target.nodes[0].tls.as_ref().unwrap().ca_file, ca);
+        assert!(target.nodes[1].tls.is_none());
+        let derived = StreamTarget::parse("s", &[], &["amqps://h".into()], None, true, flags);
+        assert_eq!(
+            derived.unwrap().nodes[0].to_string(),
+            "rabbitmq-stream+tls://guest@h:5551/%2f"
+        );
+        let ipv6 = ["rabbitmq-stream+tls://[::1]:5551".to_owned()];
+        let refused = StreamTarget::parse("s", &ipv6, &[], None, true, flags).unwrap_err();
+        assert!(refused.0.contains("TLS cannot verify"), "{}", refused.0);
+        let plain_with_cert = StreamTlsFlags {
+            client_cert: Some(&ca),
+            client_key: Some(&ca),
+            ..flags
+        };
+        let plain = ["rabbitmq-stream://h".to_owned()];
+        let refused = StreamTarget::parse("s", &plain, &[], None, true, plain_with_cert);
+        assert!(
+            refused
                 .unwrap_err()
                 .0
-                .contains("rabbitmq-stream://")
+                .contains("need a rabbitmq-stream+tls://")
         );
+        std::fs::remove_file(ca).unwrap();
     }
 }

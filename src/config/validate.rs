@@ -17,6 +17,7 @@ use super::postgres::{self, PostgresTls};
 use super::replay::{ReplayConfig, ReplayWindow};
 use super::secrets::{CaFile, Secret, SecretUrl, redact_url};
 use super::stream::{PartitionKey, StreamTarget};
+use super::stream_tls::StreamTlsFlags;
 use crate::lsn::Lsn;
 use crate::outbox::{LogicalMessages, Mapping};
 
@@ -113,10 +114,18 @@ impl Config {
             ));
         }
         let stream = match (args.target, &args.stream, &args.super_stream) {
-            (TargetKind::Amqp, None, None) if args.stream_url.is_empty() => None,
+            (TargetKind::Amqp, None, None)
+                if args.stream_url.is_empty()
+                    && args.stream_client_cert_file.is_none()
+                    && args.stream_client_key_file.is_none() =>
+            {
+                None
+            }
             (TargetKind::Amqp, ..) => {
                 return Err(ConfigError(
-                    "--stream, --super-stream and --stream-url need --target stream".into(),
+                    "--stream, --super-stream, --stream-url and --stream-client-cert-file/-key-file \
+                     need --target stream"
+                        .into(),
                 ));
             }
             (TargetKind::Stream, None, None) => {
@@ -139,6 +148,11 @@ impl Config {
                     &args.amqp_url,
                     amqp_password.as_ref(),
                     args.stream_declare == StreamDeclare::Create,
+                    StreamTlsFlags {
+                        ca_file: args.amqp_ca_file.as_deref(),
+                        client_cert: args.stream_client_cert_file.as_deref(),
+                        client_key: args.stream_client_key_file.as_deref(),
+                    },
                 )?;
                 if super_stream.is_some() {
                     let (key, template) = PartitionKey::parse(

@@ -47,6 +47,7 @@
 pub(crate) mod id;
 pub(crate) mod message;
 pub(crate) mod partition;
+mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -57,6 +58,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use rabbitmq_stream_client::error::ClientError;
 use rabbitmq_stream_client::types::Message;
 use rabbitmq_stream_client::types::{MessageResult, ResponseCode, ResponseKind};
 use rabbitmq_stream_client::{Client, ClientOptions};
@@ -611,18 +613,31 @@ async fn connect_leader(target: &StreamTarget) -> Result<(Client, Arc<Shared>)> 
                 if target.nodes.len() > 1 {
                     warn!(node = %node, %error, "stream node failed; trying the next");
                 }
-                failures.push(error.to_string());
+                failures.push(error);
             }
         }
     }
-    Err(Error::transient(format!(
-        "no stream node answered: {}",
-        failures.join("; ")
-    )))
+    Err(no_node(failures))
+}
+
+/// Every node failed: definite when each said so (a certificate or credentials no retry will
+/// change), else transient (the supervisor backs off and tries again).
+fn no_node(mut failures: Vec<Error>) -> Error {
+    if failures.iter().all(|error| !error.is_transient()) && !failures.is_empty() {
+        return failures.swap_remove(0);
+    }
+    let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    Error::transient(format!("no stream node answered: {}", reasons.join("; ")))
 }
 
 async fn connect_node(node: &StreamNode, host: &str, port: u16) -> Result<Client> {
-    let options = ClientOptions::builder()
+    let scheme = if node.tls.is_some() {
+        "rabbitmq-stream+tls"
+    } else {
+        "rabbitmq-stream"
+    };
+    let connecting = format!("connecting to {scheme}://{host}:{port}");
+    let mut options = ClientOptions::builder()
         .host(host)
         .port(port)
         .user(&node.user)
@@ -630,25 +645,43 @@ async fn connect_node(node: &StreamNode, host: &str, port: u16) -> Result<Client
         .v_host(&node.vhost)
         .heartbeat(HEARTBEAT_SECS)
         .max_frame_size(MAX_FRAME)
-        .client_provided_name("walbox".to_owned())
-        .build();
-    let connecting = format!("connecting to rabbitmq-stream://{host}:{port}");
-    timeout(REQUEST_TIMEOUT, Client::connect(options))
+        .client_provided_name("walbox".to_owned());
+    if let Some(tls) = &node.tls {
+        options = options.tls(
+            tls::configuration(tls, host)
+                .map_err(|why| Error::definite(format!("{connecting}: {why}")))?,
+        );
+    }
+    let connected = timeout(REQUEST_TIMEOUT, Client::connect(options.build()))
         .await
         .map_err(|_| {
             Error::transient(format!(
                 "{connecting}: no answer within {} s",
                 REQUEST_TIMEOUT.as_secs()
             ))
-        })?
-        .map_err(|e| stream_error(&connecting, &e))
+        })?;
+    match (connected, &node.tls) {
+        (Ok(client), _) => Ok(client),
+        (Err(ClientError::ConnectionClosed), Some(tls)) => {
+            match tls::refusal_after_handshake(tls, host, port).await {
+                Some(why) => Err(Error::definite(format!("{connecting}: {why}"))),
+                None => Err(Error::transient(format!("{connecting}: connection closed"))),
+            }
+        }
+        (Err(error), _) => Err(stream_error(&connecting, &error)),
+    }
 }
 
-/// A client error: a refused login is definite, anything else (a cut, a timeout) transient.
-fn stream_error(context: &str, error: &rabbitmq_stream_client::error::ClientError) -> Error {
-    use rabbitmq_stream_client::error::ClientError;
+/// A client error: a refused login or a TLS handshake that failed on a certificate is
+/// definite, anything else (a cut, a timeout) transient.
+fn stream_error(context: &str, error: &ClientError) -> Error {
     match error {
         ClientError::RequestError(code) => response_error(context, code),
+        ClientError::Io(io) => match tls::handshake_refusal(io) {
+            Some(why) => Error::definite(format!("{context}: {why}")),
+            None => Error::transient(format!("{context}: {io}")),
+        },
+        ClientError::Tls(tls) => Error::definite(format!("{context}: TLS: {tls}")),
         other => Error::transient(format!("{context}: {other}")),
     }
 }
@@ -909,13 +942,10 @@ async fn connect_any(target: &StreamTarget) -> Result<Client> {
     for node in &target.nodes {
         match connect_node(node, &node.host, node.port).await {
             Ok(client) => return Ok(client),
-            Err(error) => failures.push(error.to_string()),
+            Err(error) => failures.push(error),
         }
     }
-    Err(Error::transient(format!(
-        "no stream node answered: {}",
-        failures.join("; ")
-    )))
+    Err(no_node(failures))
 }
 
 #[cfg(test)]
