@@ -25,7 +25,7 @@ pub(super) async fn explain(control: &Control, config: &Config, slot: &SlotInfo)
     }
     let mut failover = slot.failover == Some(true);
     if !failover {
-        match source::enable_failover(config).await {
+        match source::enable_failover(config, &config.slot).await {
             Ok(()) => {
                 failover = true;
                 println!("failover:          turned on for slot {}", config.slot);

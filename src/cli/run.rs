@@ -57,6 +57,7 @@ pub(crate) async fn run(config: &Config, run: &RunConfig) -> Result<()> {
                 config.clone(),
                 window,
                 bookmark,
+                Arc::clone(&telemetry),
             )))
         }
         None => {

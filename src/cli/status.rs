@@ -38,6 +38,9 @@ struct ReplayRange {
     oldest_lsn: String,
     /// WAL the server keeps for the window: its position minus the bookmark's restart LSN.
     retained_wal_bytes: Option<u64>,
+    /// The bookmark is a failover slot, so a failover keeps the window (PostgreSQL 17; None
+    /// before).
+    failover: Option<bool>,
 }
 
 pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
@@ -63,6 +66,7 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
             .as_deref()
             .and_then(|text| text.parse::<Lsn>().ok())
             .map(|restart| current.as_u64().saturating_sub(restart.as_u64())),
+        failover: info.failover,
     });
     let status = Status {
         postgres: config.postgres_url.redacted(),
@@ -162,15 +166,28 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
         );
     }
     match &status.replay_window {
-        Some(window) => println!(
-            "replay window:     {} to {} (bookmark slot {}, {} bytes of WAL retained)",
-            window.oldest_lsn,
-            status.current_wal_lsn,
-            window.bookmark,
-            window
-                .retained_wal_bytes
-                .map_or_else(|| "-".to_owned(), |bytes| bytes.to_string())
-        ),
+        Some(window) => {
+            println!(
+                "replay window:     {} to {} (bookmark slot {}, {} bytes of WAL retained)",
+                window.oldest_lsn,
+                status.current_wal_lsn,
+                window.bookmark,
+                window
+                    .retained_wal_bytes
+                    .map_or_else(|| "-".to_owned(), |bytes| bytes.to_string())
+            );
+            println!(
+                "  failover:        {}",
+                match window.failover {
+                    Some(true) => "yes (standbys with sync_replication_slots keep the window)",
+                    Some(false) => {
+                        "no: a failover loses the window (`walbox run --replay-window` turns it \
+                         on while the live slot is a failover slot)"
+                    }
+                    None => "not before PostgreSQL 17: a failover loses the window",
+                }
+            );
+        }
         None => println!("replay window:     none (walbox run --replay-window keeps one)"),
     }
     if let Some(record) = &status.backfill {

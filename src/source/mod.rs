@@ -223,15 +223,16 @@ async fn connect_to_primary(config: &Config, start: Lsn) -> Result<ReplicationCl
     )))
 }
 
-/// Turn failover on for an existing slot (PostgreSQL 17), so standbys keep a synchronized
-/// copy. `ALTER_REPLICATION_SLOT` is a command of the replication protocol only, hence here;
-/// it fails while another session streams from the slot.
-pub(crate) async fn enable_failover(config: &Config) -> Result<()> {
+/// Turn failover on for an existing slot (PostgreSQL 17): the live slot or the replay
+/// window's bookmark, so standbys keep a synchronized copy. `ALTER_REPLICATION_SLOT` is a
+/// command of the replication protocol only, hence here; it fails while another session
+/// streams from the slot.
+pub(crate) async fn enable_failover(config: &Config, slot: &Identifier) -> Result<()> {
     let mut client = connect_to_primary(config, Lsn(0)).await?;
     client
         .simple_query(&format!(
             "ALTER_REPLICATION_SLOT {} ( FAILOVER true )",
-            config.slot.quoted()
+            slot.quoted()
         ))
         .await
         .map_err(Error::from_replication)?;

@@ -79,6 +79,7 @@ pub struct Metrics {
     slot_lag_bytes: Gauge,
     retained_wal_bytes: Gauge,
     slot_failover: Gauge,
+    replay_window_failover: Gauge,
     synced_standbys: Gauge,
     oldest_unconfirmed_age: Gauge<f64, AtomicU64>,
     state: Family<StateLabel, Gauge>,
@@ -123,6 +124,7 @@ impl Metrics {
             slot_lag_bytes: Gauge::default(),
             retained_wal_bytes: Gauge::default(),
             slot_failover: Gauge::default(),
+            replay_window_failover: Gauge::default(),
             synced_standbys: Gauge::default(),
             oldest_unconfirmed_age: Gauge::default(),
             state: Family::default(),
@@ -240,6 +242,11 @@ impl Metrics {
             "walbox_slot_failover",
             "1 when the slot is a failover slot (PostgreSQL 17), which standbys can keep a synchronized copy of; 0 otherwise (polled every 5 s)",
             self.slot_failover.clone(),
+        );
+        self.add(
+            "walbox_replay_window_failover",
+            "--replay-window: 1 when the bookmark slot is a failover slot (PostgreSQL 17, as the live slot), so a failover keeps the replay window; 0 when a failover would lose it (checked every 2 s)",
+            self.replay_window_failover.clone(),
         );
         self.add(
             "walbox_slot_synced_standbys",
@@ -432,6 +439,10 @@ impl Metrics {
 
     pub fn slot_failover(&self, failover: bool) {
         self.slot_failover.set(i64::from(failover));
+    }
+
+    pub(crate) fn replay_window_failover(&self, failover: bool) {
+        self.replay_window_failover.set(i64::from(failover));
     }
 
     pub fn synced_standbys(&self, count: usize) {
