@@ -67,7 +67,8 @@ cargo test --locked --test frameworks -- --ignored --test-threads=2
   # kills; a wrong CA, a host the certificate lacks, no client certificate: exit 1). About 170 s.
   cargo test --locked --test stream -- --ignored --test-threads=1 --nocapture
   # PostgreSQL 17 specifics, counted: the replay window's bookmark synchronized to the
-  # standby, in the usual test world on the trixie primary. About 15 s.
+  # standby, the cut-over backfill (slot made with FAILOVER and an exported snapshot) and
+  # logical decoding messages, in the usual test world on the trixie primary. About 45 s.
   WALBOX_TEST_PG_PORT=$((${WALBOX_HA_PORT_BASE:-46000} + 432)) \
     WALBOX_TEST_AMQP_PORT=$((${WALBOX_HA_PORT_BASE:-46000} + 672)) \
     cargo test --locked --test pg17 -- --ignored --test-threads=1 --nocapture

@@ -1,6 +1,8 @@
 //! PostgreSQL 17 specifics on the trixie primary of scripts/trixie-servers.sh, each a counting
 //! test: the replay window's bookmark slot is a failover slot that the standby keeps a
-//! synchronized copy of (#19 item 10) — committed against delivered, by message id.
+//! synchronized copy of (#19 item 10), the cut-over backfill through
+//! `CREATE_REPLICATION_SLOT … (SNAPSHOT 'export', FAILOVER true)` (#20), and logical decoding
+//! messages (#23) — committed against delivered, by message id.
 //!
 //! They need the private servers, so they are ignored by a plain `cargo test`; scripts/test.sh
 //! runs them in its high-availability block with `WALBOX_TEST_PG_PORT` pointed at the trixie
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::trixie::{primary_port, servers, standby_port};
 use common::*;
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -139,6 +143,27 @@ fn tally(committed: &HashSet<String>, delivered: &[String]) -> (usize, usize) {
     (lost, duplicated)
 }
 
+async fn table_ids(env: &TestEnv) -> HashSet<String> {
+    env.db
+        .query("SELECT id::text FROM outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+fn is_backfilled(delivery: &Delivery) -> bool {
+    matches!(
+        delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get("x-backfill")),
+        Some(AMQPValue::Boolean(true))
+    )
+}
+
 /// #19 item 10: `pg_copy_logical_replication_slot` makes the bookmark without the failover
 /// flag; walbox turns it on, so the standby keeps the window and `status` says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,4 +216,132 @@ async fn the_replay_windows_bookmark_is_synchronized_to_the_standby() {
         window.contains("failover:        yes"),
         "status does not say the window survives a failover:\n{text}"
     );
+}
+
+/// #20 on PostgreSQL 17: the cut-over backfill, its slot made with FAILOVER in the same
+/// command that exports the snapshot, with a writer committing while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (scripts/test.sh runs it)"]
+async fn the_cut_over_backfill_loses_nothing_and_its_slot_fails_over() {
+    let mut env = on_postgres_17("p17bf").await;
+    const BEFORE: i64 = 500;
+    const DURING: usize = 200;
+    env.db
+        .execute(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+             SELECT 'order', 'o-' || n, 'created', jsonb_build_object('n', n) \
+             FROM generate_series(1, $1::bigint) AS n",
+            &[&BEFORE],
+        )
+        .await
+        .unwrap();
+    let before = table_ids(&env).await;
+    let mut consumer = env.queue("all", "#").await;
+    let started = Instant::now();
+    let run = env.spawn_run(&["--backfill-where", "true"]);
+    // Rows committed while the slot is made and the backfill reads: each must come once,
+    // either from the snapshot or from the slot.
+    for n in 0..DURING {
+        env.insert("order", "during", &format!(r#"{{"d": {n}}}"#))
+            .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let committed = table_ids(&env).await;
+    let deliveries = receive(&mut consumer, committed.len(), WAIT).await;
+    let extra = receive_any(&mut consumer, Duration::from_secs(2)).await;
+    let delivered: Vec<String> = deliveries.iter().chain(&extra).map(message_id).collect();
+    let backfilled: HashSet<String> = deliveries
+        .iter()
+        .chain(&extra)
+        .filter(|delivery| is_backfilled(delivery))
+        .map(message_id)
+        .collect();
+    let (lost, duplicated) = tally(&committed, &delivered);
+    let flag = failover_flag(&env, &env.name).await;
+    println!(
+        "backfill: committed {} ({BEFORE} before the slot), delivered {} ({} backfilled), lost \
+         {lost}, duplicated {duplicated}, in {:.1} s; slot failover {flag:?}",
+        committed.len(),
+        delivered.len(),
+        backfilled.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!((lost, duplicated), (0, 0), "log:\n{}", env.run_log(run));
+    assert!(
+        before.is_subset(&backfilled),
+        "a row committed before the slot came live, not from the snapshot"
+    );
+    assert_eq!(flag, Some(true), "the cut-over's slot is a failover slot");
+    servers(&["pg-wait-synced", &env.name, "60"]);
+}
+
+/// #23 on PostgreSQL 17: transactional and non-transactional logical decoding messages beside
+/// rows; only the listed prefix goes out, each committed one once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/trixie-servers.sh (scripts/test.sh runs it)"]
+async fn logical_messages_lose_nothing() {
+    let mut env = on_postgres_17("p17msg").await;
+    let mut consumer = env.queue("all", "#").await;
+    let run = env.spawn_run(&["--messages", "ev"]);
+    env.wait_slot_active(WAIT).await;
+    const ROUNDS: usize = 50;
+    let mut committed = HashSet::new();
+    for n in 0..ROUNDS {
+        // A transaction with a row, a listed and an unlisted message; a rolled-back one; a
+        // non-transactional message between transactions.
+        env.db.batch_execute("BEGIN").await.unwrap();
+        committed.insert(
+            env.insert("order", "created", &format!(r#"{{"r": {n}}}"#))
+                .await,
+        );
+        emit(&env, true, "ev", &format!(r#"{{"t": {n}}}"#)).await;
+        emit(&env, true, "other", &format!(r#"{{"o": {n}}}"#)).await;
+        env.db.batch_execute("COMMIT").await.unwrap();
+        env.db.batch_execute("BEGIN").await.unwrap();
+        emit(&env, true, "ev", r#"{"rolled": "back"}"#).await;
+        env.db.batch_execute("ROLLBACK").await.unwrap();
+        emit(&env, false, "ev", &format!(r#"{{"l": {n}}}"#)).await;
+        committed.insert(serde_json::json!({ "t": n }).to_string());
+        committed.insert(serde_json::json!({ "l": n }).to_string());
+    }
+    let deliveries = receive(&mut consumer, committed.len(), WAIT).await;
+    let extra = receive_any(&mut consumer, Duration::from_secs(2)).await;
+    // A row by its id, a message by its content (its body, as JSON).
+    let delivered: Vec<String> = deliveries
+        .iter()
+        .chain(&extra)
+        .map(|delivery| {
+            let body: serde_json::Value =
+                serde_json::from_slice(&delivery.data).unwrap_or_default();
+            if body.get("r").is_some() {
+                message_id(delivery)
+            } else {
+                body.to_string()
+            }
+        })
+        .collect();
+    let (lost, duplicated) = tally(&committed, &delivered);
+    let unexpected: Vec<&String> = delivered
+        .iter()
+        .filter(|id| !committed.contains(*id))
+        .collect();
+    println!(
+        "messages: committed {} ({ROUNDS} rows, {ROUNDS} transactional, {ROUNDS} \
+         non-transactional), delivered {}, lost {lost}, duplicated {duplicated}, unexpected {}",
+        committed.len(),
+        delivered.len(),
+        unexpected.len()
+    );
+    assert_eq!((lost, duplicated), (0, 0), "log:\n{}", env.run_log(run));
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+}
+
+async fn emit(env: &TestEnv, transactional: bool, prefix: &str, content: &str) {
+    env.db
+        .execute(
+            "SELECT pg_logical_emit_message($1, $2, $3::text)",
+            &[&transactional, &prefix, &content],
+        )
+        .await
+        .expect("emit a logical message");
 }
