@@ -695,3 +695,123 @@ async fn setup_with_a_backfill_does_the_cut_over() {
             .contains("the slot exists, so there is no cut-over backfill")
     );
 }
+
+/// Drops a role on the test servers after the TestEnv (declared before it) dropped the
+/// database holding its grants.
+struct RoleGuard(String);
+
+impl Drop for RoleGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-h", PG_HOST, "-p", &pg_port().to_string()])
+            .args(["-U", "postgres", "-d", "postgres"])
+            .args(["-c", &format!("DROP ROLE IF EXISTS \"{}\"", self.0)])
+            .stdin(std::process::Stdio::null())
+            .output();
+    }
+}
+
+/// A cut-over stopped mid-way by a walbox running as one role (the table's owner, as `walbox
+/// setup --backfill` often is), then `walbox run` without the flags as a least-privilege role
+/// that may not read the record table: it cannot tell whether the slot's cut-over is over, so
+/// it stops naming the GRANT instead of relaying from the slot; once granted, it finishes the
+/// backfill and nothing is lost.
+#[tokio::test]
+async fn a_role_that_may_not_read_the_record_does_not_relay_past_an_unfinished_cut_over() {
+    let role = RoleGuard(format!("wbt_bfrole_{}", std::process::id()));
+    let mut env = TestEnv::new("bf_role").await;
+    let mut consumer = env.queue_with("all", "#", true).await;
+    let owed = insert_many(&env, 60_000, 0).await;
+    let args = ["--backfill-where", "true", "--shutdown-grace", "5"];
+    let first = env.spawn_run(&args);
+    assert!(
+        wait_progress(&env, 1, WAIT).await,
+        "log:\n{}",
+        env.run_log(first)
+    );
+    assert_eq!(env.terminate(first).code(), Some(0));
+    let (_, confirmed) = record_progress(&env).await;
+    assert_eq!(record_state(&env).await.as_deref(), Some("sending"));
+    let consistent: String = env
+        .db
+        .query_one(
+            "SELECT consistent_lsn::text FROM walbox_backfill WHERE slot_name = $1",
+            &[&env.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The least-privilege role of sql/roles.sql without `-v backfill=on`.
+    env.db
+        .batch_execute(&format!(
+            "CREATE ROLE {r} LOGIN REPLICATION; GRANT CONNECT ON DATABASE {db} TO {r}; \
+             GRANT USAGE ON SCHEMA public TO {r}; GRANT SELECT ON outbox TO {r}",
+            r = role.0,
+            db = env.name
+        ))
+        .await
+        .unwrap();
+    let url = format!("postgres://{}@{PG_HOST}:{}/{}", role.0, pg_port(), env.name);
+    let relay = env.spawn_run_with(env.args_with("--postgres-url", &url), &[]);
+    let after = insert_rows(&env, 3, |_| false).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.try_wait(relay).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exited = env.try_wait(relay);
+    let received = receive_unacked(&mut consumer, usize::MAX, Duration::from_secs(3)).await;
+    let ids: HashSet<String> = received.iter().map(message_id).collect();
+    let lost_owed = owed.iter().filter(|id| !ids.contains(*id)).count();
+    let live = after.iter().filter(|id| ids.contains(*id)).count();
+    let slot = env.slot_confirmed().await;
+    eprintln!(
+        "unreadable record: first run confirmed {confirmed} of {} (consistent point \
+         {consistent}); the other role's run: exited {exited:?}, {live} of {} live events \
+         delivered, {lost_owed} owed rows not delivered, slot confirmed {slot:?}",
+        owed.len(),
+        after.len()
+    );
+    assert_eq!(
+        exited.and_then(|status| status.code()),
+        Some(1),
+        "log:\n{}",
+        env.run_log(relay)
+    );
+    assert!(
+        env.run_log(relay).contains("GRANT SELECT"),
+        "log:\n{}",
+        env.run_log(relay)
+    );
+    assert_eq!(live, 0, "nothing relayed from the slot");
+    assert_eq!(slot.map(|lsn| lsn.to_string()), Some(consistent));
+    // Granted as sql/roles.sql -v backfill=on does: the same role finishes the cut-over.
+    env.db
+        .batch_execute(&format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON walbox_backfill TO {}",
+            role.0
+        ))
+        .await
+        .unwrap();
+    let again = env.spawn_run_with(env.args_with("--postgres-url", &url), &[]);
+    let deadline = Instant::now() + WAIT * 3;
+    while record_state(&env).await.as_deref() != Some("done") {
+        assert!(Instant::now() < deadline, "log:\n{}", env.run_log(again));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut all = ids;
+    let deadline = Instant::now() + WAIT;
+    while !after.iter().all(|id| all.contains(id)) && Instant::now() < deadline {
+        let more = receive_unacked(&mut consumer, usize::MAX, Duration::from_secs(1)).await;
+        all.extend(more.iter().map(message_id));
+    }
+    let lost = owed
+        .iter()
+        .chain(&after)
+        .filter(|id| !all.contains(*id))
+        .count();
+    eprintln!(
+        "after the GRANT: {lost} of {} lost",
+        owed.len() + after.len()
+    );
+    assert_eq!(lost, 0, "log:\n{}", env.run_log(again));
+}

@@ -126,10 +126,10 @@ pub(crate) async fn cut_over(
     };
     let control = Control::connect(config).await?;
     let slot = control.slot(&config.slot).await?;
-    let record = match asked {
-        Some(_) => records.get(config.slot.as_str()).await?,
-        None => records.get_readable(config.slot.as_str()).await?,
-    };
+    // Read with or without the flags: a record this role may not read can be another role's
+    // unfinished cut-over of this very slot (`walbox setup --backfill` run as the table's
+    // owner), and relaying from the slot past it would skip the rows it owes.
+    let record = records.get(config.slot.as_str()).await?;
     let predicate = asked.map(|backfill| backfill.predicate.sql.as_str());
     let work = Work {
         config,

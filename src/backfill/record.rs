@@ -175,29 +175,31 @@ impl Records<'_> {
     }
 
     /// The slot's record, if there is one (and the table exists). A table this role may not
-    /// read is an error: a backfill needs it.
+    /// read is an error: a backfill needs it, and so does the live relay, which may not pass a
+    /// cut-over another role left unfinished (the table does not say whose records it holds).
     pub(crate) async fn get(&self, slot: &str) -> Result<Option<Record>> {
         match self.find().await? {
             Found::Missing => Ok(None),
             Found::Readable => self.read(slot).await,
             Found::Unreadable => Err(Error::definite(format!(
-                "role may not read the backfill record table {}: have its owner run `GRANT \
-                 SELECT, INSERT, UPDATE, DELETE ON {} TO <walbox's role>`",
+                "role may not read the backfill record table {}, so walbox cannot tell whether \
+                 the cut-over backfill of slot {slot} is finished (relaying from the slot before \
+                 it is would skip the rows it owes): have its owner run `GRANT SELECT, INSERT, \
+                 UPDATE, DELETE ON {} TO <walbox's role>`",
                 self.table,
                 self.table.quoted()
             ))),
         }
     }
 
-    /// [`Records::get`] for a walbox that asked for no backfill: a record table this role may
-    /// not read cannot hold a record of its slot (writing one needs the same role's rights),
-    /// so it is passed over, with a warning.
+    /// [`Records::get`] for `walbox status` and `teardown`, which relay nothing: a record table
+    /// this role may not read is passed over, with a warning.
     pub(crate) async fn get_readable(&self, slot: &str) -> Result<Option<Record>> {
         match self.find().await? {
             Found::Missing => Ok(None),
             Found::Readable => self.read(slot).await,
             Found::Unreadable => {
-                tracing::warn!(table = %self.table, "the backfill record table exists but this role may not read it; taking it to hold no record of this slot (this role could not have written one)");
+                tracing::warn!(table = %self.table, "the backfill record table exists but this role may not read it; showing no record of this slot");
                 Ok(None)
             }
         }
