@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::{Mapping, OutboxShape};
 use crate::pgoutput::Relation;
+use crate::source::Origin;
 
 /// One catalog row version: its OID and the transaction that wrote it. A row written again
 /// (an ALTER, a DROP and ADD) gets another xmin, a row made again another OID.
@@ -138,6 +139,10 @@ pub(crate) struct Reading {
     /// The database's clock when `wal` was read.
     #[serde(skip, default)]
     pub(crate) at: String,
+    /// The server the reading was taken on (cluster and timeline): a proof holds only for
+    /// the server history it was read on.
+    #[serde(skip, default)]
+    pub(crate) origin: Option<Origin>,
     pub(crate) publication: Option<PublicationRow>,
     pub(crate) table: Option<TableRow>,
     /// The current schema.name of the table pinned earlier (None: it is gone, or none).
@@ -746,7 +751,10 @@ impl Control {
             .client
             .query_one(
                 "SELECT CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END, \
-                 clock_timestamp()::text, current_setting('server_version_num')::int",
+                 clock_timestamp()::text, current_setting('server_version_num')::int, \
+                 (SELECT system_identifier::text FROM pg_control_system()), \
+                 CASE WHEN NOT pg_is_in_recovery() \
+                 THEN substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
                 &[],
             )
             .await
@@ -781,6 +789,15 @@ impl Control {
         })?;
         reading.wal = wal;
         reading.at = position.get(1);
+        // The timeline from the current WAL file's name (any role may read it; IDENTIFY_SYSTEM
+        // needs a replication connection).
+        let timeline = position.get::<_, Option<&str>>(4);
+        reading.origin = timeline
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .map(|timeline| Origin {
+                system_id: position.get(3),
+                timeline,
+            });
         Ok(reading)
     }
 }

@@ -22,7 +22,10 @@
 //!   of the replication connection instead and resumes from what it had acknowledged.
 //!
 //! The guard lives as long as the process, across sessions, so the proof has no gap while
-//! walbox runs. (While walbox is stopped nothing watches: see docs "When the outbox table or
+//! walbox runs. A proof belongs to one server history (cluster and timeline): after a failover
+//! a WAL position read on the old primary says nothing about the new one's WAL, so when a
+//! session reaches another server ([`Guard::follow`]) the proof starts again from nothing, and
+//! only readings taken on the session's server count. (While walbox is stopped nothing watches: see docs "When the outbox table or
 //! the publication changes".)
 
 use std::sync::Arc;
@@ -38,6 +41,7 @@ use crate::control::Control;
 use crate::control::publication::{Change, Names, Pinned, Reading, Verdict};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::source::Origin;
 use crate::telemetry::Telemetry;
 
 /// How often the guard reads the catalogs: the longest an acknowledgement waits for a proof.
@@ -60,6 +64,60 @@ pub(crate) struct Proof {
     /// The guard cannot connect to the primary (shutting down, gone): the session must let go
     /// of the slot.
     pub(crate) going_away: bool,
+    /// The server `through` was read on (None before the first reading).
+    pub(crate) on: Option<Origin>,
+    /// The server the current session streams from, and where it resumed there.
+    pub(crate) session: Option<Following>,
+}
+
+/// The server a session streams from: only readings taken on it prove anything for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Following {
+    pub(crate) on: Origin,
+    /// Where the session resumed on it: the start of what is unproven there.
+    pub(crate) from: Lsn,
+}
+
+impl Proof {
+    /// A session streams from `on`, resuming at `from`. A proof read on another server
+    /// vouches for nothing there: it drops to ZERO until a reading on `on` passes. True when
+    /// it dropped.
+    pub(crate) fn follow(&mut self, on: Origin, from: Lsn) -> bool {
+        let reset = self.on.as_ref() != Some(&on) && self.through > Lsn::ZERO;
+        if reset {
+            self.through = Lsn::ZERO;
+        }
+        self.session = Some(Following { on, from });
+        reset
+    }
+
+    /// Whether a reading taken on `origin` speaks for the session's server (any server
+    /// before the first session).
+    fn speaks_for(&self, origin: Option<&Origin>) -> bool {
+        self.session
+            .as_ref()
+            .is_none_or(|session| Some(&session.on) == origin)
+    }
+
+    /// Whether the proof was read on the session's server (any, before the first session).
+    fn is_current(&self) -> bool {
+        self.speaks_for(self.on.as_ref())
+    }
+
+    /// A reading on `origin` at `wal` passed: the proof moves on (starts over, when it was
+    /// read on another server). Nothing changes for a reading on a server the session does
+    /// not stream from.
+    fn advance(&mut self, wal: Lsn, origin: Option<&Origin>) {
+        if !self.speaks_for(origin) {
+            return;
+        }
+        self.through = if self.on.as_ref() == origin {
+            self.through.max(wal)
+        } else {
+            wal
+        };
+        self.on = origin.cloned();
+    }
 }
 
 /// The outbox table a session follows, as the guard knows it.
@@ -89,6 +147,8 @@ impl Outbox {
 #[derive(Clone, Debug)]
 pub(crate) struct Guard {
     proof: watch::Receiver<Proof>,
+    /// The proof's sender, shared with the guard's task (None for a fixed guard).
+    sender: Option<Arc<watch::Sender<Proof>>>,
     fresh: Arc<Notify>,
     _task: Option<Arc<Task>>,
 }
@@ -107,11 +167,12 @@ impl Guard {
     /// Start guarding the configured publication and table.
     pub(crate) fn spawn(config: &Config, telemetry: Arc<Telemetry>) -> Guard {
         let (sender, proof) = watch::channel(Proof::default());
+        let sender = Arc::new(sender);
         let fresh = Arc::new(Notify::new());
         let runner = Runner {
             config: config.clone(),
             telemetry,
-            sender,
+            sender: Arc::clone(&sender),
             fresh: Arc::clone(&fresh),
             pinned: None,
             last_good: None,
@@ -120,6 +181,7 @@ impl Guard {
         let task = Task(tokio::spawn(runner.run()));
         Guard {
             proof,
+            sender: Some(sender),
             fresh,
             _task: Some(Arc::new(task)),
         }
@@ -133,9 +195,12 @@ impl Guard {
             outbox: Some(outbox),
             tripped: None,
             going_away: false,
+            on: None,
+            session: None,
         });
         Guard {
             proof,
+            sender: None,
             fresh: Arc::new(Notify::new()),
             _task: None,
         }
@@ -143,14 +208,29 @@ impl Guard {
 
     /// A guard whose proof a test sets by hand.
     #[cfg(test)]
-    pub(crate) fn manual(proof: Proof) -> (Guard, watch::Sender<Proof>) {
+    pub(crate) fn manual(proof: Proof) -> (Guard, Arc<watch::Sender<Proof>>) {
         let (sender, receiver) = watch::channel(proof);
+        let sender = Arc::new(sender);
         let guard = Guard {
             proof: receiver,
+            sender: Some(Arc::clone(&sender)),
             fresh: Arc::new(Notify::new()),
             _task: None,
         };
         (guard, sender)
+    }
+
+    /// A session streams from `on`, resuming at `from`: from now on only readings taken on
+    /// it prove anything, and a proof read on another server (before a failover) is dropped
+    /// until one passes (asked for now). True when the proof dropped.
+    pub(crate) fn follow(&self, on: Origin, from: Lsn) -> bool {
+        let Some(sender) = &self.sender else {
+            return false;
+        };
+        let mut reset = false;
+        sender.send_modify(|proof| reset = proof.follow(on, from));
+        self.fresh.notify_one();
+        reset
     }
 
     /// How far acknowledgements may go.
@@ -249,11 +329,12 @@ impl Guard {
 struct Runner {
     config: Config,
     telemetry: Arc<Telemetry>,
-    sender: watch::Sender<Proof>,
+    sender: Arc<watch::Sender<Proof>>,
     fresh: Arc<Notify>,
     pinned: Option<Pinned>,
-    /// The last reading that passed: its WAL position and the database's clock then.
-    last_good: Option<(Lsn, String)>,
+    /// The last reading that passed: its WAL position, the database's clock then, and the
+    /// server it was taken on.
+    last_good: Option<(Lsn, String, Option<Origin>)>,
     /// Since when readings have been pending, and whether that was said.
     pending_since: Option<(Instant, bool)>,
 }
@@ -266,7 +347,9 @@ impl Runner {
             let wait = match self.step(&mut control).await {
                 Ok(()) => {
                     backoff.reset();
-                    self.telemetry.health.set_unproven(false);
+                    // A reading that raced a session's move to another server proved nothing.
+                    let current = self.sender.borrow().is_current();
+                    self.telemetry.health.set_unproven(!current);
                     self.going_away(false);
                     PERIOD
                 }
@@ -323,6 +406,7 @@ impl Runner {
         let names = self.names();
         let pinned_table = self.pinned.as_ref().map(Pinned::table);
         let reading = control.read_catalog(names, pinned_table).await?;
+        self.same_server(&reading)?;
         let verdict = match &self.pinned {
             None => {
                 control
@@ -359,14 +443,36 @@ impl Runner {
         }
         let outbox = Outbox::proven(&pinned, reading);
         self.pinned = Some(pinned);
-        self.last_good = Some((reading.wal, reading.at.clone()));
+        self.last_good = Some((reading.wal, reading.at.clone(), reading.origin.clone()));
         self.telemetry.metrics.proven(reading.wal);
         self.sender.send_if_modified(|proof| {
             let before = proof.clone();
-            proof.through = proof.through.max(reading.wal);
+            // Checked again here: a session may have reached another server meanwhile.
+            proof.advance(reading.wal, reading.origin.as_ref());
             proof.outbox = Some(outbox);
             *proof != before
         });
+    }
+
+    /// A reading proves nothing for a session on another server (the guard's connection
+    /// still on the old primary, or already on a new one the session has not reached):
+    /// transient, so the guard reconnects and reads again.
+    fn same_server(&self, reading: &Reading) -> Result<()> {
+        let proof = self.sender.borrow();
+        match &proof.session {
+            Some(session) if !proof.speaks_for(reading.origin.as_ref()) => {
+                let read_on = reading.origin.as_ref().map_or_else(
+                    || "unknown".to_owned(),
+                    |origin| format!("system {}, timeline {}", origin.system_id, origin.timeline),
+                );
+                Err(Error::transient(format!(
+                    "the guard's reading was taken on another server ({read_on}) than the one \
+                     the session streams from (system {}, timeline {})",
+                    session.on.system_id, session.on.timeline
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn pending(&mut self, what: &str) {
@@ -381,8 +487,16 @@ impl Runner {
     /// The definite error for a change: what changed, which rows may be lost, how to recover.
     fn tripped(&self, change: &Change, reading: &Reading) -> String {
         let what = change.explain(self.names());
-        let Some((good, good_at)) = &self.last_good else {
+        let Some((good, good_at, good_on)) = &self.last_good else {
             return what;
+        };
+        // In the terms of the server the session streams from: after a failover, a position
+        // read on the old primary means nothing there; what is unproven on the new one starts
+        // where the session resumed.
+        let session = self.sender.borrow().session.clone();
+        let good = match session {
+            Some(session) if good_on.as_ref() != Some(&session.on) => session.from,
+            _ => *good,
         };
         format!(
             "{what}. Outbox rows committed between {good} (last proven at {good_at}) and {now} \
@@ -418,4 +532,46 @@ async fn connect(config: &Config) -> Result<Control> {
         .name_session(&format!("walbox-guard/{}", config.slot), STATEMENT_TIMEOUT)
         .await?;
     Ok(control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(timeline: u32) -> Origin {
+        Origin {
+            system_id: "7716301900226987530".into(),
+            timeline,
+        }
+    }
+
+    #[test]
+    fn a_proof_belongs_to_the_server_it_was_read_on() {
+        let mut proof = Proof::default();
+        // Before any session, any reading counts.
+        proof.advance(Lsn(0x5000), Some(&on(1)));
+        assert!(
+            !proof.follow(on(1), Lsn(0x4000)),
+            "same server: the proof stays"
+        );
+        assert_eq!(proof.through, Lsn(0x5000));
+        // A failover: the new primary forked at 0x3000, the session resumed there.
+        assert!(proof.follow(on(2), Lsn(0x3000)));
+        assert_eq!(proof.through, Lsn::ZERO);
+        // A late reading on the old primary proves nothing for the new one.
+        proof.advance(Lsn(0x6000), Some(&on(1)));
+        assert_eq!(proof.through, Lsn::ZERO);
+        assert!(
+            !proof.is_current(),
+            "not ready until a reading on the new primary"
+        );
+        // The first reading on the new primary: its own position, not the old one's maximum.
+        proof.advance(Lsn(0x3800), Some(&on(2)));
+        assert_eq!(
+            (proof.through, proof.on.clone()),
+            (Lsn(0x3800), Some(on(2)))
+        );
+        proof.advance(Lsn(0x3900), Some(&on(2)));
+        assert_eq!(proof.through, Lsn(0x3900));
+    }
 }

@@ -398,8 +398,23 @@ impl<'a> Supervisor<'a> {
                 }
             }
         };
+        self.follow(&origin, start);
         self.confirmed_on = Some(origin);
         Ok((source, start))
+    }
+
+    /// Tell the guard which server the session streams from: a proof read on another one
+    /// (the primary before a failover) acknowledges nothing here until a reading on this one
+    /// passes, and walbox is not ready meanwhile.
+    fn follow(&self, origin: &Origin, start: Lsn) {
+        let Some(guard) = &self.guard else {
+            return;
+        };
+        if guard.follow(origin.clone(), start) {
+            self.telemetry.health.set_unproven(true);
+            info!(system_id = %origin.system_id, timeline = origin.timeline, resume_from = %start,
+                "the session reached another server than the guard's last reading: acknowledging nothing until a reading on it passes");
+        }
     }
 
     /// Where this session starts reading, given the slot's `confirmed` position: `--start-lsn`

@@ -24,7 +24,7 @@ use crate::pgoutput::fixture::{RELATION_ID, outbox_relation, row};
 use crate::pgoutput::{ColumnValue, Insert, LogicalMessage, Message};
 use crate::publish::memory::{Broker, MemoryPublisher};
 use crate::publish::{Outcome, Position, Refused};
-use crate::source::Change;
+use crate::source::{Change, Origin};
 use crate::telemetry::Telemetry;
 
 /// walbox relaying the logical messages of prefix `ev` (and not `other`).
@@ -736,11 +736,22 @@ fn rows_and_messages_keep_their_order_and_their_positions() {
 fn guarded_case(transactions: &[(usize, bool)], proven: Lsn, trip: bool) -> (End, Vec<Lsn>) {
     let broker = Broker::default();
     let script = script(&rows_only(transactions), &broker);
-    guarded_script(script, &broker, proven, trip)
+    let proof = Proof {
+        through: proven,
+        ..Proof::default()
+    };
+    guarded_script(script, &broker, (proof, None), trip)
 }
 
 /// [`guarded_case`] over a script made (and perhaps changed) by the caller.
-fn guarded_script(script: Script, broker: &Broker, proven: Lsn, trip: bool) -> (End, Vec<Lsn>) {
+/// `guard`: the guard's proof, and the server the session streams from (told the guard before
+/// the session runs; resuming at 0x100).
+fn guarded_script(
+    script: Script,
+    broker: &Broker,
+    guard: (Proof, Option<Origin>),
+    trip: bool,
+) -> (End, Vec<Lsn>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -759,10 +770,11 @@ fn guarded_script(script: Script, broker: &Broker, proven: Lsn, trip: bool) -> (
             false,
             &telemetry,
         );
-        let (guard, prove) = Guard::manual(Proof {
-            through: proven,
-            ..Proof::default()
-        });
+        let (proof, follows) = guard;
+        let (guard, prove) = Guard::manual(proof);
+        if let Some(on) = follows {
+            guard.follow(on, Lsn(0x100));
+        }
         session.guard_with(guard);
         let mut poison = Poison::new(5, None);
         let mut live = Live {
@@ -799,6 +811,47 @@ fn acknowledgements_wait_for_the_guards_proof() {
     assert_eq!(acknowledged, vec![Lsn(0x1150)]);
 }
 
+fn timeline(timeline: u32) -> Origin {
+    Origin {
+        system_id: "7716301900226987530".into(),
+        timeline,
+    }
+}
+
+#[test]
+fn after_a_failover_the_old_primarys_proof_acknowledges_nothing() {
+    // The guard proved through 0x5000 on timeline 1; the session resumed at 0x100 on the
+    // promoted standby (timeline 2), whose commits at 0x1080 and 0x1180 the broker confirms.
+    // No reading was taken on timeline 2 yet: 0x5000 says nothing about its WAL.
+    let broker = Broker::default();
+    let script = script(&rows_only(&[(1, true), (1, true)]), &broker);
+    let proof = Proof {
+        through: Lsn(0x5000),
+        on: Some(timeline(1)),
+        ..Proof::default()
+    };
+    let (end, acknowledged) = guarded_script(script, &broker, (proof, Some(timeline(2))), false);
+    assert!(matches!(end, End::Stopped), "{end:?}");
+    assert_eq!(acknowledged, Vec::<Lsn>::new());
+}
+
+#[test]
+fn on_the_same_server_the_proof_carries_over_to_the_next_session() {
+    let broker = Broker::default();
+    let script = script(&rows_only(&[(1, true), (1, true)]), &broker);
+    let proof = Proof {
+        through: Lsn(0x5000),
+        on: Some(timeline(1)),
+        ..Proof::default()
+    };
+    let (end, acknowledged) = guarded_script(script, &broker, (proof, Some(timeline(1))), false);
+    assert!(matches!(end, End::Stopped), "{end:?}");
+    assert!(
+        acknowledged.last().is_some_and(|&lsn| lsn >= Lsn(0x1180)),
+        "{acknowledged:?}"
+    );
+}
+
 #[test]
 fn a_tripped_guard_ends_the_session_with_its_definite_error() {
     let (end, acknowledged) = guarded_case(&[(1, false), (1, true)], Lsn(0x1000), true);
@@ -830,7 +883,11 @@ fn an_unchanged_toast_marker_in_an_outbox_insert_is_a_definite_stop() {
         .nth(1)
         .unwrap();
     second.new_tuple.columns[4] = ColumnValue::UnchangedToast;
-    let (end, acknowledged) = guarded_script(script, &broker, Lsn(u64::MAX), false);
+    let proof = Proof {
+        through: Lsn(u64::MAX),
+        ..Proof::default()
+    };
+    let (end, acknowledged) = guarded_script(script, &broker, (proof, None), false);
     let End::Failed(failure) = end else {
         panic!("the session must fail, ended {end:?}");
     };

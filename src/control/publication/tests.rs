@@ -37,6 +37,7 @@ fn reading() -> Reading {
     Reading {
         wal: Lsn(0x5000),
         at: "2026-12-06 17:00:00+00".into(),
+        origin: None,
         publication: Some(publication()),
         table: Some(TableRow {
             oid: TABLE,
