@@ -815,3 +815,75 @@ async fn a_role_that_may_not_read_the_record_does_not_relay_past_an_unfinished_c
     );
     assert_eq!(lost, 0, "log:\n{}", env.run_log(again));
 }
+
+/// Whether the test's slot is listed and its walsender waits on a transaction's lock (making
+/// the slot, it waits for the transactions running when it began).
+async fn slot_waits_on_a_lock(env: &TestEnv) -> bool {
+    env.db
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = \
+             s.active_pid WHERE s.slot_name = $1 AND a.wait_event_type = 'Lock'",
+            &[&env.name],
+        )
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// A cut-over whose walbox was killed while CREATE_REPLICATION_SLOT waited for a consistent
+/// point (a transaction was open), restarted while the slot is still being made: the dead
+/// walbox's walsender waits on the transaction, not on its client, and makes the slot once
+/// the transaction ends. The restart must not take that slot for made (redo the backfill in a
+/// snapshot older than the slot's consistent point, then stream from it). Every row committed
+/// before, during and after arrives.
+#[tokio::test]
+async fn a_slot_still_being_made_is_not_taken_for_made() {
+    let mut env = TestEnv::new("bf_creating").await;
+    let mut consumer = env.queue_with("all", "#", true).await;
+    let owed = insert_rows(&env, 5, |_| false).await;
+    let blocker = pg_connect(&env.postgres_url()).await;
+    blocker
+        .batch_execute("BEGIN; SELECT txid_current()")
+        .await
+        .unwrap();
+    let args = ["--backfill-where", "true"];
+    let first = env.spawn_run(&args);
+    let deadline = Instant::now() + WAIT;
+    while !slot_waits_on_a_lock(&env).await {
+        assert!(Instant::now() < deadline, "log:\n{}", env.run_log(first));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.kill(first);
+    assert_eq!(record_state(&env).await.as_deref(), Some("creating"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let writer = tokio::spawn(write_until(
+        env.postgres_url(),
+        Arc::clone(&stop),
+        Arc::clone(&committed),
+    ));
+    let again = env.spawn_run(&args);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let written = committed.lock().unwrap().clone();
+    let expected: Vec<&String> = owed.iter().chain(&written).collect();
+    let mut ids = HashSet::new();
+    let deadline = Instant::now() + WAIT;
+    while !expected.iter().all(|id| ids.contains(*id)) && Instant::now() < deadline {
+        let more = receive_unacked(&mut consumer, usize::MAX, Duration::from_secs(1)).await;
+        ids.extend(more.iter().map(message_id));
+    }
+    let lost = expected.iter().filter(|id| !ids.contains(**id)).count();
+    eprintln!(
+        "slot still being made: {} committed ({} before, {} while and \
+         after), {} delivered distinct, {lost} lost",
+        expected.len(),
+        owed.len(),
+        written.len(),
+        ids.len()
+    );
+    assert_eq!(lost, 0, "log:\n{}", env.run_log(again));
+}

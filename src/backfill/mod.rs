@@ -130,6 +130,9 @@ pub(crate) async fn cut_over(
     // unfinished cut-over of this very slot (`walbox setup --backfill` run as the table's
     // owner), and relaying from the slot past it would skip the rows it owes.
     let record = records.get(config.slot.as_str()).await?;
+    if let Some(error) = being_made(slot.as_ref(), record.as_ref(), &config.slot) {
+        return Err(error);
+    }
     let predicate = asked.map(|backfill| backfill.predicate.sql.as_str());
     let work = Work {
         config,
@@ -164,6 +167,29 @@ pub(crate) async fn cut_over(
             work.resume(record, shutdown).await
         }
     }
+}
+
+/// A slot of a cut-over still `creating` that some session holds may still be in the making:
+/// a walbox killed while CREATE_REPLICATION_SLOT waited for the transactions running when it
+/// began leaves its walsender waiting on them, not on its client, and that walsender makes the
+/// slot (its consistent point later than now) or drops it only once they end. Taking it for
+/// made would read the rows in a snapshot older than its consistent point (the rows committed
+/// in between in neither) and then relay from a slot that may vanish, so stand by until it is
+/// released.
+fn being_made(
+    slot: Option<&crate::control::SlotInfo>,
+    record: Option<&Record>,
+    name: &crate::config::Identifier,
+) -> Option<Error> {
+    let slot = slot.filter(|slot| slot.active)?;
+    record.filter(|record| record.state == State::Creating)?;
+    Some(Error::stand_by(format!(
+        "replication slot {name} of an unfinished cut-over backfill is held by server process \
+         {} (an earlier walbox's CREATE_REPLICATION_SLOT, still waiting for the transactions \
+         running when it began?); waiting until it is made and released, or dropped",
+        slot.active_pid
+            .map_or("?".to_owned(), |pid| pid.to_string())
+    )))
 }
 
 /// What one attempt works with.
