@@ -250,7 +250,7 @@ impl Relay {
 }
 
 async fn bench() -> Result<()> {
-    let target_dir = Path::new(world::WALBOX)
+    let target_dir = Path::new(env!("CARGO_BIN_EXE_walbox"))
         .parent()
         .and_then(Path::parent)
         .context("locating target/")?
@@ -277,7 +277,7 @@ async fn bench() -> Result<()> {
     };
     eprintln!(
         "relay bench: walbox {}; {} events × {} repetitions; logs in {}",
-        world::WALBOX,
+        world::WALBOX.as_str(),
         options.events,
         options.reps,
         options.log_dir.display()

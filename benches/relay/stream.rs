@@ -127,7 +127,7 @@ pub fn walbox_args(url: &str, stream: &str) -> Vec<String> {
 
 /// Whether this walbox has the stream target (`walbox run --help` offers `--target`).
 pub fn walbox_has_stream_target() -> bool {
-    Command::new(WALBOX)
+    Command::new(&*WALBOX)
         .args(["run", "--help"])
         .stdin(Stdio::null())
         .output()

@@ -77,8 +77,12 @@ const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");
 /// raw stream publisher).
 pub const ROLE: &str = "WALBOX_BENCH_ROLE";
 
-/// The walbox binary cargo built for this bench (the release one under `cargo bench`).
-pub const WALBOX: &str = env!("CARGO_BIN_EXE_walbox");
+/// The walbox binary cargo built for this bench (the release one under `cargo bench`), or
+/// `WALBOX_BENCH_WALBOX`: another build of walbox, for an A/B of two binaries in alternating
+/// runs on the same servers.
+pub static WALBOX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("WALBOX_BENCH_WALBOX").unwrap_or_else(|_| env!("CARGO_BIN_EXE_walbox").to_owned())
+});
 
 /// Without TLS, for walbox as for the polling relay and the harness: walbox's default
 /// (`prefer`, as in libpq) would encrypt its connections to a server with ssl=on and the
@@ -276,7 +280,7 @@ impl World {
 
     /// `walbox setup`: the slot exists when this returns, so every later insert is captured.
     pub fn walbox_setup(&self) -> Result<()> {
-        let output = Command::new(WALBOX)
+        let output = Command::new(&*WALBOX)
             .arg("setup")
             .args(self.walbox_args())
             .stdin(Stdio::null())
@@ -295,7 +299,7 @@ impl World {
 
     /// Start `walbox run` (log under target/bench-logs); returns its pid.
     pub fn spawn_walbox(&mut self) -> Result<u32> {
-        let mut command = Command::new(WALBOX);
+        let mut command = Command::new(&*WALBOX);
         // No metrics server: another walbox on this shared machine may hold the default port.
         command
             .arg("run")
