@@ -26,6 +26,7 @@ pub mod outbox;
 pub mod pgoutput;
 mod publish;
 mod replay;
+mod shutdown;
 mod source;
 pub mod telemetry;
 mod tls;

@@ -36,13 +36,13 @@ use tracing::{info, warn};
 
 use crate::config::{BackfillConfig, Config, ResendConfig};
 use crate::control::{Control, SlotCreation, connect_client};
-use crate::engine::Shutdown;
 use crate::error::{Error, Result};
 use crate::outbox::template::TemplateError;
 use crate::outbox::{Field, OutboxShape, ShapeError};
 use crate::publish::Publisher;
 use crate::publish::amqp::AmqpPublisher;
 use crate::publish::counting::CountingPublisher;
+use crate::shutdown::Shutdown;
 use crate::telemetry::{RelayState, Telemetry};
 use query::{Query, Range, Selection, Table};
 use reader::Reader;

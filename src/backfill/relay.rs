@@ -22,11 +22,11 @@ use super::query::Key;
 use super::reader::{Batch, Row};
 use super::record::show_key;
 use crate::config::Unroutable;
-use crate::engine::Shutdown;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::outbox::{OutboxShape, Transaction};
 use crate::publish::{Outcome, Position, Publisher, Refused};
+use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
 
 /// How often the loop proves it turns and checks that the broker is still there.

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use crate::config::file::Parsed;
 use crate::config::{
-    Command, CommonArgs, Config, ConfigCommand, ReplayConfig, ResendConfig, RunConfig,
+    Command, CommonArgs, Config, ConfigCommand, ReplayConfig, ResendConfig, RunConfig, TargetKind,
 };
 use crate::error::Disposition;
 
@@ -105,7 +105,11 @@ pub async fn dispatch(parsed: Parsed) -> ExitCode {
                 Err(error) => return usage(error),
             }
         }
-        Command::Backfill(args) => match ResendConfig::from_args(&args.selection, &args.common) {
+        Command::Backfill(args) => match ResendConfig::from_args(
+            &args.selection,
+            &args.common.mapping,
+            args.common.target == TargetKind::Stream,
+        ) {
             Ok(resend) => backfill::backfill(&config, &resend).await,
             Err(error) => return usage(error),
         },

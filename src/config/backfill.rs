@@ -10,7 +10,6 @@
 use clap::Args;
 
 use super::ConfigError;
-use super::args::{CommonArgs, TargetKind};
 use super::mapping::MappingArgs;
 
 /// The cut-over backfill's flags (`walbox run`, `walbox setup`).
@@ -146,11 +145,13 @@ impl BackfillConfig {
 }
 
 impl ResendConfig {
+    /// `to_stream`: whether the run's target is a stream, which a re-send cannot feed.
     pub(crate) fn from_args(
         args: &ResendSelection,
-        common: &CommonArgs,
+        mapping: &MappingArgs,
+        to_stream: bool,
     ) -> Result<Self, ConfigError> {
-        if common.target == TargetKind::Stream {
+        if to_stream {
             return Err(ConfigError(
                 "walbox backfill publishes to exchanges (--target amqp): a stream's \
                  deduplication numbers events by their place in the WAL, which rows read from \
@@ -158,7 +159,6 @@ impl ResendConfig {
                     .into(),
             ));
         }
-        let mapping = &common.mapping;
         let predicate = match (&args.where_clause, args.unpublished) {
             (Some(_), true) => {
                 return Err(ConfigError(
@@ -204,7 +204,7 @@ mod tests {
     #[derive(Parser)]
     struct Test {
         #[command(flatten)]
-        common: CommonArgs,
+        mapping: MappingArgs,
         #[command(flatten)]
         backfill: BackfillArgs,
         #[command(flatten)]
@@ -219,7 +219,7 @@ mod tests {
 
     fn backfill(argv: &[&str]) -> Result<Option<BackfillConfig>, ConfigError> {
         let test = parse(argv);
-        BackfillConfig::from_args(&test.backfill, &test.common.mapping)
+        BackfillConfig::from_args(&test.backfill, &test.mapping)
     }
 
     #[test]
@@ -258,7 +258,7 @@ mod tests {
     fn a_resend_needs_a_selection() {
         let resend = |argv: &[&str]| {
             let test = parse(argv);
-            ResendConfig::from_args(&test.resend, &test.common)
+            ResendConfig::from_args(&test.resend, &test.mapping, false)
         };
         assert!(resend(&[]).is_err());
         assert!(resend(&["--dry-run"]).is_err());
@@ -269,5 +269,7 @@ mod tests {
         let cap = resend(&["--preset", "cap", "--unpublished", "--dry-run"]).unwrap();
         assert!(cap.dry_run);
         assert_eq!(cap.predicate.unwrap().sql, r#""StatusName" <> 'Succeeded'"#);
+        let test = parse(&["--where", "true"]);
+        assert!(ResendConfig::from_args(&test.resend, &test.mapping, true).is_err());
     }
 }

@@ -34,8 +34,7 @@ use crate::source::Change;
 use crate::telemetry::{Side, Telemetry};
 use crate::watermark::Watermark;
 
-/// Resolves when walbox is asked to stop.
-pub(crate) type Shutdown = watch::Receiver<bool>;
+pub(crate) use crate::shutdown::Shutdown;
 
 /// How often the loop proves it turns (/healthz) and checks that the broker is still there.
 const HEARTBEAT: Duration = Duration::from_secs(1);
