@@ -113,30 +113,41 @@ pub(crate) struct CaFile {
 
 impl CaFile {
     pub(crate) fn read(flag: &str, path: &Path) -> Result<Self, ConfigError> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let pem = std::fs::read_to_string(path).map_err(|error| {
+        let (pem, _) = read_certificates(flag, path)?;
+        Ok(CaFile { pem })
+    }
+}
+
+/// The PEM text of `path` and the certificates in it: at least one, each well formed. Every
+/// option that takes a certificate file (`--amqp-ca-file`, the stream target's client
+/// certificate) reads it here, so each says the same thing about a bad file.
+pub(crate) fn read_certificates(
+    flag: &str,
+    path: &Path,
+) -> Result<(String, Vec<rustls::pki_types::CertificateDer<'static>>), ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError(format!(
+            "{flag} {}: cannot read it: {error}",
+            path.display()
+        ))
+    })?;
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| {
             ConfigError(format!(
-                "{flag} {}: cannot read it: {error}",
+                "{flag} {} is not PEM certificates: {error}",
                 path.display()
             ))
         })?;
-        let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| {
-                ConfigError(format!(
-                    "{flag} {} is not PEM certificates: {error}",
-                    path.display()
-                ))
-            })?;
-        if certificates.is_empty() {
-            return Err(ConfigError(format!(
-                "{flag} {} holds no PEM certificate",
-                path.display()
-            )));
-        }
-        Ok(CaFile { pem })
+    if certificates.is_empty() {
+        return Err(ConfigError(format!(
+            "{flag} {} holds no PEM certificate",
+            path.display()
+        )));
     }
+    Ok((pem, certificates))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use super::ConfigError;
+use super::secrets::read_certificates;
 
 /// The files a TLS stream connection uses, all checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,22 +91,7 @@ fn read(flag: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
 
 /// The PEM certificates of `path`: at least one, each well formed.
 fn certificates(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let pem = read(flag, path)?;
-    let certificates = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| {
-            ConfigError(format!(
-                "{flag} {} is not PEM certificates: {error}",
-                path.display()
-            ))
-        })?;
-    if certificates.is_empty() {
-        return Err(ConfigError(format!(
-            "{flag} {} holds no PEM certificate",
-            path.display()
-        )));
-    }
-    Ok(certificates)
+    Ok(read_certificates(flag, path)?.1)
 }
 
 /// The key file must start its keys with a PKCS#8 one (`BEGIN PRIVATE KEY`): the only form the
