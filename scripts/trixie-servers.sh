@@ -19,7 +19,9 @@
 # BASE is WALBOX_HA_PORT_BASE (default 46000). Subcommands:
 #
 #   userland                 build or unpack the userland only (cached, see below)
-#   start | stop | status    all servers (stop also unmounts; data stays until `clean`)
+#   start | stop | status    all servers (stop also unmounts; data stays until `clean`, but
+#                            `start` with no RabbitMQ node running gives the nodes fresh data:
+#                            a new cluster, no queues; PostgreSQL's data is kept)
 #   clean                    stop, then remove the servers' data and the unpacked userland
 #   pg-reset                 fresh primary + standby (wipes both; rabbit untouched)
 #   pg-stop|pg-kill|pg-start primary|standby      one PostgreSQL server (fast stop / SIGKILL)
@@ -36,7 +38,8 @@
 # the script builds one (debootstrap from Debian's archive; about a minute and 220 MB). The
 # servers run unpacked under $WALBOX_HA_ROOT (default /var/lib/walbox-ha). Every process is
 # started with its pid recorded and stopped by that pid, never by name; the machine's own
-# PostgreSQL (5432) and RabbitMQ (5672, rabbit@...) are never touched.
+# PostgreSQL (5432) and RabbitMQ (5672, rabbit@...) are never touched. RabbitMQ nodes that do
+# not boot within WALBOX_HA_BOOT_SECONDS (default 300) fail `start` and `rabbit-start`.
 set -euo pipefail
 
 BASE="${WALBOX_HA_PORT_BASE:-46000}"
@@ -54,6 +57,8 @@ STANDBY_SLOT=walbox_standby
 PG_BIN=/usr/lib/postgresql/17/bin
 # Inside the userland.
 SRV=/srv/walbox-ha
+# How long `start` and `rabbit-start` wait for RabbitMQ nodes to boot before failing.
+BOOT_SECONDS="${WALBOX_HA_BOOT_SECONDS:-300}"
 
 log() { echo "trixie-servers: $*" >&2; }
 die() {
@@ -391,11 +396,13 @@ node_launch() {
 
 # The CLI fails at once while the node has not registered with epmd yet: ask again. Nodes
 # started together sometimes fail their boot-time cluster check while a peer is half up
-# ({node_not_running, ...}); such a node is launched again, a few times at most.
+# ({node_not_running, ...}); such a node is launched again, a few times at most. Gives up at
+# second $2 of the script ($SECONDS), so a node waiting for a peer that never comes fails
+# the command instead of hanging it.
 node_await() {
-  local n=$1 i relaunches=0 launcher
+  local n=$1 deadline=$2 relaunches=0 launcher
   launcher="$ROOTFS$(node_dir "$n")/launcher.pid"
-  for i in $(seq 1 240); do
+  while [ "$SECONDS" -lt "$deadline" ]; do
     if ctl "$n" --timeout 10 await_startup >/dev/null 2>&1; then return 0; fi
     if ! node_running "$n" && ! alive "$(cat "$launcher" 2>/dev/null)" && [ "$relaunches" -lt 3 ]; then
       relaunches=$((relaunches + 1))
@@ -406,33 +413,54 @@ node_await() {
     fi
     sleep 1
   done
-  die "RabbitMQ node $(node_name "$n") did not start: see $ROOTFS$(node_dir "$n")/console.log and log/"
+  die "RabbitMQ node $(node_name "$n") did not start within $BOOT_SECONDS s: see $ROOTFS$(node_dir "$n")/console.log and log/ ('stop' ends what did start)"
 }
 
-# Nodes that were stopped together come back together: each waits for the others' tables.
+# With no node running, the nodes start from empty data and form a fresh cluster. A node
+# booting on the data a `stop` kept waits for the peers that were running when it stopped
+# (10 x 30 s for the Mnesia tables, then a failed boot, a relaunch and the same wait again):
+# a quarter of an hour seen in CI. The tests need nothing from an earlier run: they declare
+# their own queues and streams. With some node still running, the others rejoin it on their
+# data, as `rabbit-start` does.
 rabbit_start_all() {
+  local n launched="" deadline=$((SECONDS + BOOT_SECONDS))
+  if ! rabbit_any_running; then
+    for n in $NODES; do rm -rf --one-file-system "$ROOTFS$(node_dir "$n")/mnesia"; done
+  fi
   epmd_start
-  local n launched=""
   for n in $NODES; do
     if node_launch "$n"; then launched="$launched $n"; fi
   done
-  for n in $launched; do node_await "$n"; done
+  for n in $launched; do node_await "$n" "$deadline"; done
   log "RabbitMQ 4.0: nodes on 127.0.0.1:$(amqp_port 1),$(amqp_port 2),$(amqp_port 3) (stream $(stream_port 1)..$(stream_port 3))"
+}
+
+rabbit_any_running() {
+  local n
+  for n in $NODES; do node_running "$n" && return 0; done
+  return 1
 }
 
 rabbit_start() {
   epmd_start
   node_launch "$1" || true
-  node_await "$1"
+  node_await "$1" $((SECONDS + BOOT_SECONDS))
   log "RabbitMQ node $(node_name "$1") up on 127.0.0.1:$(amqp_port "$1")"
 }
 
+# A node still booting (waiting for its peers' tables) answers `stop` only when its boot ends,
+# minutes later: after 60 s it is sent SIGTERM instead. Returns 1 when the node outlives both
+# (`stop` then kills it; `rabbit-stop` fails).
 rabbit_stop() {
   local n=$1 pid
   pid=$(beam_pid "$n")
   alive "$pid" || return 0
-  ctl "$n" stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
-  wait_gone "$pid" 120 || die "RabbitMQ node $(node_name "$n") (pid $pid) did not stop"
+  rabbit_env "$n" timeout 60 rabbitmqctl -q -n "$(node_name "$n")" stop >/dev/null 2>&1 ||
+    kill "$pid" 2>/dev/null || true
+  if ! wait_gone "$pid" 120; then
+    log "RabbitMQ node $(node_name "$n") (pid $pid) did not stop"
+    return 1
+  fi
   log "RabbitMQ node $(node_name "$n") stopped"
 }
 
@@ -493,8 +521,8 @@ prepare() {
 # A fresh CA, server certificate (localhost, 127.0.0.1), client certificate and an unrelated CA
 # (for the wrong-CA test), all P-256 with PKCS#8 keys. Kept while a node runs (it reads them).
 tls_certs() {
-  local dir="$ROOTFS$TLS_DIR" n
-  for n in $NODES; do if node_running "$n"; then return; fi; done
+  local dir="$ROOTFS$TLS_DIR"
+  if rabbit_any_running; then return; fi
   rm -rf "$dir"
   mkdir -p "$dir"
   local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
@@ -516,10 +544,9 @@ tls_certs() {
 
 any_running() {
   [ -d "$ROOTFS$SRV" ] || return 1
-  local n
   pg_running primary && return 0
   pg_running standby && return 0
-  for n in $NODES; do node_running "$n" && return 0; done
+  rabbit_any_running && return 0
   alive "$(cat "$ROOTFS$SRV/epmd.pid" 2>/dev/null || true)"
 }
 
@@ -605,7 +632,7 @@ case "$cmd" in
   pg-promote) pg_promote ;;
   pg-sync) pg_sync "${1:-}" ;;
   pg-wait-synced) pg_wait_synced "${1:?slot name}" "${2:-120}" ;;
-  rabbit-stop) rabbit_stop "$(node_arg "${1:-}")" ;;
+  rabbit-stop) rabbit_stop "$(node_arg "${1:-}")" || exit 1 ;;
   rabbit-kill) rabbit_kill "$(node_arg "${1:-}")" ;;
   rabbit-freeze) rabbit_freeze "$(node_arg "${1:-}")" ;;
   rabbit-start)
