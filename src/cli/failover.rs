@@ -4,7 +4,9 @@
 use tracing::warn;
 
 use crate::config::Config;
-use crate::control::failover::{FAILOVER_SLOTS_SINCE, standby_copies};
+use crate::control::failover::{
+    FAILOVER_SLOTS_SINCE, FailoverSettings, StandbyCopy, standby_copies,
+};
 use crate::control::{Control, SlotInfo};
 use crate::error::Result;
 use crate::source;
@@ -23,25 +25,49 @@ pub(super) async fn explain(control: &Control, config: &Config, slot: &SlotInfo)
         );
         return Ok(());
     }
-    let mut failover = slot.failover == Some(true);
-    if !failover {
-        match source::enable_failover(config, &config.slot).await {
-            Ok(()) => {
-                failover = true;
-                println!("failover:          turned on for slot {}", config.slot);
-            }
-            Err(error) => {
-                warn!(%error, "could not turn failover on for the slot");
-                println!(
-                    "failover:          OFF for slot {}: a failover loses it. Stop whatever \
-                     streams from it and run `walbox setup` again ({error})",
-                    config.slot
-                );
-            }
-        }
-    } else {
-        println!("failover:          slot {} is a failover slot", config.slot);
+    let failover = turn_on(config, slot).await;
+    print_primary(&settings);
+    let copies = standby_copies(config).await;
+    if copies.is_empty() {
+        println!(
+            "  standbys:        none in --postgres-url to check. Each standby needs \
+             sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name, and \
+             dbname= in primary_conninfo; list them as further hosts of --postgres-url \
+             (target_session_attrs=read-write) so walbox finds the new primary"
+        );
     }
+    for copy in &copies {
+        print_standby(copy, failover);
+    }
+    Ok(())
+}
+
+/// Turns failover on for a slot made without it; whether the slot is a failover slot now. A
+/// slot that cannot be changed (something streams from it) is reported, not an error.
+async fn turn_on(config: &Config, slot: &SlotInfo) -> bool {
+    if slot.failover == Some(true) {
+        println!("failover:          slot {} is a failover slot", config.slot);
+        return true;
+    }
+    match source::enable_failover(config, &config.slot).await {
+        Ok(()) => {
+            println!("failover:          turned on for slot {}", config.slot);
+            true
+        }
+        Err(error) => {
+            warn!(%error, "could not turn failover on for the slot");
+            println!(
+                "failover:          OFF for slot {}: a failover loses it. Stop whatever \
+                 streams from it and run `walbox setup` again ({error})",
+                config.slot
+            );
+            false
+        }
+    }
+}
+
+/// The primary's side: which standbys' slots logical changes wait for.
+fn print_primary(settings: &FailoverSettings) {
     if settings.synchronized_standby_slots.is_empty() {
         println!(
             "  primary:         synchronized_standby_slots is empty: set it to the standbys' \
@@ -58,44 +84,36 @@ pub(super) async fn explain(control: &Control, config: &Config, slot: &SlotInfo)
             }
         );
     }
-    let copies = standby_copies(config).await;
-    if copies.is_empty() {
-        println!(
-            "  standbys:        none in --postgres-url to check. Each standby needs \
-             sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name, and \
-             dbname= in primary_conninfo; list them as further hosts of --postgres-url \
-             (target_session_attrs=read-write) so walbox finds the new primary"
-        );
+}
+
+/// One standby: its copy of the slot, and the settings it lacks to keep one.
+fn print_standby(copy: &StandbyCopy, failover: bool) {
+    let mut missing = Vec::new();
+    if copy.sync_replication_slots.as_deref() != Some("on") {
+        missing.push("sync_replication_slots = on");
     }
-    for copy in copies {
-        let mut missing = Vec::new();
-        if copy.sync_replication_slots.as_deref() != Some("on") {
-            missing.push("sync_replication_slots = on");
-        }
-        if copy.hot_standby_feedback.as_deref() != Some("on") {
-            missing.push("hot_standby_feedback = on");
-        }
-        if copy.primary_slot_name.is_none() {
-            missing.push("primary_slot_name (named in the primary's synchronized_standby_slots)");
-        }
-        let state = if copy.ready() {
-            format!(
-                "holds a synchronized copy (confirmed flush {})",
-                copy.confirmed_flush_lsn.as_deref().unwrap_or("-")
-            )
-        } else if copy.present {
-            "holds a copy still temporary: not yet safe to fail over to (it becomes persistent \
-             once the primary's slot moves on)"
-                .to_owned()
-        } else if failover {
-            "has no copy yet (the sync worker copies it within seconds, up to 30 s)".to_owned()
-        } else {
-            "has no copy".to_owned()
-        };
-        println!("  standby {}: {state}", copy.standby);
-        if !missing.is_empty() {
-            println!("    needs:         {}", missing.join(", "));
-        }
+    if copy.hot_standby_feedback.as_deref() != Some("on") {
+        missing.push("hot_standby_feedback = on");
     }
-    Ok(())
+    if copy.primary_slot_name.is_none() {
+        missing.push("primary_slot_name (named in the primary's synchronized_standby_slots)");
+    }
+    let state = if copy.ready() {
+        format!(
+            "holds a synchronized copy (confirmed flush {})",
+            copy.confirmed_flush_lsn.as_deref().unwrap_or("-")
+        )
+    } else if copy.present {
+        "holds a copy still temporary: not yet safe to fail over to (it becomes persistent \
+         once the primary's slot moves on)"
+            .to_owned()
+    } else if failover {
+        "has no copy yet (the sync worker copies it within seconds, up to 30 s)".to_owned()
+    } else {
+        "has no copy".to_owned()
+    };
+    println!("  standby {}: {state}", copy.standby);
+    if !missing.is_empty() {
+        println!("    needs:         {}", missing.join(", "));
+    }
 }

@@ -9,9 +9,9 @@ use tokio::sync::watch;
 
 use crate::backfill::{self, Phase};
 use crate::config::DeclareMode;
-use crate::config::{BackfillConfig, Config};
+use crate::config::{BackfillConfig, Config, StreamTarget};
 use crate::control::publication::Names;
-use crate::control::{Control, Ensured, SlotCreation};
+use crate::control::{Control, Ensured, Prepared, SlotCreation};
 use crate::error::{Error, Result};
 use crate::publish::Publisher;
 use crate::publish::amqp::AmqpPublisher;
@@ -31,10 +31,25 @@ pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) ->
         "wal_level is logical; table {} has every mapped column ({})",
         config.table, config.mapping.columns
     );
+    print_publication(config, prepared.publication, via_root);
+    print_slot(config, &prepared);
+    super::failover::explain(&control, config, &prepared.slot_info).await?;
+    if let Some(target) = &config.stream {
+        return declare_stream(target).await;
+    }
+    let publisher = AmqpPublisher::connect(config).await?;
+    publisher.close().await;
+    let node = AmqpPublisher::node(config);
+    print_alternate_exchange(config);
+    print_exchange(config, &node);
+    Ok(())
+}
+
+fn print_publication(config: &Config, publication: Ensured, via_root: bool) {
     println!(
         "publication {}: {}",
         config.publication,
-        match prepared.publication {
+        match publication {
             Ensured::Created => format!(
                 "created for {} (inserts only, partitions' rows as the table's)",
                 config.table
@@ -47,6 +62,10 @@ pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) ->
             Ensured::Existed => "already exists and includes the table".to_owned(),
         }
     );
+}
+
+/// The slot, and from where events will be relayed.
+fn print_slot(config: &Config, prepared: &Prepared) {
     let from = prepared
         .slot_info
         .confirmed_flush_lsn
@@ -62,44 +81,50 @@ pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) ->
             config.slot
         ),
     }
-    super::failover::explain(&control, config, &prepared.slot_info).await?;
-    if let Some(target) = &config.stream {
-        let nodes: Vec<String> = target.nodes.iter().map(ToString::to_string).collect();
-        if !target.declare {
-            println!(
-                "stream {}: not declared (--stream-declare none); nodes {}",
-                target.stream,
-                nodes.join(",")
-            );
-        } else if stream::declare(target).await? {
-            println!("stream {}: created at {}", target.stream, nodes.join(","));
-        } else {
-            println!(
-                "stream {}: already exists at {}",
-                target.stream,
-                nodes.join(",")
-            );
-        }
-        return Ok(());
+}
+
+/// `--target stream`: declare the stream unless told not to, and say what happened.
+async fn declare_stream(target: &StreamTarget) -> Result<()> {
+    let nodes: Vec<String> = target.nodes.iter().map(ToString::to_string).collect();
+    if !target.declare {
+        println!(
+            "stream {}: not declared (--stream-declare none); nodes {}",
+            target.stream,
+            nodes.join(",")
+        );
+    } else if stream::declare(target).await? {
+        println!("stream {}: created at {}", target.stream, nodes.join(","));
+    } else {
+        println!(
+            "stream {}: already exists at {}",
+            target.stream,
+            nodes.join(",")
+        );
     }
-    let publisher = AmqpPublisher::connect(config).await?;
-    publisher.close().await;
-    let node = AmqpPublisher::node(config);
-    if let Some(alternate) = config.unroutable.alternate_exchange() {
-        match config.exchange_spec.mode {
-            DeclareMode::Declare => println!(
-                "alternate exchange {alternate}: declared (fanout, durable) with queue \
-                 {alternate} bound, for events no queue takes"
-            ),
-            DeclareMode::Passive => {
-                println!("alternate exchange {alternate}: exists (passive check)")
-            }
-            DeclareMode::None => println!(
-                "alternate exchange {alternate}: not declared (--exchange-declare none); the \
-                 exchanges need it set by a policy"
-            ),
+    Ok(())
+}
+
+fn print_alternate_exchange(config: &Config) {
+    let Some(alternate) = config.unroutable.alternate_exchange() else {
+        return;
+    };
+    match config.exchange_spec.mode {
+        DeclareMode::Declare => println!(
+            "alternate exchange {alternate}: declared (fanout, durable) with queue \
+             {alternate} bound, for events no queue takes"
+        ),
+        DeclareMode::Passive => {
+            println!("alternate exchange {alternate}: exists (passive check)")
         }
+        DeclareMode::None => println!(
+            "alternate exchange {alternate}: not declared (--exchange-declare none); the \
+             exchanges need it set by a policy"
+        ),
     }
+}
+
+/// The exchange events go to (one, or one per event from a template) at broker `node`.
+fn print_exchange(config: &Config, node: &str) {
     let mapping = &config.mapping;
     let spec = config.exchange_spec;
     match (mapping.exchange.as_constant(), spec.mode) {
@@ -129,7 +154,6 @@ pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) ->
             node
         ),
     }
-    Ok(())
 }
 
 /// With `--backfill`, the cut-over: create the slot and send the rows it owes before setup

@@ -44,6 +44,48 @@ struct ReplayRange {
 }
 
 pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
+    let status = gather(config).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("status serializes")
+        );
+        return Ok(());
+    }
+    println!("postgres:          {}", status.postgres);
+    match &status.slot {
+        Some(slot) => print_slot(slot),
+        None => println!(
+            "slot:              {} does not exist (run walbox setup)",
+            config.slot
+        ),
+    }
+    print_standbys(&status.standbys);
+    println!("current WAL:       {}", status.current_wal_lsn);
+    match status.lag_bytes {
+        Some(lag) => println!("lag:               {lag} bytes"),
+        None => println!("lag:               -"),
+    }
+    print_publication(&status);
+    match &status.replay_window {
+        Some(window) => print_replay_window(window, &status.current_wal_lsn),
+        None => println!("replay window:     none (walbox run --replay-window keeps one)"),
+    }
+    if let Some(record) = &status.backfill {
+        print_backfill(record);
+    }
+    for stored in status.stream.iter().flatten() {
+        println!(
+            "stream {}: producer {} stored publishing id {} (commit {}); the broker drops \
+             what walbox republishes at or before it",
+            stored.stream, stored.producer, stored.publishing_id, stored.commit_lsn
+        );
+    }
+    Ok(())
+}
+
+/// Everything `status` shows, asked of the server (and the stream, for `--target stream`).
+async fn gather(config: &Config) -> Result<Status> {
     let control = Control::connect(config).await?;
     let slot = control.slot(&config.slot).await?;
     let current = control.current_wal_lsn().await?;
@@ -52,23 +94,8 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
         .and_then(SlotInfo::confirmed_flush)
         .map(|confirmed| current.as_u64().saturating_sub(confirmed.as_u64()));
     let publication_exists = control.publication_exists(&config.publication).await?;
-    let replay_window = match bookmark_name(&config.slot) {
-        Some(bookmark) => control.slot(&bookmark).await?.map(|info| (bookmark, info)),
-        None => None,
-    }
-    .map(|(bookmark, info)| ReplayRange {
-        bookmark: bookmark.to_string(),
-        oldest_lsn: info
-            .confirmed_flush()
-            .map_or_else(|| "-".to_owned(), |lsn| lsn.to_string()),
-        retained_wal_bytes: info
-            .restart_lsn
-            .as_deref()
-            .and_then(|text| text.parse::<Lsn>().ok())
-            .map(|restart| current.as_u64().saturating_sub(restart.as_u64())),
-        failover: info.failover,
-    });
-    let status = Status {
+    let replay_window = replay_range(&control, config, current).await?;
+    Ok(Status {
         postgres: config.postgres_url.redacted(),
         slot,
         current_wal_lsn: current.to_string(),
@@ -85,57 +112,73 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
             None => None,
         },
         backfill: backfill::status(config).await?,
+    })
+}
+
+/// The replay window's range, when its bookmark slot exists.
+async fn replay_range(
+    control: &Control,
+    config: &Config,
+    current: Lsn,
+) -> Result<Option<ReplayRange>> {
+    let window = match bookmark_name(&config.slot) {
+        Some(bookmark) => control.slot(&bookmark).await?.map(|info| (bookmark, info)),
+        None => None,
     };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).expect("status serializes")
-        );
-        return Ok(());
-    }
-    println!("postgres:          {}", status.postgres);
-    match &status.slot {
-        Some(slot) => {
-            println!(
-                "slot:              {} ({}, plugin {})",
-                slot.slot_name,
-                slot.slot_type,
-                slot.plugin.as_deref().unwrap_or("-")
-            );
-            println!(
-                "  active:          {}{}",
-                slot.active,
-                slot.active_pid
-                    .map(|pid| format!(" (pid {pid})"))
-                    .unwrap_or_default()
-            );
-            println!(
-                "  confirmed flush: {}",
-                slot.confirmed_flush_lsn.as_deref().unwrap_or("-")
-            );
-            println!(
-                "  restart:         {}",
-                slot.restart_lsn.as_deref().unwrap_or("-")
-            );
-            println!(
-                "  wal status:      {}",
-                slot.wal_status.as_deref().unwrap_or("-")
-            );
-            println!(
-                "  failover:        {}",
-                match slot.failover {
-                    Some(true) => "yes (standbys with sync_replication_slots keep a copy)",
-                    Some(false) => "no: a failover loses the slot (`walbox setup` turns it on)",
-                    None => "not before PostgreSQL 17: a failover loses the slot",
-                }
-            );
+    Ok(window.map(|(bookmark, info)| ReplayRange {
+        bookmark: bookmark.to_string(),
+        oldest_lsn: info
+            .confirmed_flush()
+            .map_or_else(|| "-".to_owned(), |lsn| lsn.to_string()),
+        retained_wal_bytes: info
+            .restart_lsn
+            .as_deref()
+            .and_then(|text| text.parse::<Lsn>().ok())
+            .map(|restart| current.as_u64().saturating_sub(restart.as_u64())),
+        failover: info.failover,
+    }))
+}
+
+/// The live slot, as `status` shows it.
+fn print_slot(slot: &SlotInfo) {
+    println!(
+        "slot:              {} ({}, plugin {})",
+        slot.slot_name,
+        slot.slot_type,
+        slot.plugin.as_deref().unwrap_or("-")
+    );
+    println!(
+        "  active:          {}{}",
+        slot.active,
+        slot.active_pid
+            .map(|pid| format!(" (pid {pid})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  confirmed flush: {}",
+        slot.confirmed_flush_lsn.as_deref().unwrap_or("-")
+    );
+    println!(
+        "  restart:         {}",
+        slot.restart_lsn.as_deref().unwrap_or("-")
+    );
+    println!(
+        "  wal status:      {}",
+        slot.wal_status.as_deref().unwrap_or("-")
+    );
+    println!(
+        "  failover:        {}",
+        match slot.failover {
+            Some(true) => "yes (standbys with sync_replication_slots keep a copy)",
+            Some(false) => "no: a failover loses the slot (`walbox setup` turns it on)",
+            None => "not before PostgreSQL 17: a failover loses the slot",
         }
-        None => println!(
-            "slot:              {} does not exist (run walbox setup)",
-            config.slot
-        ),
-    }
-    for copy in &status.standbys {
+    );
+}
+
+/// The slot's copy on each standby: whether a failover to it keeps the slot.
+fn print_standbys(standbys: &[StandbyCopy]) {
+    for copy in standbys {
         let state = if copy.ready() {
             format!(
                 "synchronized copy, confirmed flush {}",
@@ -148,11 +191,9 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
         };
         println!("  standby {}: {state}", copy.standby);
     }
-    println!("current WAL:       {}", status.current_wal_lsn);
-    match status.lag_bytes {
-        Some(lag) => println!("lag:               {lag} bytes"),
-        None => println!("lag:               -"),
-    }
+}
+
+fn print_publication(status: &Status) {
     if status.publication_exists {
         println!(
             "publication:       {} ({})",
@@ -165,42 +206,30 @@ pub(crate) async fn status(config: &Config, json: bool) -> Result<()> {
             status.publication
         );
     }
-    match &status.replay_window {
-        Some(window) => {
-            println!(
-                "replay window:     {} to {} (bookmark slot {}, {} bytes of WAL retained)",
-                window.oldest_lsn,
-                status.current_wal_lsn,
-                window.bookmark,
-                window
-                    .retained_wal_bytes
-                    .map_or_else(|| "-".to_owned(), |bytes| bytes.to_string())
-            );
-            println!(
-                "  failover:        {}",
-                match window.failover {
-                    Some(true) => "yes (standbys with sync_replication_slots keep the window)",
-                    Some(false) => {
-                        "no: a failover loses the window (`walbox run --replay-window` turns it \
-                         on while the live slot is a failover slot)"
-                    }
-                    None => "not before PostgreSQL 17: a failover loses the window",
-                }
-            );
+}
+
+/// The replay window, from its oldest replayable commit to the server's current position.
+fn print_replay_window(window: &ReplayRange, current_wal_lsn: &str) {
+    println!(
+        "replay window:     {} to {} (bookmark slot {}, {} bytes of WAL retained)",
+        window.oldest_lsn,
+        current_wal_lsn,
+        window.bookmark,
+        window
+            .retained_wal_bytes
+            .map_or_else(|| "-".to_owned(), |bytes| bytes.to_string())
+    );
+    println!(
+        "  failover:        {}",
+        match window.failover {
+            Some(true) => "yes (standbys with sync_replication_slots keep the window)",
+            Some(false) => {
+                "no: a failover loses the window (`walbox run --replay-window` turns it \
+                 on while the live slot is a failover slot)"
+            }
+            None => "not before PostgreSQL 17: a failover loses the window",
         }
-        None => println!("replay window:     none (walbox run --replay-window keeps one)"),
-    }
-    if let Some(record) = &status.backfill {
-        print_backfill(record);
-    }
-    for stored in status.stream.iter().flatten() {
-        println!(
-            "stream {}: producer {} stored publishing id {} (commit {}); the broker drops \
-             what walbox republishes at or before it",
-            stored.stream, stored.producer, stored.publishing_id, stored.commit_lsn
-        );
-    }
-    Ok(())
+    );
 }
 
 /// The cut-over backfill's record, as `status` shows it.

@@ -277,60 +277,33 @@ impl DeadLetter {
             .as_ref()
             .map_or(default_exchange, ShortString::as_str);
         let event_type = event.properties.kind().as_ref().map(ShortString::as_str);
-        let mut record = json!({
-            "id": event.id,
-            "commit_lsn": transaction.commit_lsn.to_string(),
-            "xid": transaction.xid,
-            "reason": self.reason,
-            "refusals": self.failures,
-            "exchange": exchange,
-            "routing_key": event.routing_key.as_str(),
-            "event_type": event_type,
-            "payload_size": event.body.len(),
-            "payload_included": false,
-        });
-        if self.include_payload && event.body.len() <= DEAD_LETTER_PAYLOAD_LIMIT {
-            record["payload_included"] = json!(true);
-            match std::str::from_utf8(&event.body) {
-                Ok(text) => record["payload"] = json!(text),
-                Err(_) => record["payload_hex"] = json!(hex(&event.body)),
-            }
-        }
-
-        let mut headers = FieldTable::default();
-        let mut others = FieldTable::default();
-        if let Some(event_headers) = event.properties.headers() {
-            for (name, value) in event_headers {
-                let table = match contract::WALBOX_HEADERS.contains(&name.as_str()) {
-                    true => &mut headers,
-                    false => &mut others,
-                };
-                table.insert(name.clone(), value.clone());
-            }
-        }
+        let mut record = self.summary(event, transaction, exchange, event_type);
+        let (mut headers, others) = split_headers(event);
         // Even with --no-walbox-headers: the record says where its event stands in the WAL.
         contract::add_position_headers(&mut headers, transaction);
-        let mut own = |name: &str, value: &str| {
-            headers.insert(
-                name.into(),
-                AMQPValue::LongString(LongString::from(value.as_bytes())),
-            );
-        };
-        own("x-dead-letter-reason", &self.reason);
-        own("x-original-exchange", exchange);
-        own("x-original-routing-key", event.routing_key.as_str());
+        set(&mut headers, "x-dead-letter-reason", &self.reason);
+        set(&mut headers, "x-original-exchange", exchange);
+        set(
+            &mut headers,
+            "x-original-routing-key",
+            event.routing_key.as_str(),
+        );
         if let Some(kind) = event_type {
-            own("x-original-type", kind);
+            set(&mut headers, "x-original-type", kind);
         }
         if let Some(content_type) = event.properties.content_type() {
-            own("x-original-content-type", content_type.as_str());
+            set(
+                &mut headers,
+                "x-original-content-type",
+                content_type.as_str(),
+            );
         }
         if !others.inner().is_empty() {
             // Capped like the payload: a header too large for the frame may be why the event
             // was refused, and the record must fit where the event did not.
             let original = headers::to_json(&others).to_string();
             if original.len() <= DEAD_LETTER_PAYLOAD_LIMIT {
-                own("x-original-headers", &original);
+                set(&mut headers, "x-original-headers", &original);
             } else {
                 record["original_headers_size"] = json!(original.len());
             }
@@ -356,6 +329,63 @@ impl DeadLetter {
             partition_key: event.partition_key.clone(),
         }
     }
+
+    /// The record's body: what the event was, why it was refused, and its payload when asked
+    /// for and small enough.
+    fn summary(
+        &self,
+        event: &OutboxMessage,
+        transaction: &Transaction,
+        exchange: &str,
+        event_type: Option<&str>,
+    ) -> serde_json::Value {
+        let mut record = json!({
+            "id": event.id,
+            "commit_lsn": transaction.commit_lsn.to_string(),
+            "xid": transaction.xid,
+            "reason": self.reason,
+            "refusals": self.failures,
+            "exchange": exchange,
+            "routing_key": event.routing_key.as_str(),
+            "event_type": event_type,
+            "payload_size": event.body.len(),
+            "payload_included": false,
+        });
+        if self.include_payload && event.body.len() <= DEAD_LETTER_PAYLOAD_LIMIT {
+            record["payload_included"] = json!(true);
+            match std::str::from_utf8(&event.body) {
+                Ok(text) => record["payload"] = json!(text),
+                Err(_) => record["payload_hex"] = json!(hex(&event.body)),
+            }
+        }
+        record
+    }
+}
+
+/// The event's headers in two tables: walbox's own (kept as headers on the record) and the
+/// others (their headers column, `--header`, the encoding's), one of which may be what the
+/// broker refused.
+fn split_headers(event: &OutboxMessage) -> (FieldTable, FieldTable) {
+    let mut headers = FieldTable::default();
+    let mut others = FieldTable::default();
+    if let Some(event_headers) = event.properties.headers() {
+        for (name, value) in event_headers {
+            let table = match contract::WALBOX_HEADERS.contains(&name.as_str()) {
+                true => &mut headers,
+                false => &mut others,
+            };
+            table.insert(name.clone(), value.clone());
+        }
+    }
+    (headers, others)
+}
+
+/// One of the record's own headers, a long string.
+fn set(headers: &mut FieldTable, name: &str, value: &str) {
+    headers.insert(
+        name.into(),
+        AMQPValue::LongString(LongString::from(value.as_bytes())),
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -189,103 +189,51 @@ pub enum EventError {
 }
 
 impl OutboxShape {
-    /// Resolve the column map and the templates against a Relation message.
+    /// Resolve the column map and the templates against a Relation message. The steps run in
+    /// a fixed order, so a relation with several faults reports the same one every time.
     pub fn from_relation(relation: &Relation, mapping: &Mapping) -> Result<Self, ShapeError> {
-        let table = format!("{}.{}", relation.namespace, relation.name);
-        let map = &mapping.columns;
-        let missing = |field: Field| -> ShapeError {
-            ShapeError::MissingColumn {
-                table: table.clone(),
-                field,
-                column: map
-                    .column(field)
-                    .map_or_else(|| field.name().to_owned(), |c| c.column().to_owned()),
-            }
+        let at = Resolver {
+            relation,
+            mapping,
+            table: format!("{}.{}", relation.namespace, relation.name),
         };
-        let field = |field: Field| -> Result<Option<Source>, ShapeError> {
-            if map.column(field).is_none() {
-                return Ok(None);
-            }
-            let name = super::path::ColumnRef::parse(field.name()).expect("field names parse");
-            match resolve_source(map, relation, &name) {
-                Some(source) => Ok(Some(source)),
-                None if field.is_required()
-                    || map.origin(field) != Some(Origin::PresetOptional) =>
-                {
-                    Err(missing(field))
-                }
-                None => Ok(None),
-            }
-        };
-        let payload = field(Field::Payload)?.ok_or_else(|| missing(Field::Payload))?;
-        let kind = if payload.path.is_empty() {
-            let type_oid = relation.columns[payload.index].type_oid;
-            PayloadKind::from_type_oid(type_oid).ok_or_else(|| ShapeError::UnsupportedPayload {
-                table: table.clone(),
-                column: relation.columns[payload.index].name.clone(),
-                type_oid,
-            })?
-        } else {
-            PayloadKind::Json
-        };
-        let exchange_column = field(Field::Exchange)?.map(|source| source.index);
-        let resolve_as = |flag: &'static str| {
-            move |template: &super::Template| {
-                template
-                    .resolve(map, relation)
-                    .map_err(|error| ShapeError::Template { flag, error })
-            }
-        };
+        let payload = at.payload()?;
+        let exchange_column = at.field(Field::Exchange)?.map(|source| source.index);
         let exchange = match mapping.exchange.as_constant() {
             Some(_) if !mapping.own_exchange => None,
-            _ => Some(resolve_as("--exchange")(&mapping.exchange)?),
+            _ => Some(at.template("--exchange", &mapping.exchange)?),
         };
         let extra_headers = mapping
             .headers
             .iter()
-            .map(|(name, template)| Ok((name.clone(), resolve_as("--header")(template)?)))
+            .map(|(name, template)| Ok((name.clone(), at.template("--header", template)?)))
             .collect::<Result<Vec<_>, ShapeError>>()?;
         let ce = if mapping.body.is_cloudevents() {
             Some((
-                resolve_as("--ce-source")(&mapping.ce_source)?,
-                resolve_as("--ce-type")(&mapping.ce_type)?,
+                at.template("--ce-source", &mapping.ce_source)?,
+                at.template("--ce-type", &mapping.ce_type)?,
             ))
         } else {
             None
         };
-        let body_template = mapping
-            .body_template
-            .as_ref()
-            .map(resolve_as("--body-template"))
-            .transpose()?;
-        let partition_key = mapping
-            .partition_key
-            .as_ref()
-            .map(resolve_as("--partition-key"))
-            .transpose()?;
+        let body_template = at.optional("--body-template", mapping.body_template.as_ref())?;
+        let partition_key = at.optional("--partition-key", mapping.partition_key.as_ref())?;
         let mut shape = OutboxShape {
             relation_id: relation.relation_id,
             column_names: relation.columns.iter().map(|c| c.name.clone()).collect(),
-            id: field(Field::Id)?,
-            aggregate_type: field(Field::AggregateType)?,
-            aggregate_id: field(Field::AggregateId)?,
-            event_type: field(Field::EventType)?,
-            payload: PayloadSource {
-                source: payload,
-                kind,
-            },
-            headers: field(Field::Headers)?,
-            created_at: field(Field::CreatedAt)?,
+            id: at.field(Field::Id)?,
+            aggregate_type: at.field(Field::AggregateType)?,
+            aggregate_id: at.field(Field::AggregateId)?,
+            event_type: at.field(Field::EventType)?,
+            payload,
+            headers: at.field(Field::Headers)?,
+            created_at: at.field(Field::CreatedAt)?,
             exchange_column,
-            traceparent: field(Field::Traceparent)?,
-            tracestate: field(Field::Tracestate)?,
+            traceparent: at.field(Field::Traceparent)?,
+            tracestate: at.field(Field::Tracestate)?,
             exchange,
-            routing_key: resolve_as("--routing-key")(&mapping.routing_key)?,
-            message_type: mapping
-                .message_type
-                .as_ref()
-                .map(resolve_as("--message-type"))
-                .transpose()?,
+            routing_key: at.template("--routing-key", &mapping.routing_key)?,
+            message_type: at.optional("--message-type", mapping.message_type.as_ref())?,
             extra_headers,
             ce,
             body_template,
@@ -762,6 +710,84 @@ impl OutboxShape {
             (Some(bytes), _) => bytes.clone(),
             (None, _) => Bytes::new(),
         })
+    }
+}
+
+/// The mapping's fields and templates, resolved against one relation, each failure naming
+/// the table.
+struct Resolver<'a> {
+    relation: &'a Relation,
+    mapping: &'a Mapping,
+    table: String,
+}
+
+impl Resolver<'_> {
+    fn missing(&self, field: Field) -> ShapeError {
+        ShapeError::MissingColumn {
+            table: self.table.clone(),
+            field,
+            column: self
+                .mapping
+                .columns
+                .column(field)
+                .map_or_else(|| field.name().to_owned(), |c| c.column().to_owned()),
+        }
+    }
+
+    /// Where `field` is read from: None when it is not mapped, or when a preset optional
+    /// column is absent; a mapped column the relation lacks is an error.
+    fn field(&self, field: Field) -> Result<Option<Source>, ShapeError> {
+        let map = &self.mapping.columns;
+        if map.column(field).is_none() {
+            return Ok(None);
+        }
+        let name = super::path::ColumnRef::parse(field.name()).expect("field names parse");
+        match resolve_source(map, self.relation, &name) {
+            Some(source) => Ok(Some(source)),
+            None if field.is_required() || map.origin(field) != Some(Origin::PresetOptional) => {
+                Err(self.missing(field))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The payload's column (required) and how its type is read.
+    fn payload(&self) -> Result<PayloadSource, ShapeError> {
+        let source = self
+            .field(Field::Payload)?
+            .ok_or_else(|| self.missing(Field::Payload))?;
+        let kind = if source.path.is_empty() {
+            let column = &self.relation.columns[source.index];
+            PayloadKind::from_type_oid(column.type_oid).ok_or_else(|| {
+                ShapeError::UnsupportedPayload {
+                    table: self.table.clone(),
+                    column: column.name.clone(),
+                    type_oid: column.type_oid,
+                }
+            })?
+        } else {
+            PayloadKind::Json
+        };
+        Ok(PayloadSource { source, kind })
+    }
+
+    /// `template`, given by `flag`, resolved against the relation's columns.
+    fn template(
+        &self,
+        flag: &'static str,
+        template: &super::Template,
+    ) -> Result<ResolvedTemplate, ShapeError> {
+        template
+            .resolve(&self.mapping.columns, self.relation)
+            .map_err(|error| ShapeError::Template { flag, error })
+    }
+
+    fn optional(
+        &self,
+        flag: &'static str,
+        template: Option<&super::Template>,
+    ) -> Result<Option<ResolvedTemplate>, ShapeError> {
+        template.map(|t| self.template(flag, t)).transpose()
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::{Config, ReplayConfig};
+use crate::config::{Config, Identifier, ReplayConfig};
 use crate::control::Control;
 use crate::control::publication::{Names, Pinned};
 use crate::engine::guard::{Guard, Outbox};
@@ -67,41 +67,12 @@ pub(crate) async fn replay(
 ) -> Result<Summary> {
     let began = Instant::now();
     let from = replay.from_lsn;
-    let control = Control::connect(config).await?;
-    control.check_server_version().await?;
-    control.check_wal_level().await?;
-    control.check_table(config).await?;
-    let outbox = outbox(&control, config).await?;
-    let (bookmark, copy) = bookmark::names(&config.slot)?;
-    let oldest = control
-        .slot(&bookmark)
-        .await?
-        .and_then(|info| info.confirmed_flush())
-        .ok_or_else(|| {
-            Error::usage(format!(
-                "no replay window is kept for slot {}: start `walbox run --replay-window <size \
-                 or duration>` (e.g. 24h or 10GB); events committed from then on can be replayed",
-                config.slot
-            ))
-        })?;
-    let too_old = |oldest: Lsn| {
-        Error::usage(format!(
-            "--from-lsn {from} is older than the retained replay window: the oldest replayable \
-             LSN is {oldest} (events that committed at or after it). Ask for a later LSN, or \
-             keep a longer --replay-window"
-        ))
-    };
-    if from < oldest {
-        return Err(too_old(oldest));
-    }
-    let current = control.current_wal_lsn().await?;
-    // Exclusive end: what committed before it is replayed. An explicit --to-lsn is inclusive;
-    // nothing can have committed at or after the position the server had reached.
-    let until = match replay.to_lsn {
-        Some(to) => Lsn(to.as_u64().saturating_add(1)).min(current),
-        None => current,
-    };
-    drop(control);
+    let Preflight {
+        outbox,
+        bookmark,
+        copy,
+        until,
+    } = preflight(config, replay).await?;
     let mut summary = Summary {
         progress: Progress {
             from,
@@ -123,7 +94,7 @@ pub(crate) async fn replay(
         Source::start_copy(config, &bookmark, &copy, stream_from(config, from)).await?;
     // The live walbox may have moved the bookmark between the check and the copy.
     if from < copied_from {
-        return Err(too_old(copied_from));
+        return Err(too_old(from, copied_from));
     }
     let mut policy = InRange {
         from,
@@ -144,11 +115,80 @@ pub(crate) async fn replay(
             publish(config, source, publisher, outbox, &mut policy, shutdown).await
         }
     };
+    conclude(outcome, policy, summary, began)
+}
+
+/// What the checks before a replay found.
+struct Preflight {
+    outbox: Outbox,
+    /// The bookmark slot and the name of its temporary copy.
+    bookmark: Identifier,
+    copy: Identifier,
+    /// The range's exclusive end.
+    until: Lsn,
+}
+
+/// The server, the table and the publication are fit, the replay window reaches back to
+/// `--from-lsn`, and where the range ends. The control connection closes before the copy is
+/// made.
+async fn preflight(config: &Config, replay: &ReplayConfig) -> Result<Preflight> {
+    let from = replay.from_lsn;
+    let control = Control::connect(config).await?;
+    control.check_server_version().await?;
+    control.check_wal_level().await?;
+    control.check_table(config).await?;
+    let outbox = outbox(&control, config).await?;
+    let (bookmark, copy) = bookmark::names(&config.slot)?;
+    let oldest = control
+        .slot(&bookmark)
+        .await?
+        .and_then(|info| info.confirmed_flush())
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "no replay window is kept for slot {}: start `walbox run --replay-window <size \
+                 or duration>` (e.g. 24h or 10GB); events committed from then on can be replayed",
+                config.slot
+            ))
+        })?;
+    if from < oldest {
+        return Err(too_old(from, oldest));
+    }
+    let current = control.current_wal_lsn().await?;
+    // Exclusive end: what committed before it is replayed. An explicit --to-lsn is inclusive;
+    // nothing can have committed at or after the position the server had reached.
+    let until = match replay.to_lsn {
+        Some(to) => Lsn(to.as_u64().saturating_add(1)).min(current),
+        None => current,
+    };
+    Ok(Preflight {
+        outbox,
+        bookmark,
+        copy,
+        until,
+    })
+}
+
+fn too_old(from: Lsn, oldest: Lsn) -> Error {
+    Error::usage(format!(
+        "--from-lsn {from} is older than the retained replay window: the oldest replayable \
+         LSN is {oldest} (events that committed at or after it). Ask for a later LSN, or \
+         keep a longer --replay-window"
+    ))
+}
+
+/// The summary of a replay that ended with `outcome`, its last progress reported; a failure
+/// names the LSN to resume from.
+fn conclude(
+    outcome: Result<()>,
+    policy: InRange,
+    mut summary: Summary,
+    began: Instant,
+) -> Result<Summary> {
     let mut report = policy.report;
     summary.first_commit = policy.first_commit;
     match outcome {
         Ok(()) => {
-            report.confirmed = until;
+            report.confirmed = summary.until;
             policy.progress.send_replace(report.clone());
             summary.progress = report;
             summary.elapsed = began.elapsed();

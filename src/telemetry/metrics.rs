@@ -156,6 +156,20 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
+        self.add_event_counters();
+        self.add_delivery();
+        self.add_positions();
+        self.add_states();
+        self.add(
+            "walbox_build_info",
+            "walbox's version, as a label (always 1)",
+            build_info,
+        );
+        self
+    }
+
+    /// What happened to events and sessions, counted.
+    fn add_event_counters(&mut self) {
         self.add(
             "walbox_events_published_total",
             "Outbox events handed to the broker",
@@ -201,6 +215,10 @@ impl Metrics {
             "Sessions ended by a transient failure, by the side that failed (postgres, amqp)",
             self.reconnects.clone(),
         );
+    }
+
+    /// Messages awaiting their confirm, and how long confirms take.
+    fn add_delivery(&mut self) {
         self.add(
             "walbox_in_flight_messages",
             "Messages published and awaiting the broker's confirm",
@@ -216,6 +234,10 @@ impl Metrics {
             "Commit in PostgreSQL (its commit timestamp) to broker confirm, per event",
             self.commit_to_confirm.clone(),
         );
+    }
+
+    /// WAL positions: walbox's own, and the slot's as the server reports it.
+    fn add_positions(&mut self) {
         self.add(
             "walbox_received_lsn",
             "Highest WAL position received from the slot",
@@ -253,6 +275,10 @@ impl Metrics {
             "Standbys among --postgres-url's hosts holding a synchronized, persistent copy of the slot: 0 means a failover now loses it (polled every 30 s)",
             self.synced_standbys.clone(),
         );
+    }
+
+    /// The relay's state and the stream's and backfill's progress.
+    fn add_states(&mut self) {
         self.add("walbox_oldest_unconfirmed_age_seconds", "Age of the oldest event published and not yet confirmed (keeps growing while retrying it)", self.oldest_unconfirmed_age.clone());
         self.add("walbox_state", "1 for the relay's current state: starting, backfilling (the cut-over backfill), streaming, standing_by, reconnecting, halted (on a poison event), stopping", self.state.clone());
         self.add(
@@ -280,12 +306,6 @@ impl Metrics {
             "Rows of the cut-over backfill the broker confirmed so far, earlier attempts included",
             self.backfill_rows_confirmed.clone(),
         );
-        self.add(
-            "walbox_build_info",
-            "walbox's version, as a label (always 1)",
-            build_info,
-        );
-        self
     }
 
     /// Register `metric` under the name Prometheus will show (`walbox_` prefix, `_total` for
