@@ -501,6 +501,23 @@ async fn usage_errors_exit_2_and_definite_errors_exit_1() {
     let output = env.walbox("setup", &["--table", "missing_table"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+    // A password the broker refuses is definite with either AMQP client (RabbitMQ closes an
+    // amqprs login without a reply code: walbox asks again with lapin, which gets one).
+    let wrong = std::env::temp_dir().join(format!("{}-wrong-amqp-password", env.name));
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    for client in ["amqprs", "lapin"] {
+        let flags = [
+            "--amqp-password-file",
+            wrong.to_str().unwrap(),
+            "--amqp-client",
+            client,
+        ];
+        let output = env.walbox("setup", &flags);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{client}: {stderr}");
+        assert!(stderr.contains("password"), "{client}: {stderr}");
+    }
+    let _ = std::fs::remove_file(wrong);
 }
 
 #[tokio::test]

@@ -40,8 +40,8 @@ use crate::error::{Error, Result};
 use crate::outbox::template::TemplateError;
 use crate::outbox::{Field, OutboxShape, ShapeError};
 use crate::publish::Publisher;
-use crate::publish::amqp::AmqpPublisher;
 use crate::publish::counting::CountingPublisher;
+use crate::publish::target::Target;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{RelayState, Telemetry};
 use query::{Query, Range, Selection, Table};
@@ -355,7 +355,7 @@ impl Work<'_> {
     ) -> Result<Phase> {
         let (config, slot, telemetry) = (self.config, self.config.slot.as_str(), self.telemetry);
         let Some(publisher) = self
-            .beating(shutdown, AmqpPublisher::connect(config))
+            .beating(shutdown, Target::connect_amqp(config, None))
             .await?
         else {
             return Ok(Phase::Stopped);
@@ -405,7 +405,7 @@ impl Work<'_> {
 
 /// Close the broker connection, waiting at most [`CLOSING`]: a broker that blocks publishers
 /// (a memory alarm) answers no close either.
-async fn close(publisher: AmqpPublisher) {
+async fn close(publisher: Target) {
     if tokio::time::timeout(CLOSING, publisher.close())
         .await
         .is_err()
@@ -545,7 +545,7 @@ pub(crate) async fn resend(
             )
             .await
     } else {
-        let publisher = AmqpPublisher::connect(config).await?;
+        let publisher = Target::connect_amqp(config, None).await?;
         let end = resending
             .publish(reader, &publisher, watched, &mut shutdown)
             .await;

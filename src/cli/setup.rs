@@ -14,8 +14,9 @@ use crate::control::publication::Names;
 use crate::control::{Control, Ensured, Prepared, SlotCreation};
 use crate::error::{Error, Result};
 use crate::publish::Publisher;
-use crate::publish::amqp::AmqpPublisher;
+use crate::publish::nodes;
 use crate::publish::stream;
+use crate::publish::target::Target;
 
 pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) -> Result<()> {
     let control = Control::connect(config).await?;
@@ -37,9 +38,9 @@ pub(crate) async fn setup(config: &Config, backfill: Option<&BackfillConfig>) ->
     if let Some(target) = &config.stream {
         return declare_stream(target).await;
     }
-    let publisher = AmqpPublisher::connect(config).await?;
+    let publisher = Target::connect_amqp(config, None).await?;
     publisher.close().await;
-    let node = AmqpPublisher::node(config);
+    let node = nodes::current(&config.amqp_url);
     print_alternate_exchange(config);
     print_exchange(config, &node);
     Ok(())

@@ -52,6 +52,17 @@ pub enum TargetKind {
     Stream,
 }
 
+/// `--amqp-client`: the AMQP 0-9-1 client library behind the publisher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AmqpClient {
+    /// amqprs, with walbox's own confirm ledger: a `basic.return` is credited by the returned
+    /// message's id, so it can never be credited to another message.
+    Amqprs,
+    /// lapin 4.12, the earlier default, kept for one release as a fallback. It may credit a
+    /// return to another message in flight (walbox docs, "Limitations").
+    Lapin,
+}
+
 /// `--stream-declare`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StreamDeclare {
@@ -146,6 +157,10 @@ pub struct CommonArgs {
     /// PEM file of CA certificates trusted for amqps://, besides the system's; for rabbitmq-stream+tls:// (--target stream), the only ones trusted.
     #[arg(long, env = "WALBOX_AMQP_CA_FILE")]
     pub amqp_ca_file: Option<PathBuf>,
+
+    /// The AMQP client library walbox publishes with.
+    #[arg(long, env = "WALBOX_AMQP_CLIENT", value_enum, default_value_t = AmqpClient::Amqprs)]
+    pub amqp_client: AmqpClient,
 
     /// Logical replication slot (lowercase letters, digits, underscore).
     #[arg(long, env = "WALBOX_SLOT", default_value = "walbox")]

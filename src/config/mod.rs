@@ -14,6 +14,7 @@
 //! the wire (#11's flags), [`messages`] which logical decoding messages are relayed and how, [`exchange`] how the exchange is declared.
 
 mod amqp_urls;
+pub(crate) use amqp_urls::AmqpUrls;
 mod args;
 pub mod backfill;
 mod exchange;
@@ -31,8 +32,8 @@ mod stream_tls;
 mod validate;
 
 pub use args::{
-    Cli, Command, CommonArgs, CompletionsArgs, ConfigCommand, LogFormat, ManArgs, ReplayArgs,
-    ResendArgs, RunArgs, SetupArgs, StatusArgs, StreamDeclare, TargetKind, version,
+    AmqpClient, Cli, Command, CommonArgs, CompletionsArgs, ConfigCommand, LogFormat, ManArgs,
+    ReplayArgs, ResendArgs, RunArgs, SetupArgs, StatusArgs, StreamDeclare, TargetKind, version,
 };
 pub(crate) use backfill::{BackfillConfig, ResendConfig};
 pub use exchange::{DeclareMode, ExchangeSpec, Kind, Unroutable, UnroutableMode};
@@ -40,7 +41,7 @@ pub use mapping::MappingArgs;
 pub(crate) use names::{Identifier, TableName, bookmark_name, copy_name};
 pub(crate) use postgres::{PostgresTls, RootCerts, SslMode};
 pub(crate) use replay::{ReplayConfig, ReplayWindow};
-pub(crate) use secrets::{SecretUrl, redact_url};
+pub(crate) use secrets::{CaFile, SecretUrl, redact_url};
 pub(crate) use stream::{PartitionKey, StreamNode, StreamTarget};
 pub(crate) use stream_tls::StreamTls;
 pub(crate) use validate::{Config, RunConfig, backfill_config};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::amqp_urls::AmqpUrls;
+use super::args::{AmqpClient, StreamDeclare, TargetKind};
 use super::args::{CommonArgs, ReplayArgs, RunArgs};
-use super::args::{StreamDeclare, TargetKind};
 use super::backfill::{BackfillArgs, BackfillConfig};
 use super::mapping::{ExchangeSpec, Unroutable};
 use super::names::{Identifier, MAX_SLOT_WITH_REPLAY, TableName};
@@ -33,6 +33,8 @@ pub(crate) struct Config {
     /// From --amqp-password-file: replaces the URL's password.
     pub(crate) amqp_password: Option<Secret>,
     pub(crate) amqp_ca: Option<CaFile>,
+    /// `--amqp-client`.
+    pub(crate) amqp_client: AmqpClient,
     pub(crate) slot: Identifier,
     pub(crate) publication: Identifier,
     pub(crate) table: TableName,
@@ -174,6 +176,7 @@ impl Config {
             amqp_url,
             amqp_password,
             amqp_ca,
+            amqp_client: args.amqp_client,
             slot: Identifier::new("--slot", slot)?,
             publication: Identifier::new("--publication", &args.publication)?,
             table: TableName::parse(&args.mapping.table())?,

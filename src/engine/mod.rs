@@ -20,7 +20,7 @@ use crate::control::{Control, Ensured, SlotCreation};
 use crate::error::{Disposition, Error, Result};
 use crate::lsn::Lsn;
 use crate::publish::Publisher;
-use crate::publish::amqp::AmqpPublisher;
+
 use crate::publish::stream::{StreamPublisher, declare as declare_stream};
 use crate::publish::target::Target;
 use crate::source::{Change, Confirmed, Origin, Source, Started};
@@ -531,14 +531,9 @@ async fn connect_publisher(
 ) -> std::result::Result<Target, Failure> {
     let Some(target) = &config.stream else {
         drop(control);
-        let publisher = AmqpPublisher::connect(config).await.map_err(amqp)?;
-        if let Some(dead_letter_exchange) = dead_letter_exchange {
-            publisher
-                .declare_dead_letter(dead_letter_exchange, config.exchange_spec.mode)
-                .await
-                .map_err(amqp)?;
-        }
-        return Ok(Target::Amqp(publisher));
+        return Target::connect_amqp(config, dead_letter_exchange)
+            .await
+            .map_err(amqp);
     };
     // The end of this server's WAL, for the rewound-LSN check.
     let ceiling = control.current_wal_lsn().await.map_err(postgres)?;

@@ -1,4 +1,4 @@
-//! Errors of the AMQP connection (lapin), classified by the broker's reply code.
+//! Errors of the AMQP connection (amqprs or lapin), classified by the broker's reply code.
 
 use super::{Disposition, tls_refused};
 
@@ -12,7 +12,8 @@ const NOT_ALLOWED: u16 = 530;
 pub(crate) struct AmqpError {
     message: String,
     disposition: Disposition,
-    source: lapin::Error,
+    /// lapin's error; amqprs's errors are text only.
+    source: Option<lapin::Error>,
 }
 
 impl AmqpError {
@@ -21,7 +22,18 @@ impl AmqpError {
         AmqpError {
             message,
             disposition,
-            source: error,
+            source: Some(error),
+        }
+    }
+
+    /// amqprs's error, classified by the reply code or TLS failure its text names (amqprs
+    /// keeps the broker's close and rustls's error as text).
+    pub(super) fn from_amqprs(context: &str, error: &amqprs::error::Error) -> Self {
+        let (disposition, message) = classify_amqprs(context, &error.to_string());
+        AmqpError {
+            message,
+            disposition,
+            source: None,
         }
     }
 
@@ -29,6 +41,47 @@ impl AmqpError {
         self.disposition
     }
 }
+
+fn classify_amqprs(context: &str, text: &str) -> (Disposition, String) {
+    if text.contains("ACCESS_REFUSED") {
+        return (
+            Disposition::Stop,
+            format!("{context}: {text}; {}", hint(ACCESS_REFUSED)),
+        );
+    }
+    if text.contains("NOT_ALLOWED") {
+        return (
+            Disposition::Stop,
+            format!("{context}: {text}; {}", hint(NOT_ALLOWED)),
+        );
+    }
+    let tls = [
+        "invalid peer certificate",
+        "CertificateRequired",
+        "BadCertificate",
+    ];
+    if tls.iter().any(|said| text.contains(said)) {
+        return (
+            Disposition::Stop,
+            format!("{context}: {text}; {}", TLS_HINT),
+        );
+    }
+    // A lost connection, a broker restarting, a channel closed for another reason.
+    (Disposition::Retry, format!("{context}: {text}"))
+}
+
+/// What to do about a reply code that retrying cannot heal.
+fn hint(code: u16) -> &'static str {
+    if code == ACCESS_REFUSED {
+        "check the user, password and vhost in --amqp-url, and the user's permissions: \
+         configure and write on walbox's exchanges (walbox docs, \"Security\")"
+    } else {
+        "check that the vhost in --amqp-url exists and the user may use it"
+    }
+}
+
+const TLS_HINT: &str = "check --amqp-ca-file (the CA that signed the broker's certificate) and \
+                        the host name in --amqp-url (it must be in the certificate)";
 
 fn classify(context: &str, error: &lapin::Error) -> (Disposition, String) {
     let text = error.to_string();

@@ -161,6 +161,10 @@ impl Error {
     pub(crate) fn from_amqp(context: &str, error: &lapin::Error) -> Self {
         Error::Amqp(AmqpError::new(context, error.clone()))
     }
+
+    pub(crate) fn from_amqprs(context: &str, error: &amqprs::error::Error) -> Self {
+        Error::Amqp(AmqpError::from_amqprs(context, error))
+    }
 }
 
 /// An error's message followed by those of its causes: tokio-postgres keeps the reason a TLS

@@ -5,9 +5,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::OwnedTLSConfig;
@@ -16,13 +15,11 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use lapin::{Confirmation, PublisherConfirm};
 
-use tokio::time::timeout;
-use tracing::{info, warn};
-
-use super::frame;
+use super::declare::Declarer;
 use super::topology::Topology;
 use super::{Outcome, Position, Publisher, Refused};
-use crate::config::{Config, DeclareMode, ExchangeSpec, SecretUrl};
+use super::{frame, nodes};
+use crate::config::{Config, DeclareMode, SecretUrl};
 use crate::error::{Disposition, Error, Result};
 use crate::outbox::OutboxMessage;
 
@@ -119,90 +116,16 @@ pub(crate) struct AmqpPublisher {
     refused: AtomicBool,
 }
 
-/// How long one broker node of `--amqp-url` may take to accept a connection before walbox
-/// tries the next (a node behind a dead network link would otherwise hold it for minutes).
-const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The position in `--amqp-url` of the node the last connection reached: the next connection
-/// tries it first, so walbox stays on a healthy node and leaves one only when it fails.
-static CURRENT_NODE: AtomicUsize = AtomicUsize::new(0);
-
 impl AmqpPublisher {
-    /// Connect to the first node of `--amqp-url` that answers, starting with the one used
-    /// last; open a confirm-mode channel and declare the exchange unless told not to.
-    ///
-    /// One node failing is transient (walbox tries the next, and the supervisor backs off
-    /// once all have failed); only when every node gives a definite answer (e.g. refused
-    /// credentials) is the failure definite.
+    /// Connect to the first node of `--amqp-url` that answers (see [`nodes`]); open a
+    /// confirm-mode channel and declare the exchange unless told not to.
     pub(crate) async fn connect(config: &Config) -> Result<Self> {
-        let urls = &config.amqp_url;
-        let first = CURRENT_NODE.load(Ordering::Relaxed);
-        let mut failures = Vec::new();
-        let mut all_definite = true;
-        for offset in 0..urls.len() {
-            let index = (first + offset) % urls.len();
-            let url = urls.get(index);
-            let error = match timeout(NODE_CONNECT_TIMEOUT, Self::connect_node(config, url)).await {
-                Ok(Ok(publisher)) => {
-                    if index != first {
-                        info!(node = %url, "connected to another broker node");
-                    }
-                    CURRENT_NODE.store(index, Ordering::Relaxed);
-                    return Ok(publisher);
-                }
-                Ok(Err(error)) => error,
-                Err(_) => Error::transient(format!(
-                    "connecting to {url}: no answer within {} s",
-                    NODE_CONNECT_TIMEOUT.as_secs()
-                )),
-            };
-            if urls.len() > 1 {
-                warn!(node = %url, %error, "broker node failed; trying the next");
-            }
-            all_definite &= error.disposition() == Disposition::Stop;
-            failures.push(error);
-        }
-        if failures.len() == 1 || all_definite {
-            return Err(failures.swap_remove(0));
-        }
-        let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
-        Err(Error::transient(format!(
-            "no broker node answered: {}",
-            reasons.join("; ")
-        )))
-    }
-
-    /// The node connected to, for messages.
-    pub(crate) fn node(config: &Config) -> String {
-        config
-            .amqp_url
-            .get(CURRENT_NODE.load(Ordering::Relaxed))
-            .to_string()
+        nodes::connect_any(&config.amqp_url, |url| Self::connect_node(config, url)).await
     }
 
     /// [`AmqpPublisher::connect`] to one node.
     async fn connect_node(config: &Config, url: &SecretUrl) -> Result<Self> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(LongString::from(format!("walbox/{}", config.slot)));
-        let connecting = format!("connecting to {url}");
-        let mut uri = AMQPUri::from_str(url.expose())
-            .map_err(|e| Error::definite(format!("{connecting}: {e}")))?;
-        if let Some(password) = &config.amqp_password {
-            uri.authority.userinfo.password = password.expose().to_owned();
-        }
-        // With amqps://, the CA file's certificates are trusted in addition to the system's.
-        let tls = OwnedTLSConfig {
-            identity: None,
-            cert_chain: config.amqp_ca.as_ref().map(|ca| ca.pem.clone()),
-        };
-        let connection = DefaultConnectionBuilder::new()
-            .map_err(|e| Error::from_amqp(&connecting, &e))?
-            .with_uri(uri)
-            .with_properties(properties)
-            .with_tls_config(tls)
-            .connect()
-            .await
-            .map_err(|e| Error::from_amqp(&connecting, &e))?;
+        let connection = open(config, url).await?;
         let channel = connection
             .create_channel()
             .await
@@ -216,7 +139,7 @@ impl AmqpPublisher {
             .await
             .map_err(|e| Error::from_amqp("opening a channel for declares", &e))?;
         let alternate = config.unroutable.alternate_exchange();
-        let topology = Topology::new(config.exchange_spec, alternate, declares);
+        let topology = Topology::new(config.exchange_spec, alternate, Declarer::Lapin(declares));
         topology.ensure_alternate().await?;
         let exchange = ShortString::from(config.mapping.exchange.as_constant().unwrap_or(""));
         topology.ensure(&exchange, "--exchange").await?;
@@ -234,13 +157,47 @@ impl AmqpPublisher {
     /// Declare `name` (the dead-letter exchange) as a durable topic exchange, or check it
     /// exists with `--exchange-declare passive`; nothing with `none`.
     pub(crate) async fn declare_dead_letter(&self, name: &str, mode: DeclareMode) -> Result<()> {
-        let spec = ExchangeSpec {
-            mode,
-            ..ExchangeSpec::DURABLE_TOPIC
-        };
-        self.topology
-            .ensure_as(&ShortString::from(name), spec, "--dead-letter-exchange")
-            .await
+        self.topology.ensure_dead_letter(name, mode).await
+    }
+}
+
+/// Open a lapin connection to `url`.
+async fn open(config: &Config, url: &SecretUrl) -> Result<Connection> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(LongString::from(format!("walbox/{}", config.slot)));
+    let connecting = format!("connecting to {url}");
+    let mut uri = AMQPUri::from_str(url.expose())
+        .map_err(|e| Error::definite(format!("{connecting}: {e}")))?;
+    if let Some(password) = &config.amqp_password {
+        uri.authority.userinfo.password = password.expose().to_owned();
+    }
+    // With amqps://, the CA file's certificates are trusted in addition to the system's.
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: config.amqp_ca.as_ref().map(|ca| ca.pem.clone()),
+    };
+    DefaultConnectionBuilder::new()
+        .map_err(|e| Error::from_amqp(&connecting, &e))?
+        .with_uri(uri)
+        .with_properties(properties)
+        .with_tls_config(tls)
+        .connect()
+        .await
+        .map_err(|e| Error::from_amqp(&connecting, &e))
+}
+
+/// Whether the broker at `url` refuses walbox's login, asked with lapin, which announces
+/// `authentication_failure_close` and so gets the broker's reply code (amqprs does not: RabbitMQ
+/// closes its login without one, which reads like a network failure). The definite error if
+/// it does; None if it logs in or fails otherwise.
+pub(crate) async fn login_refused(config: &Config, url: &SecretUrl) -> Option<Error> {
+    match open(config, url).await {
+        Ok(connection) => {
+            let _ = connection.close(200, "walbox login check".into()).await;
+            None
+        }
+        Err(error) if error.disposition() == Disposition::Stop => Some(error),
+        Err(_) => None,
     }
 }
 

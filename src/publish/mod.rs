@@ -8,17 +8,22 @@
 //! completion can never look like success. The [`confirm`] tracker feeds the outcomes, in
 //! order, to the watermark; nothing else moves the flush LSN.
 //!
-//! Implementations: [`amqp::AmqpPublisher`] (RabbitMQ over AMQP 0-9-1),
+//! Implementations: [`amqprs::AmqprsPublisher`] (RabbitMQ over AMQP 0-9-1, the default, with
+//! walbox's own confirm [`ledger`]), [`amqp::AmqpPublisher`] (the same on lapin, the fallback),
 //! [`stream::StreamPublisher`] (a RabbitMQ stream, deduplicated on the WAL position),
 //! [`target::Target`] (whichever `--target` names), [`counting`] (the dry run: counts and
 //! confirms at once) and, for tests, [`memory`] (answers as told).
 
 pub(crate) mod amqp;
+pub(crate) mod amqprs;
 pub(crate) mod confirm;
 pub(crate) mod counting;
+pub(crate) mod declare;
 pub(crate) mod frame;
+pub(crate) mod ledger;
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod nodes;
 pub(crate) mod stream;
 pub(crate) mod target;
 pub(crate) mod topology;

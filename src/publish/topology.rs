@@ -17,10 +17,9 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
 
+use super::declare::{Declarer, Refusal};
 use crate::config::{DeclareMode, ExchangeSpec, Kind};
 use crate::error::{Error, Result};
 
@@ -29,7 +28,7 @@ pub(crate) struct Topology {
     spec: ExchangeSpec,
     /// `--unroutable alternate-exchange`: where the broker sends what no queue takes.
     alternate: Option<ShortString>,
-    channel: Channel,
+    channel: Declarer,
     declared: Mutex<HashSet<ShortString>>,
 }
 
@@ -42,7 +41,7 @@ const PRECONDITION_FAILED: u16 = 406;
 
 impl Topology {
     /// `channel` is used for declares only.
-    pub(crate) fn new(spec: ExchangeSpec, alternate: Option<&str>, channel: Channel) -> Self {
+    pub(crate) fn new(spec: ExchangeSpec, alternate: Option<&str>, channel: Declarer) -> Self {
         Topology {
             spec,
             alternate: alternate.map(ShortString::from),
@@ -75,6 +74,17 @@ impl Topology {
         self.declare(name, spec, FieldTable::default(), flag).await
     }
 
+    /// Declare `name` (the dead-letter exchange) as a durable topic exchange, or check it
+    /// exists with `--exchange-declare passive`; nothing with `none`.
+    pub(crate) async fn ensure_dead_letter(&self, name: &str, mode: DeclareMode) -> Result<()> {
+        let spec = ExchangeSpec {
+            mode,
+            ..ExchangeSpec::DURABLE_TOPIC
+        };
+        self.ensure_as(&ShortString::from(name), spec, "--dead-letter-exchange")
+            .await
+    }
+
     /// Declare the alternate exchange, if there is one: fanout and durable, with a durable
     /// queue of its name bound to it (with `--exchange-declare passive` only checked to exist;
     /// with `none` left alone).
@@ -91,25 +101,11 @@ impl Topology {
         if spec.mode != DeclareMode::Declare {
             return Ok(());
         }
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
         let declaring = format!("declaring the alternate exchange's queue {name}");
         self.channel
-            .queue_declare(name.clone(), durable, FieldTable::default())
+            .durable_queue_bound_to(name.as_str())
             .await
-            .map_err(|error| Error::from_amqp(&declaring, &error))?;
-        self.channel
-            .queue_bind(
-                name.clone(),
-                name.clone(),
-                ShortString::from(""),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|error| Error::from_amqp(&declaring, &error))
+            .map_err(|refusal| refusal.into_error(&declaring))
     }
 
     async fn declare(
@@ -122,16 +118,10 @@ impl Topology {
         if name.as_str().is_empty() || spec.mode == DeclareMode::None || self.is_declared(name) {
             return Ok(());
         }
-        let options = ExchangeDeclareOptions {
-            passive: spec.mode == DeclareMode::Passive,
-            durable: spec.durable,
-            auto_delete: spec.auto_delete,
-            ..ExchangeDeclareOptions::default()
-        };
         self.channel
-            .exchange_declare(name.clone(), amqp_kind(spec.kind), options, arguments)
+            .exchange_declare(name.as_str(), spec, arguments)
             .await
-            .map_err(|error| declare_error(name.as_str(), spec, flag, &error))?;
+            .map_err(|refusal| declare_error(name.as_str(), spec, flag, refusal))?;
         tracing::debug!(exchange = %name, %spec, mode = spec.mode.name(), "exchange declared");
         self.declared
             .lock()
@@ -148,18 +138,18 @@ impl Topology {
     }
 
     pub(crate) async fn close(self) {
-        let _ = self.channel.close(200, "walbox stopping".into()).await;
+        self.channel.close().await;
     }
 }
 
 /// A refused declare is definite (the broker will refuse it again until someone changes the
 /// exchange or walbox's flags); anything else, such as a lost connection, is transient.
-fn declare_error(name: &str, spec: ExchangeSpec, flag: &str, error: &lapin::Error) -> Error {
-    let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
-        return Error::from_amqp(&format!("declaring exchange {name}"), error);
+fn declare_error(name: &str, spec: ExchangeSpec, flag: &str, refusal: Refusal) -> Error {
+    let (code, said) = match refusal {
+        Refusal::Refused { code, text } => (code, text),
+        Refusal::Failed(error) => return error,
     };
-    let said = amqp.get_message().to_string();
-    match amqp.get_id() {
+    match code {
         PRECONDITION_FAILED if said.contains("'alternate-exchange'") => Error::definite(format!(
             "exchange {name} exists with another alternate exchange than --unroutable \
              alternate-exchange asks for (the broker: {said}). Delete the exchange so that \
@@ -212,16 +202,6 @@ fn existing(said: &str, asked: ExchangeSpec) -> String {
             format!("auto-delete={auto_delete} (not {})", asked.auto_delete)
         }
         other => format!("{other} = {current}"),
-    }
-}
-
-/// The lapin name of an exchange type.
-fn amqp_kind(kind: Kind) -> ExchangeKind {
-    match kind {
-        Kind::Topic => ExchangeKind::Topic,
-        Kind::Direct => ExchangeKind::Direct,
-        Kind::Fanout => ExchangeKind::Fanout,
-        Kind::Headers => ExchangeKind::Headers,
     }
 }
 

@@ -25,8 +25,8 @@ use crate::engine::{Changes, Shutdown};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::publish::Publisher;
-use crate::publish::amqp::AmqpPublisher;
 use crate::publish::counting::CountingPublisher;
+use crate::publish::target::Target;
 use crate::source::{Change, Source};
 use crate::telemetry::Telemetry;
 
@@ -111,7 +111,7 @@ pub(crate) async fn replay(
             publish(config, source, publisher, outbox, &mut policy, shutdown).await
         }
         false => {
-            let publisher = AmqpPublisher::connect(config).await?;
+            let publisher = Target::connect_amqp(config, None).await?;
             publish(config, source, publisher, outbox, &mut policy, shutdown).await
         }
     };
