@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod proxy;
+pub mod standin;
 pub mod trixie;
 
 use std::path::PathBuf;
