@@ -224,7 +224,10 @@ impl Publisher for AmqprsPublisher {
         if self.shared.is_closed() {
             return Err(Error::transient("the channel to the broker is closed"));
         }
-        if let Some(reason) = frame::too_large(&message.properties, self.frame_max) {
+        let frame_max = self
+            .frame_max
+            .saturating_sub(properties::widening(&message.properties));
+        if let Some(reason) = frame::too_large(&message.properties, frame_max) {
             self.refused.store(true, Ordering::SeqCst);
             return Ok(AmqprsConfirm::Ready(Some(Outcome::Refused(
                 Refused::Rejected { reason },

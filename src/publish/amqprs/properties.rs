@@ -109,3 +109,44 @@ fn long_string(bytes: &[u8]) -> FieldValue {
             .map_or(FieldValue::V, FieldValue::x),
     }
 }
+
+/// How many bytes longer amqprs's content header is than amq-protocol's for `from`: a short
+/// string header value travels as a long string (amqprs has no short-string field), 3 bytes
+/// more each. The frame check measures amq-protocol's encoding and subtracts this.
+pub(super) fn widening(from: &WalboxProperties) -> u32 {
+    from.headers().as_ref().map_or(0, widening_of_table)
+}
+
+fn widening_of_table(table: &WalboxTable) -> u32 {
+    table.into_iter().map(|(_, value)| widening_of(value)).sum()
+}
+
+fn widening_of(value: &AMQPValue) -> u32 {
+    match value {
+        AMQPValue::ShortString(_) => 3,
+        AMQPValue::FieldTable(table) => widening_of_table(table),
+        AMQPValue::FieldArray(values) => values.as_slice().iter().map(widening_of).sum(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::types::{FieldArray, ShortString};
+
+    #[test]
+    fn short_strings_widen_by_three_bytes_each_nested_too() {
+        let mut inner = WalboxTable::default();
+        inner.insert("s".into(), AMQPValue::ShortString(ShortString::from("x")));
+        let mut headers = WalboxTable::default();
+        headers.insert("a".into(), AMQPValue::ShortString(ShortString::from("y")));
+        headers.insert("t".into(), AMQPValue::FieldTable(inner));
+        let array = FieldArray::from(vec![AMQPValue::ShortString(ShortString::from("z"))]);
+        headers.insert("l".into(), AMQPValue::FieldArray(array));
+        headers.insert("n".into(), AMQPValue::LongInt(7));
+        let properties = WalboxProperties::default().with_headers(headers);
+        assert_eq!(widening(&properties), 9);
+        assert_eq!(widening(&WalboxProperties::default()), 0);
+    }
+}
