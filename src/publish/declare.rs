@@ -7,6 +7,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use super::amqprs::declare::AmqprsDeclarer;
+use super::refusal::Refusal;
 use crate::config::{DeclareMode, ExchangeSpec, Kind};
 use crate::error::Error;
 
@@ -16,36 +17,14 @@ pub(crate) enum Declarer {
     Amqprs(AmqprsDeclarer),
 }
 
-/// Why a declare did not happen.
-#[derive(Debug)]
-pub(crate) enum Refusal {
-    /// The broker refused it (it closed the channel with this reply).
-    Refused { code: u16, text: String },
-    /// Anything else (a lost connection), already described.
-    Failed(Error),
-}
-
-impl Refusal {
-    /// The error to report for a declare described by `context`: a refusal is definite (the
-    /// broker will refuse it again until someone changes the broker or walbox's flags).
-    pub(crate) fn into_error(self, context: &str) -> Error {
-        match self {
-            Refusal::Refused { code, text } => Error::definite(format!(
-                "{context}: the broker refused it ({code}: {text}); check the flags that name it \
-                 and the user's permissions"
-            )),
-            Refusal::Failed(error) => error,
-        }
-    }
-
-    fn from_lapin(context: &str, error: lapin::Error) -> Self {
-        match error.kind() {
-            lapin::ErrorKind::ProtocolError(amqp) => Refusal::Refused {
-                code: amqp.get_id(),
-                text: amqp.get_message().to_string(),
-            },
-            _ => Refusal::Failed(Error::from_amqp(context, &error)),
-        }
+/// lapin's error for a declare described by `context`: the broker's refusal, or a failure.
+fn refusal_from_lapin(context: &str, error: lapin::Error) -> Refusal {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Refusal::Refused {
+            code: amqp.get_id(),
+            text: amqp.get_message().to_string(),
+        },
+        _ => Refusal::Failed(Error::from_amqp(context, &error)),
     }
 }
 
@@ -68,7 +47,7 @@ impl Declarer {
                 channel
                     .exchange_declare(name.into(), lapin_kind(spec.kind), options, arguments)
                     .await
-                    .map_err(|e| Refusal::from_lapin(&format!("declaring exchange {name}"), e))
+                    .map_err(|e| refusal_from_lapin(&format!("declaring exchange {name}"), e))
             }
             Declarer::Amqprs(channel) => channel.exchange_declare(name, spec, &arguments).await,
         }
@@ -86,7 +65,7 @@ impl Declarer {
                 channel
                     .queue_declare(name.into(), durable, FieldTable::default())
                     .await
-                    .map_err(|e| Refusal::from_lapin(&context, e))?;
+                    .map_err(|e| refusal_from_lapin(&context, e))?;
                 channel
                     .queue_bind(
                         name.into(),
@@ -96,7 +75,7 @@ impl Declarer {
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(|e| Refusal::from_lapin(&context, e))
+                    .map_err(|e| refusal_from_lapin(&context, e))
             }
             Declarer::Amqprs(channel) => channel.durable_queue_bound_to(name).await,
         }

@@ -24,6 +24,7 @@ pub(crate) mod ledger;
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod nodes;
+pub(crate) mod refusal;
 pub(crate) mod stream;
 pub(crate) mod target;
 pub(crate) mod topology;

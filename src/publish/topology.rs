@@ -19,7 +19,8 @@ use std::sync::Mutex;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use super::declare::{Declarer, Refusal};
+use super::declare::Declarer;
+use super::refusal::Refusal;
 use crate::config::{DeclareMode, ExchangeSpec, Kind};
 use crate::error::{Error, Result};
 

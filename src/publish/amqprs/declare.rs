@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use super::properties::table;
 use crate::config::{DeclareMode, ExchangeSpec};
 use crate::error::Error;
-use crate::publish::declare::Refusal;
+use crate::publish::refusal::Refusal;
 
 /// The broker's reply when it closed the channel.
 type Reply = Arc<Mutex<Option<(u16, String)>>>;
