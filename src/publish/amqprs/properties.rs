@@ -2,41 +2,44 @@
 //! them) in amqprs's types, for the amqprs publisher and its declares.
 
 use amq_protocol::protocol::BasicProperties as WalboxProperties;
-use amq_protocol::types::{AMQPValue, FieldTable as WalboxTable};
+use amq_protocol::types::{AMQPValue, FieldTable as WalboxTable, ShortString};
 use amqprs::{BasicProperties, FieldTable, FieldValue};
 
 /// walbox's message properties (amq-protocol's types, as the message contract builds them)
 /// in amqprs's types.
 pub(super) fn properties(from: &WalboxProperties) -> BasicProperties {
     let mut to = BasicProperties::default();
-    let text =
-        |value: &Option<amq_protocol::types::ShortString>| value.as_ref().map(|v| v.to_string());
+    // amqprs copies the text it is given into its own strings: lend it walbox's (no
+    // `to_string()` through `Display` and a second copy for each field of each event).
+    fn text(value: &Option<ShortString>) -> Option<&str> {
+        value.as_ref().map(ShortString::as_str)
+    }
     if let Some(v) = text(from.message_id()) {
-        to.with_message_id(&v);
+        to.with_message_id(v);
     }
     if let Some(v) = text(from.content_type()) {
-        to.with_content_type(&v);
+        to.with_content_type(v);
     }
     if let Some(v) = text(from.content_encoding()) {
-        to.with_content_encoding(&v);
+        to.with_content_encoding(v);
     }
     if let Some(v) = text(from.kind()) {
-        to.with_message_type(&v);
+        to.with_message_type(v);
     }
     if let Some(v) = text(from.app_id()) {
-        to.with_app_id(&v);
+        to.with_app_id(v);
     }
     if let Some(v) = text(from.correlation_id()) {
-        to.with_correlation_id(&v);
+        to.with_correlation_id(v);
     }
     if let Some(v) = text(from.reply_to()) {
-        to.with_reply_to(&v);
+        to.with_reply_to(v);
     }
     if let Some(v) = text(from.expiration()) {
-        to.with_expiration(&v);
+        to.with_expiration(v);
     }
     if let Some(v) = text(from.user_id()) {
-        to.with_user_id(&v);
+        to.with_user_id(v);
     }
     if let Some(v) = *from.delivery_mode() {
         to.with_delivery_mode(v);
@@ -132,8 +135,9 @@ fn widening_of(value: &AMQPValue) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use amq_protocol::types::{FieldArray, LongString};
+
     use super::*;
-    use amq_protocol::types::{FieldArray, ShortString};
 
     #[test]
     fn short_strings_widen_by_three_bytes_each_nested_too() {
@@ -148,5 +152,64 @@ mod tests {
         let properties = WalboxProperties::default().with_headers(headers);
         assert_eq!(widening(&properties), 9);
         assert_eq!(widening(&WalboxProperties::default()), 0);
+    }
+
+    /// Every property and header walbox sets survives the conversion, with its value.
+    #[test]
+    fn every_property_and_header_arrives_as_it_was() {
+        let mut headers = WalboxTable::default();
+        let long = |text: &str| AMQPValue::LongString(LongString::from(text));
+        headers.insert("aggregate_type".into(), long("order"));
+        headers.insert("x-commit-lsn".into(), long("0/16B3748"));
+        headers.insert("x-xid".into(), AMQPValue::LongLongInt(771));
+        headers.insert("x-replay".into(), AMQPValue::Boolean(false));
+        let bytes = AMQPValue::LongString(LongString::from(vec![0xff, 0x00]));
+        headers.insert("raw".into(), bytes);
+        let from = WalboxProperties::default()
+            .with_message_id(ShortString::from("6c1b1c2e-0f6a-5b8e-9d1e-3f0c7a9b2d41"))
+            .with_content_type(ShortString::from("application/json"))
+            .with_content_encoding(ShortString::from("identity"))
+            .with_type(ShortString::from("order.created"))
+            .with_app_id(ShortString::from("walbox"))
+            .with_correlation_id(ShortString::from("c-1"))
+            .with_reply_to(ShortString::from("replies"))
+            .with_expiration(ShortString::from("60000"))
+            .with_user_id(ShortString::from("guest"))
+            .with_delivery_mode(2)
+            .with_priority(5)
+            .with_timestamp(1_765_000_000)
+            .with_headers(headers);
+        let to = properties(&from);
+        fn text(value: Option<&String>) -> Option<&str> {
+            value.map(String::as_str)
+        }
+        assert_eq!(
+            text(to.message_id()),
+            Some("6c1b1c2e-0f6a-5b8e-9d1e-3f0c7a9b2d41")
+        );
+        assert_eq!(text(to.content_type()), Some("application/json"));
+        assert_eq!(text(to.content_encoding()), Some("identity"));
+        assert_eq!(text(to.message_type()), Some("order.created"));
+        assert_eq!(text(to.app_id()), Some("walbox"));
+        assert_eq!(text(to.correlation_id()), Some("c-1"));
+        assert_eq!(text(to.reply_to()), Some("replies"));
+        assert_eq!(text(to.expiration()), Some("60000"));
+        assert_eq!(text(to.user_id()), Some("guest"));
+        assert_eq!(to.delivery_mode(), Some(2));
+        assert_eq!(to.priority(), Some(5));
+        assert_eq!(to.timestamp(), Some(1_765_000_000));
+        let headers = to.headers().expect("the headers").as_ref();
+        let header = |name: &str| {
+            headers
+                .get(&name.try_into().expect("a short name"))
+                .cloned()
+        };
+        assert_eq!(headers.len(), 5);
+        assert_eq!(header("aggregate_type"), Some("order".into()));
+        assert_eq!(header("x-commit-lsn"), Some("0/16B3748".into()));
+        assert_eq!(header("x-xid"), Some(FieldValue::l(771)));
+        assert_eq!(header("x-replay"), Some(FieldValue::t(false)));
+        let raw = vec![0xff, 0x00].try_into().expect("a byte array");
+        assert_eq!(header("raw"), Some(FieldValue::x(raw)));
     }
 }
