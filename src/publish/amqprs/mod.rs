@@ -209,6 +209,15 @@ fn watch_network(connection: &Connection, shared: &Arc<Shared>) {
     });
 }
 
+/// Dropped before its message was fully handed to amqprs: refuses every later publish.
+struct Unsent<'a>(&'a AtomicBool);
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 impl Publisher for AmqprsPublisher {
     type Confirm = AmqprsConfirm;
 
@@ -244,11 +253,16 @@ impl Publisher for AmqprsPublisher {
             .map(|id| id.to_string());
         let _order = self.sending.lock().await;
         let verdict = self.shared.ledger().publish(message_id).1;
+        // From here the ledger counts this message: if its frames do not all go out (the send
+        // fails, or a stop drops this future half-way), the broker's tags no longer match the
+        // ledger's, so nothing more may be published on this channel.
+        let unsent = Unsent(&self.refused);
         // Bytes into Vec reuses the allocation when the body is not shared.
         self.channel
             .basic_publish(properties, Vec::from(message.body), arguments)
             .await
             .map_err(|e| Error::from_amqprs("publishing", &e))?;
+        std::mem::forget(unsent);
         Ok(AmqprsConfirm::Waiting(verdict))
     }
 
@@ -267,5 +281,22 @@ impl Publisher for AmqprsPublisher {
         self.topology.close().await;
         let _ = self.channel.close().await;
         let _ = self.connection.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publish cut short after its ledger entry refuses the rest of the session; one that
+    /// handed its frames over does not.
+    #[test]
+    fn a_publish_dropped_half_way_refuses_every_later_one() {
+        let cut = AtomicBool::new(false);
+        drop(Unsent(&cut));
+        assert!(cut.load(Ordering::SeqCst));
+        let sent = AtomicBool::new(false);
+        std::mem::forget(Unsent(&sent));
+        assert!(!sent.load(Ordering::SeqCst));
     }
 }
