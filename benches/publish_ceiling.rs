@@ -11,6 +11,8 @@
 //! ack. Rounds alternate (lapin, amqprs, lapin, ...; `CEILING_ROUNDS` each, default 7) so a busy
 //! moment on the shared machine hits both alike; it prints each round and the medians of CPU
 //! µs per message (the whole process's utime + stime, from getrusage) and messages per second.
+//! With `CEILING_BROKER_PID` (the broker's `beam.smp`) each round also prints the broker's CPU
+//! per message and how many of the machine's cores were busy.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs every bench target) it exits at once.
 
@@ -64,6 +66,9 @@ async fn run() {
     let exchange = format!("{name}_x");
     let queue = format!("{name}_q");
     let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let broker = std::env::var("CEILING_BROKER_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok());
 
     // Topology and purges go through a lapin connection of their own, outside the measurement.
     let admin = Connection::connect(&url, ConnectionProperties::default())
@@ -111,6 +116,7 @@ async fn run() {
     let mut results: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds {
         for (index, label) in ["lapin", "amqprs"].into_iter().enumerate() {
+            let others_before = Others::read(broker);
             let cpu_before = cpu_micros();
             let started = Instant::now();
             let acked = if index == 0 {
@@ -120,11 +126,12 @@ async fn run() {
             };
             let elapsed = started.elapsed();
             let cpu = cpu_micros() - cpu_before;
+            let others = Others::read(broker).since(&others_before, messages, elapsed);
             assert_eq!(acked, messages, "{label}: every message a plain ack");
             let per_message = cpu as f64 / messages as f64;
             let rate = messages as f64 / elapsed.as_secs_f64();
             println!(
-                "round {round} {label:6}: {messages} msgs in {:.3} s, {rate:.0} msg/s, CPU {per_message:.2} µs/msg",
+                "round {round} {label:6}: {messages} msgs in {:.3} s, {rate:.0} msg/s, CPU {per_message:.2} µs/msg{others}",
                 elapsed.as_secs_f64()
             );
             results[index].push((per_message, rate));
@@ -174,6 +181,57 @@ fn cpu_micros() -> i64 {
     };
     let micros = |time: libc::timeval| time.tv_sec * 1_000_000 + time.tv_usec;
     micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
+/// What the rest of the machine spent during a round (issue #21: how a drain's gap to the
+/// ceiling splits between walbox, the walsender and the broker on two shared cores): the
+/// broker's CPU (`CEILING_BROKER_PID`, its `beam.smp`) and every core's busy time, from /proc.
+struct Others {
+    broker_ticks: Option<u64>,
+    busy_ticks: u64,
+}
+
+impl Others {
+    fn read(broker: Option<u32>) -> Others {
+        let broker_ticks = broker.map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("broker stat");
+            // Fields after the command's closing parenthesis: utime and stime are the 12th
+            // and 13th (the 14th and 15th of the whole line).
+            let rest = &stat[stat.rfind(')').expect("stat command") + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+        });
+        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .map(|field| field.parse().unwrap())
+            .collect();
+        // Busy: user, nice, system, irq and softirq (not idle, iowait or steal).
+        let busy_ticks = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6];
+        Others {
+            broker_ticks,
+            busy_ticks,
+        }
+    }
+
+    /// ", broker B µs/msg, machine C cores busy" since `before`.
+    fn since(&self, before: &Others, messages: usize, elapsed: Duration) -> String {
+        // SAFETY: sysconf only reads a constant of the system.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cores = (self.busy_ticks - before.busy_ticks) as f64 / hz / elapsed.as_secs_f64();
+        let broker = match (self.broker_ticks, before.broker_ticks) {
+            (Some(after), Some(before)) => format!(
+                ", broker {:.2} µs/msg",
+                (after - before) as f64 * 1e6 / hz / messages as f64
+            ),
+            _ => String::new(),
+        };
+        format!("{broker}, machine {cores:.2} cores busy")
+    }
 }
 
 /// A body like the relay bench's events: ~200 B of JSON.

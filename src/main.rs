@@ -27,7 +27,13 @@ fn main() -> ExitCode {
         return code;
     }
     init_logging(&parsed.cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread for every task. walbox's pipeline is one engine task feeding the client's
+    // reader and writer tasks; on a worker per core those hand-offs cross threads (a futex
+    // wake and an epoll wait each), and in benches/ab-drain.sh's drain the process made 2.5
+    // system calls per event against 1.2 and spent 10.10 µs of CPU per event against 8.50,
+    // at the same rate and 5 MiB less peak RSS (benches/RESULTS.md, "What limits the AMQP
+    // drain"). The drain waits on the broker, not on walbox's CPU.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
