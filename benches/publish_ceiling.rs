@@ -44,10 +44,14 @@ fn main() {
         println!("publish_ceiling bench: run with `cargo bench --bench publish_ceiling`");
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    // One thread, as walbox runs (src/main.rs): the ceiling a drain is compared with is the
+    // same client on the same kind of runtime. `CEILING_RUNTIME=multi` for a worker per core.
+    let mut builder = if std::env::var("CEILING_RUNTIME").as_deref() == Ok("multi") {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder.enable_all().build().expect("a tokio runtime");
     runtime.block_on(run());
 }
 
