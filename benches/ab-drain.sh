@@ -65,8 +65,8 @@ drain() { # binary, run name
     sleep 0.1
   done
   local stop; stop=$(date +%s.%N)
-  local ticks rss; ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat"); rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  local sys; sys=$(awk '{print $15}' "/proc/$pid/stat")
+  local ticks sys rss; read -r ticks sys < <(awk '{print $14 + $15, $15}' "/proc/$pid/stat")
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
   # The walsender started with this run, so its whole CPU is this drain's.
   local walsender_ticks; walsender_ticks=$(ticks_of "$walsender")
   local broker_ticks busy_ticks; broker_ticks=$(($(ticks_of "$BROKER") - broker_before)); busy_ticks=$(($(busy) - busy_before))

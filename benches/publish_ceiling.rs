@@ -11,8 +11,8 @@
 //! ack. Rounds alternate (lapin, amqprs, lapin, ...; `CEILING_ROUNDS` each, default 7) so a busy
 //! moment on the shared machine hits both alike; it prints each round and the medians of CPU
 //! µs per message (the whole process's utime + stime, from getrusage) and messages per second.
-//! With `CEILING_BROKER_PID` (the broker's `beam.smp`) each round also prints the broker's CPU
-//! per message and how many of the machine's cores were busy.
+//! Each round also prints the broker's CPU per message (its `beam.smp`: `CEILING_BROKER_PID`,
+//! or every one on the machine) and how many of the machine's cores were busy.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs every bench target) it exits at once.
 
@@ -36,6 +36,9 @@ use tokio::sync::oneshot;
 
 /// walbox's default `--max-in-flight`.
 const WINDOW: usize = 1024;
+
+#[path = "relay/procfs.rs"]
+mod procfs;
 
 type LapinConfirm = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send>>;
 
@@ -70,57 +73,17 @@ async fn run() {
     let exchange = format!("{name}_x");
     let queue = format!("{name}_q");
     let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let broker = std::env::var("CEILING_BROKER_PID")
-        .ok()
-        .and_then(|pid| pid.parse::<u32>().ok());
+    let brokers = brokers();
 
     // Topology and purges go through a lapin connection of their own, outside the measurement.
-    let admin = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .expect("connect (admin)");
-    let admin_channel = admin.create_channel().await.expect("admin channel");
-    admin_channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                auto_delete: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare exchange");
-    admin_channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare queue");
-    admin_channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind queue");
-
+    let (admin, admin_channel) = declare(&url, &exchange, &queue).await;
     let mut lapin_client = LapinClient::connect(&url, &exchange).await;
     let mut amqprs_client = AmqprsClient::connect(port, &exchange).await;
 
     let mut results: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds {
         for (index, label) in ["lapin", "amqprs"].into_iter().enumerate() {
-            let others_before = Others::read(broker);
+            let others_before = Others::read(&brokers);
             let cpu_before = cpu_micros();
             let started = Instant::now();
             let acked = if index == 0 {
@@ -130,7 +93,7 @@ async fn run() {
             };
             let elapsed = started.elapsed();
             let cpu = cpu_micros() - cpu_before;
-            let others = Others::read(broker).since(&others_before, messages, elapsed);
+            let others = Others::read(&brokers).since(&others_before, messages);
             assert_eq!(acked, messages, "{label}: every message a plain ack");
             let per_message = cpu as f64 / messages as f64;
             let rate = messages as f64 / elapsed.as_secs_f64();
@@ -146,14 +109,7 @@ async fn run() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    for (index, label) in ["lapin", "amqprs"].into_iter().enumerate() {
-        let cpu = median(results[index].iter().map(|r| r.0).collect());
-        let rate = median(results[index].iter().map(|r| r.1).collect());
-        println!(
-            "median {label:6}: CPU {cpu:.2} µs/msg, {rate:.0} msg/s ({} rounds of {messages})",
-            results[index].len()
-        );
-    }
+    report(&results, messages);
 
     amqprs_client.close().await;
     lapin_client.close().await;
@@ -163,6 +119,66 @@ async fn run() {
         .expect("delete queue");
     // The exchange is auto-delete: it goes with its last binding.
     let _ = admin.close(200, "done".into()).await;
+}
+
+/// Declare the round's durable topic exchange and durable queue bound to it with `#`, on a
+/// lapin connection of its own; returns that connection and its channel.
+async fn declare(url: &str, exchange: &str, queue: &str) -> (Connection, lapin::Channel) {
+    let admin = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect (admin)");
+    let channel = admin.create_channel().await.expect("admin channel");
+    let exchange_options = ExchangeDeclareOptions {
+        durable: true,
+        auto_delete: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            exchange_options,
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+    let queue_options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), queue_options, FieldTable::default())
+        .await
+        .expect("declare queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind queue");
+    (admin, channel)
+}
+
+/// The medians of each client's rounds, and the process's peak RSS (both clients).
+fn report(results: &[Vec<(f64, f64)>; 2], messages: usize) {
+    for (index, label) in ["lapin", "amqprs"].into_iter().enumerate() {
+        let cpu = median(results[index].iter().map(|r| r.0).collect());
+        let rate = median(results[index].iter().map(|r| r.1).collect());
+        println!(
+            "median {label:6}: CPU {cpu:.2} µs/msg, {rate:.0} msg/s ({} rounds of {messages})",
+            results[index].len()
+        );
+    }
+    if let Some(kib) = procfs::peak_rss_kib(std::process::id()) {
+        println!(
+            "peak RSS of this process (both clients): {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -187,54 +203,47 @@ fn cpu_micros() -> i64 {
     micros(usage.ru_utime) + micros(usage.ru_stime)
 }
 
+/// The broker's `beam.smp` processes: `CEILING_BROKER_PID`, or else every one on the machine
+/// (under `WALBOX_BENCH_BROKER_ROOT` if set, as the relay bench counts them).
+fn brokers() -> Vec<u32> {
+    match std::env::var("CEILING_BROKER_PID") {
+        Ok(pid) => vec![pid.parse().expect("CEILING_BROKER_PID: a process id")],
+        Err(_) => procfs::broker_pids(),
+    }
+}
+
 /// What the rest of the machine spent during a round (issue #21: how a drain's gap to the
 /// ceiling splits between walbox, the walsender and the broker on two shared cores): the
-/// broker's CPU (`CEILING_BROKER_PID`, its `beam.smp`) and every core's busy time, from /proc.
+/// broker's CPU and every core's busy time, from /proc (the relay bench's `procfs`).
 struct Others {
-    broker_ticks: Option<u64>,
-    busy_ticks: u64,
+    /// None when no broker process was found.
+    broker_micros: Option<u64>,
+    machine: Option<(u64, u64)>,
 }
 
 impl Others {
-    fn read(broker: Option<u32>) -> Others {
-        let broker_ticks = broker.map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("broker stat");
-            // Fields after the command's closing parenthesis: utime and stime are the 12th
-            // and 13th (the 14th and 15th of the whole line).
-            let rest = &stat[stat.rfind(')').expect("stat command") + 2..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-        });
-        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-        let cpu: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .skip(1)
-            .map(|field| field.parse().unwrap())
-            .collect();
-        // Busy: user, nice, system, irq and softirq (not idle, iowait or steal).
-        let busy_ticks = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6];
+    fn read(brokers: &[u32]) -> Others {
+        let cpu = |pid: &u32| procfs::cpu_micros(*pid);
         Others {
-            broker_ticks,
-            busy_ticks,
+            broker_micros: (!brokers.is_empty()).then(|| brokers.iter().filter_map(cpu).sum()),
+            machine: procfs::machine_ticks(),
         }
     }
 
     /// ", broker B µs/msg, machine C cores busy" since `before`.
-    fn since(&self, before: &Others, messages: usize, elapsed: Duration) -> String {
-        // SAFETY: sysconf only reads a constant of the system.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let cores = (self.busy_ticks - before.busy_ticks) as f64 / hz / elapsed.as_secs_f64();
-        let broker = match (self.broker_ticks, before.broker_ticks) {
-            (Some(after), Some(before)) => format!(
-                ", broker {:.2} µs/msg",
-                (after - before) as f64 * 1e6 / hz / messages as f64
-            ),
+    fn since(&self, before: &Others, messages: usize) -> String {
+        let broker = match (self.broker_micros, before.broker_micros) {
+            (Some(after), Some(before)) => {
+                format!(
+                    ", broker {:.2} µs/msg",
+                    (after - before) as f64 / messages as f64
+                )
+            }
             _ => String::new(),
         };
-        format!("{broker}, machine {cores:.2} cores busy")
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let busy = procfs::machine_busy(before.machine, self.machine).unwrap_or(0.0);
+        format!("{broker}, machine {:.2} cores busy", busy / 100.0 * cores)
     }
 }
 
